@@ -1,0 +1,364 @@
+"""The catalog: an embedded SQLite database of files, their vectors and the runs.
+
+Tables (schema version in ``meta``):
+
+* ``files``   one row per path: size, mtime_ns, content hash, width, height, format,
+              ``status`` (``ok`` | ``error`` | ``missing``), ``error`` (the reason), run ids.
+* ``vectors`` one row per distinct content hash: the L2-normalised float32 vector (BLOB) and
+              the model that produced it. Files with the same bytes share one vector, so exact
+              duplicates are never embedded twice. Vector ids only grow, which lets the FAISS
+              index (:mod:`embeddr.index`) catch up incrementally instead of being rebuilt.
+* ``runs``    one row per scan: model, roots, start/finish, status and counts.
+* ``verdicts`` reviewer decisions (``not_duplicate``) that later ``dupes``/``apply`` honour.
+
+Writes happen in batched transactions (WAL journal), so a scan killed at any point leaves a
+consistent catalog and the next scan resumes after the last committed batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CatalogError, ModelMismatch
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = "embeddr.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL DEFAULT 'scan',
+    model TEXT NOT NULL,
+    roots TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL,
+    status TEXT NOT NULL DEFAULT 'running',
+    stats TEXT
+);
+CREATE TABLE IF NOT EXISTS vectors (
+    id INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    model TEXT NOT NULL,
+    vec BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER,
+    mtime_ns INTEGER,
+    hash TEXT,
+    width INTEGER,
+    height INTEGER,
+    format TEXT,
+    status TEXT NOT NULL,
+    error TEXT,
+    first_run INTEGER,
+    last_run INTEGER,
+    updated REAL
+);
+CREATE INDEX IF NOT EXISTS files_hash ON files(hash);
+CREATE INDEX IF NOT EXISTS files_status ON files(status);
+CREATE TABLE IF NOT EXISTS verdicts (
+    id INTEGER PRIMARY KEY,
+    a TEXT NOT NULL,
+    b TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    source TEXT,
+    created REAL NOT NULL,
+    UNIQUE (a, b)
+);
+"""
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What the scan learnt about one file (a row of ``files``)."""
+
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    hash: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    status: str = "ok"
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: int
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    hash: str | None
+    width: int | None
+    height: int | None
+    format: str | None
+    status: str
+    error: str | None
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "size": self.size, "width": self.width, "height": self.height,
+                "format": self.format, "hash": self.hash, "mtime_ns": self.mtime_ns}
+
+
+_FILE_COLS = "id, path, size, mtime_ns, hash, width, height, format, status, error"
+
+
+def _vec_to_blob(v: np.ndarray) -> bytes:
+    return np.ascontiguousarray(v, dtype=np.float32).tobytes()
+
+
+class Catalog:
+    """A catalog database. Open with ``Catalog(path)``; use as a context manager to close it."""
+
+    def __init__(self, path: str | os.PathLike = DEFAULT_DB, *, create: bool = True, readonly: bool = False):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise CatalogError(f"no catalog at {self.path}: run `embeddr scan DIR --db {self.path}` first")
+        if readonly:
+            uri = f"file:{self.path.resolve()}?mode=ro"
+            self.conn = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        try:
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn.executescript(_SCHEMA)
+                self._init_meta()
+            version = int(self.get_meta("schema_version", "0"))
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(f"{self.path}: not an embeddr catalog ({exc})") from None
+        if version > SCHEMA_VERSION:
+            raise CatalogError(f"{self.path}: schema version {version} is newer than this embeddr ({SCHEMA_VERSION}); upgrade embeddr")
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _init_meta(self) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    # -- meta and model ----------------------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    @property
+    def model(self) -> str | None:
+        """The model every vector in this catalog comes from (fixed at the first scan)."""
+        return self.get_meta("model")
+
+    @property
+    def dim(self) -> int | None:
+        value = self.get_meta("dim")
+        return int(value) if value else None
+
+    def bind_model(self, name: str, dim: int) -> None:
+        """Fix the catalog's model, or refuse a different one with a clear error."""
+        current = self.model
+        if current is None:
+            with self.conn:
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('model', ?)", (name,))
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
+        elif current != name:
+            raise ModelMismatch(
+                f"{self.path} was built with model {current!r}, not {name!r}: vectors of different models "
+                f"cannot be compared. Use --model {current}, or another --db for {name}"
+            )
+
+    # -- runs ------------------------------------------------------------------------------
+    def begin_run(self, model: str, roots: Iterable[str], kind: str = "scan") -> int:
+        with self.conn:
+            cur = self.conn.execute(
+                "INSERT INTO runs (kind, model, roots, started) VALUES (?, ?, ?, ?)",
+                (kind, model, json.dumps([str(r) for r in roots]), time.time()),
+            )
+        return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, status: str, stats: dict) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE runs SET finished = ?, status = ?, stats = ? WHERE id = ?",
+                              (time.time(), status, json.dumps(stats), run_id))
+
+    def runs(self, limit: int = 10) -> list[dict]:
+        rows = self.conn.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [{**dict(r), "roots": json.loads(r["roots"]), "stats": json.loads(r["stats"] or "{}")} for r in rows]
+
+    # -- files -----------------------------------------------------------------------------
+    def file_states(self) -> dict[str, tuple[int | None, int | None, str, str | None]]:
+        """path -> (size, mtime_ns, status, hash) for every known file: what incremental scans compare."""
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in self.conn.execute("SELECT path, size, mtime_ns, status, hash FROM files")}
+
+    def has_vector(self, content_hash: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM vectors WHERE hash = ?", (content_hash,)).fetchone() is not None
+
+    def hashes_with_vectors(self, hashes: Iterable[str]) -> set[str]:
+        hashes = list(set(hashes))
+        found: set[str] = set()
+        for i in range(0, len(hashes), 500):
+            chunk = hashes[i : i + 500]
+            q = f"SELECT hash FROM vectors WHERE hash IN ({','.join('?' * len(chunk))})"
+            found.update(r[0] for r in self.conn.execute(q, chunk))
+        return found
+
+    def record_batch(self, records: Iterable[FileRecord], vectors: dict[str, np.ndarray], run_id: int | None, model: str) -> None:
+        """Store a batch of file records and new vectors in ONE transaction (all or nothing)."""
+        now = time.time()
+        with self.conn:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO vectors (hash, model, vec) VALUES (?, ?, ?)",
+                [(h, model, _vec_to_blob(v)) for h, v in vectors.items()],
+            )
+            self.conn.executemany(
+                """INSERT INTO files (path, size, mtime_ns, hash, width, height, format, status, error, first_run, last_run, updated)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, hash=excluded.hash,
+                     width=excluded.width, height=excluded.height, format=excluded.format, status=excluded.status,
+                     error=excluded.error, last_run=excluded.last_run, updated=excluded.updated""",
+                [(r.path, r.size, r.mtime_ns, r.hash, r.width, r.height, r.format, r.status, r.error, run_id, run_id, now)
+                 for r in records],
+            )
+
+    def touch(self, paths: Iterable[str], run_id: int) -> None:
+        """Mark unchanged files as seen by ``run_id`` (no decode, no encode)."""
+        paths = list(paths)
+        with self.conn:
+            self.conn.executemany("UPDATE files SET last_run = ? WHERE path = ?", [(run_id, p) for p in paths])
+
+    def mark_missing(self, roots: Iterable[str], run_id: int) -> int:
+        """Files under ``roots`` that ``run_id`` did not see are gone: they drop out of results."""
+        n = 0
+        with self.conn:
+            for root in roots:
+                root = os.path.abspath(root)
+                if os.path.isfile(root):
+                    continue
+                prefix = root.rstrip(os.sep) + os.sep
+                cur = self.conn.execute(
+                    "UPDATE files SET status = 'missing', updated = ? WHERE status != 'missing' AND substr(path, 1, ?) = ? AND (last_run IS NULL OR last_run != ?)",
+                    (time.time(), len(prefix), prefix, run_id),
+                )
+                n += cur.rowcount
+        return n
+
+    def set_status(self, path: str, status: str, error: str | None = None) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE files SET status = ?, error = ?, updated = ? WHERE path = ?", (status, error, time.time(), path))
+
+    def get_file(self, path: str) -> FileRow | None:
+        row = self.conn.execute(f"SELECT {_FILE_COLS} FROM files WHERE path = ?", (str(path),)).fetchone()
+        return FileRow(**dict(row)) if row else None
+
+    def files(self, status: str | None = "ok") -> Iterator[FileRow]:
+        if status is None:
+            cur = self.conn.execute(f"SELECT {_FILE_COLS} FROM files ORDER BY path")
+        else:
+            cur = self.conn.execute(f"SELECT {_FILE_COLS} FROM files WHERE status = ? ORDER BY path", (status,))
+        for row in cur:
+            yield FileRow(**dict(row))
+
+    def errors(self) -> list[FileRow]:
+        return list(self.files("error"))
+
+    # -- vectors ---------------------------------------------------------------------------
+    def vectors_after(self, last_id: int, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) with id > last_id, in chunks: what the index has not seen yet."""
+        dim = self.dim
+        while True:
+            rows = self.conn.execute("SELECT id, vec FROM vectors WHERE id > ? ORDER BY id LIMIT ?", (last_id, chunk)).fetchall()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+            yield ids, vecs
+            last_id = int(ids[-1])
+
+    def live_vectors(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(ids, vectors, hashes) of the vectors that at least one ``ok`` file uses."""
+        rows = self.conn.execute(
+            "SELECT v.id, v.vec, v.hash FROM vectors v WHERE EXISTS (SELECT 1 FROM files f WHERE f.hash = v.hash AND f.status = 'ok') ORDER BY v.id"
+        ).fetchall()
+        dim = self.dim or 0
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim) if rows else np.zeros((0, dim), np.float32)
+        return ids, vecs, [r[2] for r in rows]
+
+    def vectors_by_id(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        ids = [int(i) for i in ids]
+        out: dict[int, np.ndarray] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            for vid, blob in self.conn.execute(f"SELECT id, vec FROM vectors WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                out[vid] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def vector_for_hash(self, content_hash: str) -> tuple[int, np.ndarray] | None:
+        row = self.conn.execute("SELECT id, vec FROM vectors WHERE hash = ?", (content_hash,)).fetchone()
+        return (row[0], np.frombuffer(row[1], dtype=np.float32)) if row else None
+
+    def files_by_hash(self, status: str = "ok") -> dict[str, list[FileRow]]:
+        out: dict[str, list[FileRow]] = {}
+        for row in self.files(status):
+            if row.hash:
+                out.setdefault(row.hash, []).append(row)
+        return out
+
+    # -- verdicts --------------------------------------------------------------------------
+    def add_verdicts(self, pairs: Iterable[tuple[str, str, str]], source: str = "") -> int:
+        now = time.time()
+        rows = [(min(a, b), max(a, b), v, source, now) for a, b, v in pairs]
+        with self.conn:
+            self.conn.executemany(
+                "INSERT INTO verdicts (a, b, verdict, source, created) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(a, b) DO UPDATE SET verdict=excluded.verdict, source=excluded.source, created=excluded.created",
+                rows,
+            )
+        return len(rows)
+
+    def not_duplicate_pairs(self) -> set[tuple[str, str]]:
+        return {(r[0], r[1]) for r in self.conn.execute("SELECT a, b FROM verdicts WHERE verdict = 'not_duplicate'")}
+
+    # -- summary ---------------------------------------------------------------------------
+    def stats(self) -> dict:
+        counts = dict(self.conn.execute("SELECT status, COUNT(*) FROM files GROUP BY status").fetchall())
+        n_vec = self.conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+        size = self.conn.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE status = 'ok'").fetchone()[0]
+        distinct = self.conn.execute("SELECT COUNT(DISTINCT hash) FROM files WHERE status = 'ok'").fetchone()[0]
+        return {
+            "db": str(self.path.resolve()),
+            "model": self.model,
+            "dim": self.dim,
+            "files": sum(counts.values()),
+            "ok": counts.get("ok", 0),
+            "errors": counts.get("error", 0),
+            "missing": counts.get("missing", 0),
+            "distinct_contents": distinct,
+            "vectors": n_vec,
+            "bytes": size,
+            "verdicts": self.conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0],
+        }

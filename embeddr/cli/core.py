@@ -1,0 +1,194 @@
+"""Core commands: scan, dupes, info, models, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+from .. import api
+from ..decode import DEFAULT_MAX_PIXELS
+from ..output import human_bytes, render
+from .common import (DEFAULT_DB_PATH, CheckpointOpt, DbOpt, DeviceOpt, FormatOpt, ModelOpt, OutputOpt, PrecisionOpt,
+                     ThresholdOpt, check_format, emit, err_console, handle_errors, to_json)
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} img/s" if speed else "-- img/s")
+
+
+def _progress_bar():
+    return Progress(TextColumn("[bold]scan"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=False)
+
+
+def print_scan_summary(report) -> None:
+    d = report.as_dict()
+    rate = f", {d['images_per_second']} img/s" if d["images_per_second"] else ""
+    err_console.print(
+        f"scanned {report.seen} images with {report.model}: {report.processed} new or changed "
+        f"({report.encoded} embedded, {report.exact_reused} exact copies reused), {report.unchanged} unchanged, "
+        f"{report.missing} gone, {report.errors} errors in {report.seconds:.1f}s{rate}", highlight=False)
+    if report.errors:
+        err_console.print(f"{report.errors} file(s) could not be read (scan went on); e.g.:", highlight=False)
+        for path, error in report.error_samples[:10]:
+            err_console.print(f"  {path}: {error}", highlight=False, soft_wrap=True)
+        err_console.print("all errors: embeddr info --errors", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def scan(
+        paths: Annotated[list[Path], typer.Argument(help="Folders (walked recursively) and files to scan.")],
+        db: DbOpt = DEFAULT_DB_PATH,
+        model: ModelOpt = None,
+        device: DeviceOpt = "auto",
+        precision: PrecisionOpt = "auto",
+        checkpoint: CheckpointOpt = None,
+        exclude: Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="Glob to skip (relative path or name); repeatable.")] = None,
+        batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per encoder batch.")] = 64,
+        workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decode worker processes (0 = decode in the main process). Default: CPU count, at most 8.")] = None,
+        max_pixels: Annotated[int, typer.Option("--max-pixels", min=0, help="Decompression-bomb guard: refuse images with more pixels (0 = no limit).")] = DEFAULT_MAX_PIXELS,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+        json_out: Annotated[bool, typer.Option("--json", help="Print the scan report as JSON on stdout.")] = False,
+    ):
+        """Scan images into the catalog: hash, decode, embed, index. Incremental and resumable.
+
+        Unchanged files (same path, size, mtime) are skipped; changed files are embedded again;
+        files gone from disk drop out of results. Files with the same bytes are embedded once.
+        Unreadable files are recorded with the reason and the scan goes on.
+
+        Example: embeddr scan ~/photos --db photos.db --model sscd-distilled --exclude '*.tmp'
+        """
+        progress = None
+        bar = None
+        if not quiet:
+            bar = _progress_bar()
+            task = bar.add_task("scan", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            bar.start()
+        try:
+            report = api.scan(paths, db=db, model=model, device=device, precision=precision, checkpoint=checkpoint,
+                              exclude=exclude or (), batch_size=batch_size, workers=workers,
+                              max_pixels=max_pixels or None, progress=progress)
+        finally:
+            if bar is not None:
+                bar.stop()
+        print_scan_summary(report)
+        if json_out:
+            emit(to_json(report.as_dict()), None)
+
+    @app.command()
+    @handle_errors
+    def dupes(
+        db: DbOpt = DEFAULT_DB_PATH,
+        threshold: ThresholdOpt = None,
+        score: Annotated[Optional[str], typer.Option("--score", help="raw (cosine) or normalized (neighbourhood-corrected). Default: the preset's.")] = None,
+        fmt: FormatOpt = "table",
+        output: OutputOpt = None,
+        model: ModelOpt = None,
+    ):
+        """List duplicate groups and every pair at or above the threshold.
+
+        Pairs of identical bytes are kind 'exact' (score 1.0); others are 'near'. Groups never chain
+        unrelated images: two groups merge only if all their members are similar (README: grouping).
+        JSON has model, threshold, groups (members: path, size, width, height) and pairs (a, b, score, kind);
+        CSV lists the pairs with header a,b,score,kind. Paths are absolute.
+
+        Example: embeddr dupes --db photos.db --format json --output dupes.json
+        """
+        fmt = check_format(fmt)
+        report = api.find_duplicates(db, threshold=threshold, score=score, model=model)
+        emit(render(report, fmt), output)
+
+    @app.command()
+    @handle_errors
+    def info(
+        db: DbOpt = DEFAULT_DB_PATH,
+        errors: Annotated[bool, typer.Option("--errors", help="List every file that could not be read, with the reason.")] = False,
+        json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    ):
+        """Show the catalog's state: files, errors, model, threshold, index size, recent runs.
+
+        Example: embeddr info --db photos.db --errors
+        """
+        data = api.info(db)
+        if json_out:
+            emit(to_json(data), None)
+            return
+        lines = [
+            f"catalog    {data['db']}",
+            f"model      {data['model']} ({data['dim']}-d)" if data["model"] else "model      (none yet)",
+        ]
+        if data.get("threshold") is not None:
+            lines.append(f"threshold  {data['threshold']:g}  ({data['threshold_provenance']})")
+        lines += [
+            f"files      {data['ok']} ok, {data['errors']} errors, {data['missing']} gone ({human_bytes(data['bytes'])})",
+            f"contents   {data['distinct_contents']} distinct, {data['vectors']} vectors",
+            f"index      {data['index_file'] or '(not built)'} ({human_bytes(data['index_bytes'])})",
+            f"verdicts   {data['verdicts']}",
+        ]
+        for run in data["runs"][:3]:
+            stats = run["stats"]
+            lines.append(f"run {run['id']:<5}  {run['status']:<11} {run['model']}  seen {stats.get('seen', '?')}, "
+                         f"new {stats.get('processed', '?')}, errors {stats.get('errors', '?')}")
+        if errors:
+            lines.append("errors:")
+            lines += [f"  {e['path']}: {e['error']}" for e in data["error_files"]] or ["  (none)"]
+        emit("\n".join(lines), None)
+
+    @app.command()
+    @handle_errors
+    def models(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False):
+        """List the model presets (models/*.toml) with their threshold and its provenance.
+
+        Example: embeddr models
+        """
+        from ..presets import list_presets
+
+        presets = list_presets()
+        if json_out:
+            emit(to_json({n: {"backend": p.backend, "dim": p.dim, "input_size": p.input_size, "description": p.description,
+                              "threshold": p.threshold.value, "provisional": p.threshold.provisional,
+                              "provenance": p.threshold.provenance, "offline": p.weights.offline}
+                          for n, p in presets.items()}), None)
+            return
+        lines = []
+        for name, p in sorted(presets.items()):
+            offline = "offline" if p.weights.offline else "needs download or --checkpoint"
+            flag = " (provisional)" if p.threshold.provisional else ""
+            lines.append(f"{name:<18} {p.backend:<11} {p.dim:>4}-d  threshold {p.threshold.value:g}{flag}  [{offline}]")
+            lines.append(f"{'':<18} {p.description}")
+        emit("\n".join(lines), None)
+
+    @app.command()
+    @handle_errors
+    def demo(
+        folder: Annotated[Path, typer.Argument(help="Where to write the example images and catalog.")] = Path("embeddr-demo"),
+        model: ModelOpt = "sscd-distilled",
+    ):
+        """Run the whole job on a small bundled example (offline): make duplicates, scan, list groups.
+
+        Writes a few bundled photos plus crops, recolours, thumbnails and re-encodes of them into FOLDER,
+        scans them into FOLDER/embeddr.db and prints the duplicate groups.
+
+        Example: embeddr demo /tmp/embeddr-demo
+        """
+        from ..demo import make_demo
+
+        images = make_demo(folder)
+        db = folder / "embeddr.db"
+        err_console.print(f"wrote {images} example images to {folder / 'images'}", highlight=False)
+        report = api.scan([folder / "images"], db=db, model=model, workers=0)
+        print_scan_summary(report)
+        emit(render(api.find_duplicates(db), "table"), None)
+        err_console.print(f"next: embeddr dupes --db {db} --format json", highlight=False)

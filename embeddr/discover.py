@@ -1,0 +1,134 @@
+"""Discover stage: walk folders and yield the files that are images.
+
+Images are recognised by content (magic bytes), not only by extension: a PNG named
+``.dat`` is found, and a text file named ``.jpg`` is kept so that the scan reports it as a
+per-file error. Symbolic links to folders are followed once (loops are detected by
+(device, inode)); a broken link to an image name is reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .gif .webp .bmp .dib .tif .tiff .ico .ppm .pgm .pbm .pnm .tga "
+    ".jp2 .j2k .heic .heif .avif .psd .pcx .sgi .dds .icns .qoi .apng".split()
+)
+_MAGIC = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"\x00\x00\x01\x00",  # ICO
+    b"8BPS",  # PSD
+    b"qoif",
+    b"\x00\x00\x00\x0cjP  ",  # JPEG 2000
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file that looks like an image. ``error`` is set when it cannot even be stat'ed."""
+
+    path: str  # absolute, as reached (links are not resolved)
+    size: int = 0
+    mtime_ns: int = 0
+    error: str | None = None
+
+
+def sniff(path: str) -> bool:
+    """True when the first bytes of ``path`` look like an image format Pillow reads."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+    except OSError:
+        return False
+    if any(head.startswith(m) for m in _MAGIC):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"avif", b"msf1", b"hevc"):
+        return True
+    return len(head) >= 2 and head[0:1] == b"P" and head[1:2] in b"123456"  # PNM
+
+
+def _excluded(rel: str, name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def discover(roots: Iterable[str | os.PathLike], *, exclude: Iterable[str] = (), follow_links: bool = True) -> Iterator[Candidate]:
+    """Yield image candidates under ``roots`` (files or folders), in a stable sorted order.
+
+    ``exclude``: glob patterns matched against the path relative to its root and the bare name
+    (``--exclude '*.tmp' --exclude 'cache/*'``). A folder that matches is not entered.
+    """
+    patterns = tuple(exclude)
+    seen_files: set[str] = set()
+    for root in roots:
+        root = os.path.abspath(os.fspath(root))
+        if os.path.isfile(root) or (os.path.islink(root) and not os.path.exists(root)):
+            yield from _one(root, seen_files)
+            continue
+        if not os.path.isdir(root):
+            yield Candidate(root, error="no such file or folder")
+            continue
+        visited: set[tuple[int, int]] = set()
+        stack = [root]
+        while stack:
+            folder = stack.pop()
+            try:
+                st = os.stat(folder)
+            except OSError as exc:
+                yield Candidate(folder, error=f"cannot read folder: {exc.strerror or exc}")
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in visited:  # symlink loop or second link to a folder already walked
+                continue
+            visited.add(key)
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError as exc:
+                yield Candidate(folder, error=f"cannot list folder: {exc.strerror or exc}")
+                continue
+            subdirs = []
+            for entry in entries:
+                rel = os.path.relpath(entry.path, root)
+                if _excluded(rel, entry.name, patterns):
+                    continue
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=follow_links)
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    subdirs.append(entry.path)
+                else:
+                    yield from _one(entry.path, seen_files)
+            stack.extend(reversed(subdirs))
+
+
+def _one(path: str, seen: set[str]) -> Iterator[Candidate]:
+    if path in seen:
+        return
+    seen.add(path)
+    has_ext = Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path) and has_ext:
+            yield Candidate(path, error="broken symlink")
+        return
+    except OSError as exc:
+        if has_ext:
+            yield Candidate(path, error=f"cannot stat: {exc.strerror or exc}")
+        return
+    if not os.path.isfile(path):
+        return
+    if has_ext or sniff(path):
+        yield Candidate(path, size=st.st_size, mtime_ns=st.st_mtime_ns)

