@@ -1,0 +1,65 @@
+"""Shared fixtures: real photos from scikit-image's wheel, the shared real-image set, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+REALIMAGES = Path(os.environ.get("EMBEDDR_REALIMAGES", REPO.parent / "shared" / "data" / "realimages"))
+
+# Distinct real photos that ship inside scikit-image's wheel (public domain / CC0).
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "motorcycle_left", "retina", "immunohistochemistry")
+
+
+def _skimage_array(name: str) -> np.ndarray:
+    skdata = pytest.importorskip("skimage.data")
+    return getattr(skdata, name)()
+
+
+@pytest.fixture(scope="session")
+def photo_arrays() -> dict[str, np.ndarray]:
+    """name -> RGB uint8 array of real photos (scikit-image sample data)."""
+    out = {}
+    for name in SKIMAGE_PHOTOS:
+        arr = _skimage_array(name)
+        if arr.ndim == 2:
+            arr = np.stack([arr] * 3, axis=-1)
+        out[name] = arr[..., :3].astype(np.uint8)
+    return out
+
+
+def save_photo(arr: np.ndarray, path: Path, long_side: int = 384, **save_kwargs) -> Path:
+    img = Image.fromarray(arr).convert("RGB")
+    img.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **({"quality": 90} if path.suffix.lower() in (".jpg", ".jpeg") else {}), **save_kwargs)
+    return path
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path, photo_arrays) -> Path:
+    """A folder of distinct real photos, one JPEG each (long side 384)."""
+    folder = tmp_path / "photos"
+    for name, arr in photo_arrays.items():
+        save_photo(arr, folder / f"{name}.jpg")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def realimages() -> Path:
+    """../shared/data/realimages, or skip when this clone has none (users' clones do not)."""
+    if not (REALIMAGES / "manifest.csv").is_file():
+        pytest.skip("shared real-image set not present (../shared/data/realimages)")
+    return REALIMAGES
+
+
+@pytest.fixture
+def runner():
+    from typer.testing import CliRunner
+
+    return CliRunner()
