@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 REALIMAGES = Path(os.environ.get("EMBEDDR_REALIMAGES", REPO.parent / "shared" / "data" / "realimages"))
 
 # Distinct real photos that ship inside scikit-image's wheel (public domain / CC0).
-SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "motorcycle_left", "retina", "immunohistochemistry")
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "immunohistochemistry", "camera", "coins", "moon")
 
 
 def _skimage_array(name: str) -> np.ndarray:
