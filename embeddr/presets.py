@@ -94,15 +94,18 @@ def parse_preset(data: dict[str, Any], source_file: str = "<dict>") -> Preset:
     return preset
 
 
-def preset_dirs() -> list[Path]:
-    """Folders searched for presets: $EMBEDDR_MODELS (os.pathsep-separated), then the shipped ones."""
-    dirs = [Path(p) for p in os.environ.get("EMBEDDR_MODELS", "").split(os.pathsep) if p]
+def preset_dirs() -> list:
+    """Folders searched for presets: $EMBEDDR_MODELS (os.pathsep-separated), then the shipped ones.
+
+    Entries are paths or importlib Traversables (an installed wheel ships models/ as embeddr._presets).
+    """
+    dirs: list = [Path(p) for p in os.environ.get("EMBEDDR_MODELS", "").split(os.pathsep) if p]
     repo_models = Path(__file__).resolve().parent.parent / "models"
     if repo_models.is_dir():
         dirs.append(repo_models)
-    else:  # installed wheel: models/ is shipped as embeddr._presets
+    else:
         try:
-            dirs.append(Path(str(resources.files("embeddr._presets"))))
+            dirs.append(resources.files("embeddr._presets"))
         except ModuleNotFoundError:  # pragma: no cover - broken install
             pass
     return dirs
@@ -111,10 +114,12 @@ def preset_dirs() -> list[Path]:
 def list_presets() -> dict[str, Preset]:
     found: dict[str, Preset] = {}
     for folder in preset_dirs():
-        for path in sorted(folder.glob("*.toml")):
-            with path.open("rb") as fh:
-                preset = parse_preset(tomllib.load(fh), str(path))
-            found.setdefault(preset.name, preset)
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".toml"):
+                preset = parse_preset(tomllib.loads(entry.read_text(encoding="utf-8")), str(entry))
+                found.setdefault(preset.name, preset)
     return found
 
 
