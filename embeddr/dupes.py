@@ -51,6 +51,7 @@ class DuplicateReport:
     files: int = 0  # ok files considered
     threshold_provenance: str = ""
     extra: dict = field(default_factory=dict)
+    file_rows: list[FileRow] = field(default_factory=list, repr=False, compare=False)  # every ok file considered (not serialised)
 
     def as_dict(self) -> dict:
         return {
@@ -128,4 +129,5 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         scores = [pair_score.get((a, b)) or similarity(a, b) for a, b in combinations(sorted(paths), 2)]
         groups.append(Group(gid, [row_of[p] for p in paths], min(scores), max(scores)))
     return DuplicateReport(model=preset.name, threshold=threshold, score=score, groups=groups, pairs=pairs,
-                           files=files, threshold_provenance=preset.threshold.provenance)
+                           files=files, threshold_provenance=preset.threshold.provenance,
+                           file_rows=list(row_of.values()))

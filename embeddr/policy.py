@@ -1,0 +1,277 @@
+"""Retention policy: which copy of each duplicate group is canonical, and why.
+
+A :class:`Policy` is an ordered list of rules plus two lists of folders. :func:`decide` turns a
+:class:`~embeddr.dupes.DuplicateReport` into one :class:`Decision` per group: the canonical copy,
+the duplicates an action may touch, the protected copies that are never touched, and the rule
+that decided, in words. ``canonical``, ``duplicates`` and ``protected`` partition the group (the
+canonical is not repeated in ``protected`` even when it lies under a protected folder).
+
+How a group is decided
+----------------------
+1. **keep-in** (always first, whether listed or not): members under a ``keep_in`` folder are
+   *protected*: they are kept and never touched by any action. If a group has protected members,
+   the canonical is chosen among them only (the rules below break ties between them); the other
+   members are the duplicates. A group whose members are *all* protected has no duplicates.
+2. The remaining rules run in the order given. Each keeps only the candidates that are best by
+   its criterion; a rule that cannot tell the candidates apart passes all of them to the next.
+   The rule that narrows the candidates to one is the one that *decided*.
+3. If every rule ties, the first path in sorted (code-point) order wins: rule ``"tie: path order"``.
+
+Rules (the names users type, e.g. ``--rule most-pixels --rule oldest`` or in TOML)
+----------------------------------------------------------------------------------
+``keep-in``       files under a protected reference folder (``--keep-in DIR``) win; see above.
+``prefer``        files under a preferred folder (``--prefer DIR``) win; with several preferred
+                  folders, one listed earlier beats one listed later.
+``most-pixels``   more pixels (width x height) wins; unknown dimensions count as 0.
+``largest-file``  more bytes wins.
+``lossless``      a lossless format wins over a lossy one: PNG, TIFF, BMP, lossless WebP (VP8L),
+                  PPM/PGM/PBM, TGA, QOI, ICO are lossless; JPEG, lossy WebP, HEIF/AVIF, JPEG 2000,
+                  GIF (palette-reduced) and unknown formats count as lossy.
+``oldest``        the earliest modification time wins.
+``newest``        the latest modification time wins.
+``shortest-path`` the shortest absolute path (in characters) wins.
+
+The default order is ``most-pixels, lossless, largest-file, oldest, shortest-path``: for the
+same picture as PNG 2000 px, JPEG 2000 px and JPEG 500 px the PNG 2000 px is canonical
+(``most-pixels`` drops the 500 px copy, ``lossless`` then prefers the PNG).
+
+A policy file (TOML)::
+
+    [policy]
+    rules = ["prefer", "most-pixels", "lossless", "oldest"]
+    keep_in = ["/archive/masters"]
+    prefer = ["/photos/best"]
+
+Decisions are deterministic: the same report and policy give the same canonicals and reasons.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .catalog import FileRow
+from .dupes import DuplicateReport
+from .errors import PolicyError
+
+RULES = ("keep-in", "prefer", "most-pixels", "largest-file", "lossless", "oldest", "newest", "shortest-path")
+DEFAULT_RULES = ("most-pixels", "lossless", "largest-file", "oldest", "shortest-path")
+TIE_RULE = "tie: path order"
+
+LOSSLESS_FORMATS = frozenset({"PNG", "TIFF", "BMP", "DIB", "PPM", "PGM", "PBM", "PNM", "TGA", "QOI", "ICO", "SGI", "PCX"})
+
+
+def _under(path: str, folder: str) -> bool:
+    folder = folder.rstrip(os.sep)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def _abs(folders: Sequence[str | os.PathLike]) -> tuple[Path, ...]:
+    return tuple(Path(os.path.abspath(os.path.expanduser(os.fspath(f)))) for f in folders)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """An ordered list of rule names, protected folders and preferred folders."""
+
+    rules: tuple[str, ...] = DEFAULT_RULES
+    keep_in: tuple[Path, ...] = ()
+    prefer: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        rules = tuple(self.rules)
+        bad = [r for r in rules if r not in RULES]
+        if bad:
+            raise PolicyError(f"unknown rule(s) {', '.join(map(repr, bad))}; valid rules: {', '.join(RULES)}")
+        if len(set(rules)) != len(rules):
+            raise PolicyError(f"a rule is listed twice in {list(rules)}")
+        object.__setattr__(self, "rules", rules)
+        object.__setattr__(self, "keep_in", _abs(self.keep_in))
+        object.__setattr__(self, "prefer", _abs(self.prefer))
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike) -> "Policy":
+        """Read ``[policy]`` (``rules``, ``keep_in``, ``prefer``) from a TOML file.
+
+        Relative folders are taken relative to the TOML file's folder. Unknown keys are refused.
+        """
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PolicyError(f"{path}: no such policy file") from None
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"{path}: not a valid TOML policy file ({exc})") from None
+        extra = sorted(set(data) - {"policy"})
+        if extra:
+            raise PolicyError(f"{path}: unknown table(s) {', '.join(extra)}; valid: [policy]")
+        section = data.get("policy", {})
+        if not isinstance(section, dict):
+            raise PolicyError(f"{path}: [policy] must be a table")
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(section) - set(valid))
+        if unknown:
+            raise PolicyError(f"{path}: unknown key(s) {', '.join(unknown)} in [policy]; valid keys: {', '.join(valid)}")
+        kwargs: dict = {}
+        for key in valid:
+            if key not in section:
+                continue
+            value = section[key]
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise PolicyError(f"{path}: [policy] {key} must be a list of strings")
+            if key == "rules":
+                kwargs[key] = tuple(value)
+            else:
+                kwargs[key] = tuple(Path(v).expanduser() if Path(v).expanduser().is_absolute() else path.parent / v for v in value)
+        return cls(**kwargs)
+
+    def with_overrides(self, *, rules: Sequence[str] | None = None, keep_in: Sequence[str | os.PathLike] = (),
+                       prefer: Sequence[str | os.PathLike] = ()) -> "Policy":
+        """This policy with command-line rules (replacing) and folders (added)."""
+        return Policy(rules=tuple(rules) if rules else self.rules, keep_in=self.keep_in + _abs(keep_in),
+                      prefer=self.prefer + _abs(prefer))
+
+    def as_dict(self) -> dict:
+        return {"rules": list(self.rules), "keep_in": [str(p) for p in self.keep_in], "prefer": [str(p) for p in self.prefer]}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the policy decided for one group."""
+
+    group_id: int
+    canonical: FileRow
+    duplicates: tuple[FileRow, ...]  # the copies an action may touch (never canonical, never protected)
+    protected: tuple[FileRow, ...]  # the other members under keep_in (kept, never touched); canonical excluded
+    reason: str  # which rule decided, in words
+    rule: str  # the rule name that decided, or TIE_RULE
+
+    def as_dict(self) -> dict:
+        return {"group": self.group_id, "canonical": self.canonical.path, "rule": self.rule, "reason": self.reason,
+                "duplicates": [d.path for d in self.duplicates], "protected": [p.path for p in self.protected]}
+
+
+# -- rule criteria: a key (larger is better) and how to show the value --------------------------
+
+def is_lossless(row: FileRow) -> bool:
+    """Whether the file's format keeps every pixel (WebP is sniffed for its VP8L lossless chunk)."""
+    fmt = (row.format or "").upper()
+    if fmt in LOSSLESS_FORMATS:
+        return True
+    if fmt == "WEBP":
+        try:
+            with open(row.path, "rb") as fh:
+                head = fh.read(16)
+            return head[12:16] == b"VP8L"
+        except OSError:
+            return False
+    return False
+
+
+def _pixels(r: FileRow) -> int:
+    return (r.width or 0) * (r.height or 0)
+
+
+def _dims(r: FileRow) -> str:
+    return f"{r.width}x{r.height}" if r.width and r.height else "unknown size"
+
+
+def _prefer_rank(policy: Policy) -> Callable[[FileRow], int]:
+    def rank(r: FileRow) -> int:
+        for i, folder in enumerate(policy.prefer):
+            if _under(r.path, str(folder)):
+                return len(policy.prefer) - i
+        return 0
+    return rank
+
+
+def _criteria(policy: Policy) -> dict[str, tuple[Callable[[FileRow], object], Callable[[FileRow], str]]]:
+    def mtime(r: FileRow) -> int:
+        return r.mtime_ns if r.mtime_ns is not None else 0
+
+    prefer = _prefer_rank(policy)
+    return {
+        "prefer": (prefer, lambda r: f"in preferred folder {policy.prefer[len(policy.prefer) - prefer(r)]}" if prefer(r) else "not in a preferred folder"),
+        "most-pixels": (_pixels, _dims),
+        "largest-file": (lambda r: r.size or 0, lambda r: f"{r.size} bytes"),
+        "lossless": (lambda r: int(is_lossless(r)), lambda r: f"{r.format or 'unknown'} ({'lossless' if is_lossless(r) else 'lossy'})"),
+        "oldest": (lambda r: -mtime(r), lambda r: f"modified {_when(r)}"),
+        "newest": (mtime, lambda r: f"modified {_when(r)}"),
+        "shortest-path": (lambda r: -len(r.path), lambda r: f"path of {len(r.path)} characters"),
+    }
+
+
+def _when(r: FileRow) -> str:
+    if r.mtime_ns is None:
+        return "at an unknown time"
+    import datetime as _dt
+
+    return _dt.datetime.fromtimestamp(r.mtime_ns / 1e9, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _choose(candidates: list[FileRow], policy: Policy) -> tuple[FileRow, str, str]:
+    """(canonical, rule, reason) among ``candidates`` by the policy's rules (keep-in excluded)."""
+    candidates = sorted(candidates, key=lambda r: r.path)
+    if len(candidates) == 1:
+        return candidates[0], TIE_RULE, "only candidate"
+    criteria = _criteria(policy)
+    steps: list[str] = []  # earlier rules that narrowed the candidates without deciding
+    tied: list[str] = []
+    for name in policy.rules:
+        if name == "keep-in":
+            continue
+        key, show = criteria[name]
+        best = max(key(r) for r in candidates)
+        winners = [r for r in candidates if key(r) == best]
+        if len(winners) == len(candidates):
+            tied.append(name)
+            continue
+        losers = [r for r in candidates if key(r) != best]
+        runner_up = min(losers, key=lambda r: (-_sortable(key(r)), r.path))
+        a, b = show(winners[0]), show(runner_up)
+        if a == b:  # same display (e.g. mtimes within a second): show the raw values
+            a, b = f"{a} [{abs(key(winners[0]))}]", f"{b} [{abs(key(runner_up))}]"
+        step = f"{name}: {a} beats {b}"
+        if len(winners) == 1:
+            return winners[0], name, step + (f" (after {'; '.join(steps)})" if steps else "")
+        steps.append(step)
+        candidates = winners
+    narrowed = f" (after {'; '.join(steps)})" if steps else ""
+    return candidates[0], TIE_RULE, f"tie on {', '.join(tied) or 'every rule'}: first path in sorted order{narrowed}"
+
+
+def _sortable(value) -> float:
+    return float(value)
+
+
+def decide_group(group_id: int, members: Sequence[FileRow], policy: Policy) -> Decision:
+    """The :class:`Decision` for one group of duplicate files."""
+    members = sorted(members, key=lambda r: r.path)
+    protected = [m for m in members if any(_under(m.path, str(k)) for k in policy.keep_in)]
+    if protected:
+        canonical, rule, reason = _choose(protected, policy)
+        if len(protected) == 1:
+            rule, reason = "keep-in", f"keep-in: the only copy under a protected folder ({_protecting(canonical, policy)})"
+        else:
+            reason = f"keep-in: {len(protected)} protected copies; among them {reason}"
+    else:
+        canonical, rule, reason = _choose(list(members), policy)
+    protected_paths = {p.path for p in protected}
+    duplicates = tuple(m for m in members if m.path != canonical.path and m.path not in protected_paths)
+    return Decision(group_id=group_id, canonical=canonical, duplicates=duplicates,
+                    protected=tuple(p for p in protected if p.path != canonical.path), reason=reason, rule=rule)
+
+
+def _protecting(row: FileRow, policy: Policy) -> str:
+    return next(str(k) for k in policy.keep_in if _under(row.path, str(k)))
+
+
+def decide(report: DuplicateReport, policy: Policy | None = None) -> list[Decision]:
+    """One :class:`Decision` per group of ``report``, in group order. Deterministic."""
+    policy = policy or Policy()
+    return [decide_group(g.id, g.members, policy) for g in report.groups]

@@ -1,0 +1,119 @@
+"""Savings: what acting on the duplicates would reclaim, per top-level folder and overall.
+
+For each top-level folder (the first path component under the common root of all files, or
+under each of the given ``roots``) and overall:
+
+* ``files``              ok files in the catalog (all of them, not only those in groups)
+* ``bytes``              their total size
+* ``duplicate_files``    files the policy marks as removable duplicates (never canonical or protected)
+* ``duplication_rate``   duplicate_files / files (0 when there are no files)
+* ``bytes_reclaimable``  total size of those duplicates
+* ``monthly_cost``       bytes_reclaimable in GB (2^30 bytes, as cloud storage bills a GB-month)
+                         times ``price_per_gb_month``, in ``currency``
+
+Files come from ``report.file_rows`` (filled by :func:`embeddr.dupes.find_duplicates`), else from
+``catalog`` if given, else only the group members are known (``files`` then counts those).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+from .catalog import Catalog, FileRow
+from .dupes import DuplicateReport
+from .errors import PolicyError
+from .policy import Decision
+
+GB = 1 << 30
+OTHER = "(other)"
+
+
+def _all_files(report: DuplicateReport, catalog: Catalog | None) -> list[tuple[str, int]]:
+    rows: Iterable[FileRow] | None = getattr(report, "file_rows", None) or None
+    if rows is None and catalog is not None:
+        rows = catalog.files("ok")
+    if rows is None:
+        rows = (m for g in report.groups for m in g.members)
+    seen: dict[str, int] = {}
+    for r in rows:
+        seen[r.path] = r.size or 0
+    return sorted(seen.items())
+
+
+def _folder_of(roots: Sequence[str]):
+    """path -> (label, absolute folder) of its top-level folder under the deepest matching root."""
+    roots = sorted({os.path.abspath(r).rstrip(os.sep) or os.sep for r in roots}, key=len, reverse=True)
+    multi = len(roots) > 1
+    base = os.path.commonpath(roots) if multi else ""
+
+    def folder(path: str) -> tuple[str, str]:
+        for root in roots:
+            prefix = root if root.endswith(os.sep) else root + os.sep
+            if path.startswith(prefix):
+                rel = path[len(prefix):]
+                head = rel.split(os.sep, 1)[0] if os.sep in rel else "."
+                absolute = os.path.join(root, head) if head != "." else root
+                label = os.path.relpath(absolute, base) if multi else head
+                return label, absolute
+        return OTHER, ""
+
+    return folder
+
+
+def _row(label: str, absolute: str, files: int, nbytes: int, dups: int, reclaim: int, price: float) -> dict:
+    return {
+        "folder": label,
+        "path": absolute,
+        "files": files,
+        "bytes": nbytes,
+        "duplicate_files": dups,
+        "duplication_rate": round(dups / files, 6) if files else 0.0,
+        "bytes_reclaimable": reclaim,
+        "monthly_cost": round(reclaim / GB * price, 6),
+    }
+
+
+def savings(report: DuplicateReport, decisions: list[Decision], *, roots: list[str] | None = None,
+            price_per_gb_month: float = 0.023, currency: str = "USD", catalog: Catalog | None = None) -> dict:
+    """Files, duplicates, duplication rate, reclaimable bytes and monthly cost per top-level folder and overall.
+
+    Returns a JSON-ready dict ``{"overall": {...}, "folders": [{...}], "price_per_gb_month": ..., "currency": ...}``;
+    folders are sorted by bytes reclaimable (most first), then name.
+    """
+    if price_per_gb_month < 0:
+        raise PolicyError(f"price per GB-month must be >= 0, not {price_per_gb_month}")
+    files = _all_files(report, catalog)
+    dup_size: dict[str, int] = {}
+    for d in decisions:
+        for row in d.duplicates:
+            dup_size[row.path] = row.size or 0
+    known = {p for p, _ in files}  # duplicates missing from the file list still count
+    files += [(p, s) for p, s in dup_size.items() if p not in known]
+    if roots:
+        folder = _folder_of(list(roots))
+    else:
+        paths = [p for p, _ in files]
+        if not paths:
+            common = ""
+        else:
+            common = os.path.commonpath(paths)
+            if len(paths) == 1 or common in paths:
+                common = os.path.dirname(common)
+        folder = _folder_of([common]) if common else (lambda p: (OTHER, ""))
+    agg: dict[tuple[str, str], list[int]] = {}
+    for path, size in files:
+        key = folder(path)
+        a = agg.setdefault(key, [0, 0, 0, 0])
+        a[0] += 1
+        a[1] += size
+        if path in dup_size:
+            a[2] += 1
+            a[3] += size
+    folders = [_row(label, absolute, *a, price_per_gb_month) for (label, absolute), a in agg.items()]
+    folders.sort(key=lambda r: (-r["bytes_reclaimable"], r["folder"]))
+    total = [sum(a[i] for a in agg.values()) for i in range(4)]
+    overall = _row("(all)", "", *total, price_per_gb_month)
+    overall.pop("folder")
+    overall.pop("path")
+    return {"overall": overall, "folders": folders, "price_per_gb_month": price_per_gb_month, "currency": currency}
