@@ -214,6 +214,16 @@ class Catalog:
         """path -> (size, mtime_ns, status, hash) for every known file: what incremental scans compare."""
         return {r[0]: (r[1], r[2], r[3], r[4]) for r in self.conn.execute("SELECT path, size, mtime_ns, status, hash FROM files")}
 
+    def file_states_for(self, paths: Iterable[str]) -> dict[str, tuple[int | None, int | None, str, str | None]]:
+        """Like :meth:`file_states`, for the given paths only (bounded memory on huge catalogs)."""
+        paths = list(paths)
+        out = {}
+        for i in range(0, len(paths), 500):
+            chunk = paths[i : i + 500]
+            q = f"SELECT path, size, mtime_ns, status, hash FROM files WHERE path IN ({','.join('?' * len(chunk))})"
+            out.update({r[0]: (r[1], r[2], r[3], r[4]) for r in self.conn.execute(q, chunk)})
+        return out
+
     def has_vector(self, content_hash: str) -> bool:
         return self.conn.execute("SELECT 1 FROM vectors WHERE hash = ?", (content_hash,)).fetchone() is not None
 

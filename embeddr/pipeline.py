@@ -128,10 +128,12 @@ def default_workers() -> int:
 
 def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder, *, exclude: Iterable[str] = (),
          batch_size: int = 64, workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-         progress: Callable[[int, int], None] | None = None, max_error_samples: int = 20) -> ScanReport:
+         progress: Callable[[int, int | None], None] | None = None, max_error_samples: int = 20,
+         wave: int = 20_000) -> ScanReport:
     """Scan ``roots`` into ``catalog`` with ``encoder``; incremental and resumable.
 
-    ``progress(done, total)`` is called after each batch. Raises ``KeyboardInterrupt`` after
+    ``progress(done, total)`` is called after each batch (``total`` is None while discovery is
+    still running: it is then only known to be at least ``done``). Raises ``KeyboardInterrupt`` after
     recording the run as interrupted (everything committed so far stays).
     """
     roots = [os.path.abspath(os.fspath(r)) for r in roots]
@@ -139,35 +141,31 @@ def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder,
     run_id = catalog.begin_run(encoder.name, roots)
     report = ScanReport(run_id=run_id, model=encoder.name)
     t0 = time.perf_counter()
-    known = catalog.file_states()
-    todo: list[Candidate] = []
-    unchanged: list[str] = []
-    for cand in discover(roots, exclude=exclude):
-        report.seen += 1
-        state = known.get(cand.path)
-        if cand.error is None and state and state[0] == cand.size and state[1] == cand.mtime_ns and state[2] == "ok":
-            unchanged.append(cand.path)
-        else:
-            todo.append(cand)
-    catalog.touch(unchanged, run_id)
-    report.unchanged = len(unchanged)
-    report.times.discover = time.perf_counter() - t0
-    del known
+    workers = default_workers() if workers is None else workers
     status = "interrupted"
+    done = total = 0
     try:
         if progress:
-            progress(0, len(todo))
-        done = 0
-        workers = default_workers() if workers is None else workers
-        t_wait = time.perf_counter()
-        for batch in iter_decoded(todo, size=encoder.input_size, resize=encoder.resize, max_pixels=max_pixels,
-                                  batch_size=batch_size, workers=workers):
-            report.times.decode_wait += time.perf_counter() - t_wait
-            _process_batch(batch, catalog, encoder, run_id, report, max_error_samples)
-            done += len(batch)
+            progress(0, None)
+        # Discovery feeds waves of at most `wave` files, so memory stays bounded on any collection.
+        for wave_candidates, finished in _waves(discover(roots, exclude=exclude), wave, report):
+            t_disc = time.perf_counter()
+            todo = _changed(wave_candidates, catalog, run_id, report)
+            report.times.discover += time.perf_counter() - t_disc
+            total += len(todo)
             if progress:
-                progress(done, len(todo))
+                progress(done, total if finished else None)
             t_wait = time.perf_counter()
+            for batch in iter_decoded(todo, size=encoder.input_size, resize=encoder.resize, max_pixels=max_pixels,
+                                      batch_size=batch_size, workers=min(workers, max(0, len(todo) // 4))):
+                report.times.decode_wait += time.perf_counter() - t_wait
+                _process_batch(batch, catalog, encoder, run_id, report, max_error_samples)
+                done += len(batch)
+                if progress:
+                    progress(done, total if finished else None)
+                t_wait = time.perf_counter()
+        if progress:
+            progress(done, total)
         t_store = time.perf_counter()
         report.missing = catalog.mark_missing(roots, run_id)
         report.times.store += time.perf_counter() - t_store
@@ -184,6 +182,33 @@ def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder,
         report.seconds = time.perf_counter() - t0
         catalog.finish_run(run_id, status, report.as_dict())
     return report
+
+
+def _waves(candidates: Iterable[Candidate], size: int, report: ScanReport):
+    """Chunks of ``size`` candidates, each with a flag: True once discovery has finished."""
+    chunk: list[Candidate] = []
+    for cand in candidates:
+        report.seen += 1
+        chunk.append(cand)
+        if len(chunk) >= size:
+            yield chunk, False
+            chunk = []
+    yield chunk, True
+
+
+def _changed(candidates: list[Candidate], catalog: Catalog, run_id: int, report: ScanReport) -> list[Candidate]:
+    """Drop files the catalog already has unchanged (same size and mtime, status ok); mark them seen."""
+    known = catalog.file_states_for(c.path for c in candidates)
+    todo, unchanged = [], []
+    for cand in candidates:
+        state = known.get(cand.path)
+        if cand.error is None and state and state[0] == cand.size and state[1] == cand.mtime_ns and state[2] == "ok":
+            unchanged.append(cand.path)
+        else:
+            todo.append(cand)
+    catalog.touch(unchanged, run_id)
+    report.unchanged += len(unchanged)
+    return todo
 
 
 def _process_batch(batch: list[Decoded], catalog: Catalog, encoder: Encoder, run_id: int, report: ScanReport,
