@@ -85,11 +85,15 @@ def load_image(path: str, *, min_side: int | None = None, max_pixels: int | None
     if size == 0:
         raise DecodeError(path, "empty file (0 bytes)")
     limit = max_pixels or None
+    previous_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = limit
-            im = Image.open(path)
+            try:
+                im = Image.open(path)
+            finally:  # the limit is per call: leave Pillow's process-wide setting as it was
+                Image.MAX_IMAGE_PIXELS = previous_limit
     except PermissionError:
         raise DecodeError(path, "permission denied") from None
     except UnidentifiedImageError:
