@@ -1,0 +1,105 @@
+"""Score normalisation from each image's neighbourhood in the collection itself.
+
+Raw cosine treats dense regions of a collection (pages of one document, product shots on white,
+star fields) like sparse ones: two different pages of one report can score as high as a photo and
+its recoloured copy. Copy-detection research (SSCD, Pizzi et al. 2022, "score normalization")
+corrects a pair's similarity by how similar each item is to its *background*. Here the background
+comes from the collection being searched, so no extra data set is needed:
+
+    bg(x)     = cosine similarity of x to its k-th nearest other item in the collection
+                (k = ``DEFAULT_K`` = 10, larger than a typical duplicate group, so bg(x) is the
+                similarity of x to things that are *not* its copies)
+    s'(a, b)  = s(a, b) - beta * max(0, max(bg(a), bg(b)) - floor)
+
+with ``beta = DEFAULT_BETA`` and ``floor = DEFAULT_FLOOR``. In a sparse neighbourhood
+(``bg <= floor``, most photos) the score is the raw cosine, unchanged, so the normalised score lives
+in the same units as raw cosine and one threshold means the same thing for both; only items whose
+10th neighbour is already close (a crowd of look-alikes) are pushed down, by ``beta`` times how far
+their background sits above the floor. The larger of the two backgrounds is used (a pair is only as
+trustworthy as its most crowded member). Collections with at most ``k`` other items have no
+background evidence (bg = -1, no correction).
+
+``k``, ``beta`` and ``floor`` and the choice of ``max`` over the mean of the two backgrounds were
+chosen by measurement on the calibration split (scripts/calibrate.py; docs/benchmarks.md, "Quality
+on real images"). Known limit: an image with more than ``k`` near-identical copies in the collection
+has a high background itself, so its pairs are pushed down too (they still score high: copies sit
+near 0.9-1.0).
+
+Cost: one chunked FAISS kNN query (k + 1 neighbours) per item, O(N * k) memory, plus the usual range
+search; never an N x N matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import faiss
+import numpy as np
+
+from .match import knn, range_pairs
+
+DEFAULT_K = 10
+DEFAULT_BETA = 1.0
+DEFAULT_FLOOR = 0.5
+NO_BACKGROUND = -1.0
+
+
+def background_from_knn(scores: np.ndarray, labels: np.ndarray, query_ids: np.ndarray, k: int = DEFAULT_K,
+                        live: set[int] | None = None) -> np.ndarray:
+    """bg for each query row: the score of its k-th neighbour other than itself (and live).
+
+    ``scores``/``labels``: kNN results sorted by decreasing score. Rows with fewer than ``k``
+    usable neighbours get :data:`NO_BACKGROUND`.
+    """
+    out = np.full(len(query_ids), NO_BACKGROUND, np.float32)
+    for row, qid in enumerate(query_ids):
+        qid = int(qid)
+        seen = 0
+        for lab, s in zip(labels[row], scores[row]):
+            lab = int(lab)
+            if lab < 0 or lab == qid or (live is not None and lab not in live):
+                continue
+            seen += 1
+            if seen == k:
+                out[row] = s
+                break
+    return out
+
+
+def background(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, *, k: int = DEFAULT_K,
+               live: set[int] | None = None, chunk: int = 4096) -> np.ndarray:
+    """bg of each of ``vecs`` (whose ids are ``ids``) among the index's (live) vectors."""
+    if len(ids) == 0:
+        return np.zeros(0, np.float32)
+    dead = 0 if live is None else max(0, index.ntotal - len(live))
+    want = k + 1 + min(dead, 256)
+    scores, labels = knn(index, vecs, want, chunk=chunk)
+    return background_from_knn(scores, labels, ids, k, live)
+
+
+def penalty(bg_a: np.ndarray | float, bg_b: np.ndarray | float, *, beta: float = DEFAULT_BETA,
+            floor: float = DEFAULT_FLOOR) -> np.ndarray:
+    """What is subtracted from the raw score of a pair: ``beta * max(0, max(bg_a, bg_b) - floor)``."""
+    return beta * np.maximum(0.0, np.maximum(bg_a, bg_b) - floor)
+
+
+def normalize_scores(raw: np.ndarray, bg_a: np.ndarray, bg_b: np.ndarray, *, beta: float = DEFAULT_BETA,
+                     floor: float = DEFAULT_FLOOR) -> np.ndarray:
+    """Normalised scores of pairs from their raw cosine and the two backgrounds."""
+    return (np.asarray(raw, np.float32) - penalty(bg_a, bg_b, beta=beta, floor=floor)).astype(np.float32)
+
+
+def normalized_pairs(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, threshold: float, *, chunk: int = 2048,
+                     live: set[int] | None = None, k: int = DEFAULT_K, beta: float = DEFAULT_BETA,
+                     floor: float = DEFAULT_FLOOR) -> Iterator[tuple[int, int, float]]:
+    """Yield ``(id_a, id_b, normalised score)`` with ``id_a < id_b`` and normalised score >= ``threshold``.
+
+    The penalty is never negative, so every such pair has raw cosine >= threshold: a range search at
+    the threshold finds them all, then each is re-scored.
+    """
+    bg = background(index, ids, vecs, k=k, live=live, chunk=chunk)
+    bg_of = {int(i): float(b) for i, b in zip(ids, bg)}
+    for a, b, s in range_pairs(index, ids, vecs, threshold, chunk=chunk, live=live):
+        s2 = s - float(penalty(bg_of.get(a, NO_BACKGROUND), bg_of.get(b, NO_BACKGROUND), beta=beta, floor=floor))
+        if s2 >= threshold - 1e-5:
+            yield a, b, s2
