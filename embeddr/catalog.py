@@ -353,6 +353,10 @@ class Catalog:
     def not_duplicate_pairs(self) -> set[tuple[str, str]]:
         return {(r[0], r[1]) for r in self.conn.execute("SELECT a, b FROM verdicts WHERE verdict = 'not_duplicate'")}
 
+    def verdicts(self) -> list[dict]:
+        """Every stored verdict: a, b (a < b), verdict, source, created (epoch seconds), oldest first."""
+        return [dict(r) for r in self.conn.execute("SELECT a, b, verdict, source, created FROM verdicts ORDER BY id")]
+
     # -- summary ---------------------------------------------------------------------------
     def stats(self) -> dict:
         counts = dict(self.conn.execute("SELECT status, COUNT(*) FROM files GROUP BY status").fetchall())

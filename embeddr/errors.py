@@ -38,3 +38,7 @@ class ModelMismatch(CatalogError):
 
 class PolicyError(EmbeddrError):
     """A retention policy or action that is not valid."""
+
+
+class ReviewError(EmbeddrError):
+    """A review report that cannot be written, or a verdicts file that is not valid."""
