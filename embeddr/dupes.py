@@ -120,9 +120,9 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     from .group import group_pairs
 
     pair_score = {(p.a, p.b): p.score for p in pairs}
-    floor = threshold - margin if score == "raw" else None
-    if floor is None:  # normalised scores: the veto uses raw cosine at the preset's raw floor
-        floor = preset.threshold.value - margin if preset.score == "raw" else -1.0
+    # normalised scores are in raw-cosine units and never above the raw score (embeddr.normalize), so one
+    # floor serves both: listed pairs carry their (normalised) score, unlisted ones their raw cosine
+    floor = threshold - margin
     raw_groups = group_pairs(((p.a, p.b, p.score) for p in pairs), floor=floor, similarity=similarity)
     groups: list[Group] = []
     for gid, paths in enumerate(raw_groups, start=1):

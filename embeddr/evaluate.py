@@ -414,8 +414,9 @@ def markdown(report: EvalReport) -> str:
             p = e["pipeline"]
             lines.append(f"| {e['detector']} | {p['score']} | {p['pairs']} | {_pct(p['precision'])} % | {_pct(p['recall'])} % | "
                          f"{p['groups']} | {p['files_in_wrong_group']} |")
-    lines += ["", "Thresholds: " + "; ".join(f"{e['detector']} {e['threshold']:g} ({e['threshold_provenance']})"
-                                            for e in d["detectors"])]
+    lines += ["", "Thresholds (provenance in report.json): " + "; ".join(
+        f"{e['detector']} {e['threshold']:g} ({'provisional' if e['threshold_provisional'] else 'calibrated'})"
+        for e in d["detectors"])]
     return "\n".join(lines) + "\n"
 
 
