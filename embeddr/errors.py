@@ -42,3 +42,7 @@ class PolicyError(EmbeddrError):
 
 class ReviewError(EmbeddrError):
     """A review report that cannot be written, or a verdicts file that is not valid."""
+
+
+class JournalError(EmbeddrError):
+    """An action journal that cannot be written, read or undone."""

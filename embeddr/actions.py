@@ -1,0 +1,500 @@
+"""Act on duplicates safely: plan, apply (journaled), undo.
+
+:func:`plan` turns policy decisions into one :class:`Step` per duplicate copy; :func:`apply` runs
+the steps (a dry run unless ``yes=True``); :func:`undo` puts every file back from the journal.
+
+Actions
+-------
+``report``    nothing is touched; the plan lists what the policy decided.
+``move``      each duplicate is moved into the quarantine folder, keeping its path relative to
+              the common root of the groups' files.
+``hardlink``  each duplicate is replaced by a hard link to its canonical (same filesystem only).
+``symlink``   each duplicate is replaced by a symbolic link to its canonical (absolute target).
+``delete``    each duplicate is moved into the journal's trash folder (``JOURNAL.trash``); the
+              space is reclaimed when you delete that folder (after which undo cannot restore).
+              Needs ``really_delete=True`` on top of ``yes=True``.
+
+Safety
+------
+* A canonical or protected (``keep_in``) file is never acted on, and a step is never planned
+  for a file that is canonical or protected in any group.
+* Before the duplicates of a group are touched, the canonical must still exist as a regular file
+  whose content hash matches the catalog: the last copy of a picture is never removed.
+* Before each duplicate is touched, its content hash must match the catalog; a changed, missing
+  or linked file is skipped and reported (an outcome with status ``skipped`` and the reason).
+* Every act is journaled (:mod:`embeddr.journal`), fsynced, BEFORE it happens; the original bytes
+  of deleted and linked files are kept in the journal's trash folder. Links are made at a
+  temporary name in the duplicate's folder and put in place with an atomic ``os.replace``.
+* :func:`undo` restores every file to its path, verifying its hash and restoring mode and mtime,
+  newest act first, also after a crash mid-apply; running it twice is harmless.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .catalog import Catalog
+from .decode import content_hash
+from .errors import JournalError, PolicyError
+from .journal import JOURNAL_VERSION, Journal, read_journal, trash_dir
+from .policy import Decision
+
+ACTIONS = ("report", "move", "hardlink", "symlink", "delete")
+STATUS_AFTER = {"move": "moved", "delete": "deleted", "hardlink": "linked", "symlink": "linked"}
+ACTED_STATUSES = frozenset(STATUS_AFTER.values())
+
+
+@dataclass(frozen=True)
+class Step:
+    """One planned act on one duplicate copy."""
+
+    action: str
+    group_id: int
+    path: str
+    hash: str | None
+    size: int | None
+    canonical: str
+    canonical_hash: str | None
+    rule: str
+    reason: str
+    dest: str | None = None  # move: where the copy goes in the quarantine
+    quarantine: str | None = None  # move: the quarantine folder
+
+    def as_dict(self) -> dict:
+        return {"action": self.action, "group": self.group_id, "path": self.path, "size": self.size,
+                "canonical": self.canonical, "rule": self.rule, "reason": self.reason, "dest": self.dest}
+
+
+@dataclass
+class Outcome:
+    """What happened to one step: ``planned`` (dry run), ``done``, ``skipped`` or ``failed``."""
+
+    step: Step
+    status: str
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return {**self.step.as_dict(), "status": self.status, "detail": self.detail}
+
+
+@dataclass
+class ApplyResult:
+    action: str
+    dry_run: bool
+    outcomes: list[Outcome]
+    journal: str | None = None
+    trash: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for o in self.outcomes:
+            out[o.status] = out.get(o.status, 0) + 1
+        return out
+
+    def as_dict(self) -> dict:
+        return {"action": self.action, "dry_run": self.dry_run, "journal": self.journal, "trash": self.trash,
+                "counts": self.counts, "steps": [o.as_dict() for o in self.outcomes], **self.extra}
+
+
+@dataclass
+class UndoResult:
+    journal: str
+    restored: list[dict]  # {"path", "result"} per act, newest first
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.restored:
+            key = r["result"].split(":", 1)[0]
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    @property
+    def problems(self) -> list[dict]:
+        return [r for r in self.restored if r["result"].split(":", 1)[0] not in ("restored", "in place")]
+
+    def as_dict(self) -> dict:
+        return {"journal": self.journal, "counts": self.counts, "files": self.restored}
+
+
+# -- planning ------------------------------------------------------------------------------------
+
+def _under(path: str, folder: str) -> bool:
+    folder = folder.rstrip(os.sep)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def common_root(decisions: Sequence[Decision]) -> str:
+    """The deepest folder that holds every file of the decisions' groups."""
+    paths = [r.path for d in decisions for r in (d.canonical, *d.duplicates, *d.protected)]
+    if not paths:
+        return ""
+    root = os.path.commonpath(paths)
+    return os.path.dirname(root) if len(set(paths)) == 1 or root in paths else root
+
+
+def plan(decisions: Sequence[Decision], action: str, *, quarantine: str | os.PathLike | None = None) -> list[Step]:
+    """One :class:`Step` per duplicate copy of each decision (never a canonical or protected file)."""
+    if action not in ACTIONS:
+        raise PolicyError(f"unknown action {action!r}; valid actions: {', '.join(ACTIONS)}")
+    if action == "move" and quarantine is None:
+        raise PolicyError("--action move needs a quarantine folder (--quarantine DIR)")
+    keep = {d.canonical.path for d in decisions} | {p.path for d in decisions for p in d.protected}
+    root = common_root(decisions)
+    qdir = os.path.abspath(os.fspath(quarantine)) if quarantine is not None else None
+    steps: list[Step] = []
+    seen: set[str] = set()
+    for d in decisions:
+        for dup in d.duplicates:
+            if dup.path in keep or dup.path in seen:
+                continue
+            seen.add(dup.path)
+            if qdir is not None and _under(dup.path, qdir):
+                continue  # already quarantined
+            dest = os.path.join(qdir, os.path.relpath(dup.path, root)) if action == "move" else None
+            steps.append(Step(action, d.group_id, dup.path, dup.hash, dup.size, d.canonical.path, d.canonical.hash,
+                              d.rule, d.reason, dest, qdir if action == "move" else None))
+    return steps
+
+
+# -- file operations ---------------------------------------------------------------------------
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move(src: str, dest: str) -> None:
+    """Move ``src`` to ``dest`` (atomic rename; copy, fsync, rename and unlink across filesystems)."""
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dest)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    partial = dest + ".embeddr-partial"
+    shutil.copy2(src, partial)
+    _fsync_file(partial)
+    os.replace(partial, dest)
+    os.unlink(src)
+
+
+def _keep_original(src: str, dest: str) -> None:
+    """Keep ``src``'s bytes at ``dest`` without removing ``src`` (a hard link, else a copy)."""
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)
+        return
+    except OSError:
+        pass
+    partial = dest + ".embeddr-partial"
+    shutil.copy2(src, partial)
+    _fsync_file(partial)
+    os.replace(partial, dest)
+
+
+def _hash_or_none(path: str) -> str | None:
+    try:
+        return content_hash(path)
+    except OSError:
+        return None
+
+
+def _regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _check_canonical(step: Step) -> str | None:
+    """Why the canonical cannot be relied on, or None when it exists and matches the catalog."""
+    if not os.path.lexists(step.canonical):
+        return f"canonical {step.canonical} is gone: its duplicates are left alone"
+    if not _regular(step.canonical):
+        return f"canonical {step.canonical} is not a regular file (a link?): its duplicates are left alone"
+    if step.canonical_hash and _hash_or_none(step.canonical) != step.canonical_hash:
+        return f"canonical {step.canonical} changed since the scan: its duplicates are left alone (scan again)"
+    return None
+
+
+def _check_duplicate(step: Step) -> str | None:
+    if not os.path.lexists(step.path):
+        return "file is gone since the scan"
+    if not _regular(step.path):
+        return "not a regular file any more (a link?)"
+    try:
+        if os.path.samefile(step.path, step.canonical):
+            return "already the same file as the canonical (a hard link)"
+    except OSError:
+        pass
+    if not step.hash or _hash_or_none(step.path) != step.hash:
+        return "content changed since the scan (hash differs): not touched; scan again"
+    if step.action == "move" and step.dest and os.path.lexists(step.dest):
+        return f"quarantine already has {step.dest}"
+    if step.action == "hardlink" and os.stat(step.path).st_dev != os.stat(step.canonical).st_dev:
+        return "canonical is on another filesystem: cannot hard-link"
+    return None
+
+
+# -- apply ---------------------------------------------------------------------------------------
+
+def _open_catalog(catalog: Catalog | str | os.PathLike | None) -> tuple[Catalog | None, bool]:
+    if catalog is None or isinstance(catalog, Catalog):
+        return catalog, False
+    return Catalog(catalog, create=False), True
+
+
+def apply(steps: Sequence[Step], catalog: Catalog | str | os.PathLike | None, journal_path: str | os.PathLike | None,
+          *, yes: bool = False, really_delete: bool = False) -> ApplyResult:
+    """Run ``steps`` (from :func:`plan`). A dry run (every outcome ``planned``) unless ``yes``.
+
+    ``catalog``: acted-on files get status ``moved``/``linked``/``deleted`` there, so later
+    ``dupes`` and ``apply`` no longer list them. ``journal_path``: a new file (an existing
+    non-empty journal is refused: one apply per journal).
+    """
+    actions = {s.action for s in steps}
+    if len(actions) > 1:
+        raise PolicyError(f"a plan has one action, not {sorted(actions)}")
+    action = actions.pop() if actions else "report"
+    if not yes or action == "report":
+        return ApplyResult(action, True, [Outcome(s, "planned") for s in steps])
+    if action == "delete" and not really_delete:
+        raise PolicyError("--action delete also needs --really-delete (originals go to the journal's trash folder, "
+                          "and are gone for good once you empty it)")
+    if journal_path is None:
+        raise JournalError("acting needs a journal path")
+    journal_path = Path(os.path.abspath(journal_path))
+    if journal_path.exists() and journal_path.stat().st_size > 0:
+        raise JournalError(f"{journal_path} already exists: each apply writes a new journal (choose another --journal)")
+    trash = trash_dir(journal_path)
+    cat, opened = _open_catalog(catalog)
+    outcomes: list[Outcome] = []
+    quarantine = next((s.quarantine for s in steps if s.quarantine), None)
+    try:
+        with Journal(journal_path) as journal:
+            journal.write({"type": "begin", "version": JOURNAL_VERSION, "action": action,
+                           "db": str(cat.path.resolve()) if cat is not None else None, "trash": str(trash),
+                           "quarantine": quarantine, "created": time.time(), "steps": len(steps)})
+            canon_ok: dict[str, str | None] = {}
+            for n, step in enumerate(steps, start=1):
+                if step.canonical not in canon_ok:
+                    canon_ok[step.canonical] = _check_canonical(step)
+                why = canon_ok[step.canonical] or _check_duplicate(step)
+                if why:
+                    journal.write({"type": "skip", "path": step.path, "reason": why})
+                    outcomes.append(Outcome(step, "skipped", why))
+                    continue
+                outcomes.append(_act(n, step, journal, trash, cat))
+            journal.write({"type": "end", "counts": ApplyResult(action, False, outcomes).counts})
+    finally:
+        if opened and cat is not None:
+            cat.close()
+    return ApplyResult(action, False, outcomes, journal=str(journal_path), trash=str(trash))
+
+
+def _act(n: int, step: Step, journal: Journal, trash: Path, cat: Catalog | None) -> Outcome:
+    st = os.stat(step.path)
+    if step.action == "move":
+        dest = step.dest
+    else:
+        dest = str(trash / f"{n:06d}" / os.path.basename(step.path))
+    tmp = None
+    if step.action in ("hardlink", "symlink"):
+        tmp = os.path.join(os.path.dirname(step.path), f".embeddr-{n:06d}-{os.path.basename(step.path)}.tmp")
+    journal.write({"type": "intent", "id": n, "action": step.action, "path": step.path, "hash": step.hash,
+                   "size": st.st_size, "mode": st.st_mode, "mtime_ns": st.st_mtime_ns, "canonical": step.canonical,
+                   "canonical_hash": step.canonical_hash, "dest": dest, "tmp": tmp, "group": step.group_id})
+    try:
+        if step.action in ("move", "delete"):
+            _move(step.path, dest)
+        else:
+            _keep_original(step.path, dest)
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            if step.action == "hardlink":
+                os.link(step.canonical, tmp)
+            else:
+                os.symlink(os.path.abspath(step.canonical), tmp)
+            os.replace(tmp, step.path)
+    except OSError as exc:
+        if tmp and os.path.lexists(tmp):
+            os.unlink(tmp)
+        error = f"{type(exc).__name__}: {exc.strerror or exc}"
+        journal.write({"type": "failed", "id": n, "error": error})
+        return Outcome(step, "failed", f"{error} (file left as it was; `embeddr undo` cleans up)")
+    journal.write({"type": "done", "id": n})
+    note = {"move": f"quarantined to {dest}", "delete": f"moved to trash {dest}",
+            "hardlink": f"hard link to {step.canonical}; original in {dest}",
+            "symlink": f"symlink to {step.canonical}; original in {dest}"}[step.action]
+    if cat is not None:
+        cat.set_status(step.path, STATUS_AFTER[step.action], note)
+    return Outcome(step, "done", note)
+
+
+# -- undo ----------------------------------------------------------------------------------------
+
+def _is_our_link(rec: dict) -> bool:
+    """Whether ``path`` now holds the link the act made (to the canonical)."""
+    path, canonical = rec["path"], rec["canonical"]
+    if rec["action"] == "symlink":
+        return os.path.islink(path) and os.path.abspath(os.readlink(path)) == os.path.abspath(canonical)
+    if rec["action"] == "hardlink" and _regular(path):
+        try:
+            if os.path.samefile(path, canonical):
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def _restore_one(rec: dict) -> str:
+    path, want, dest, tmp = rec["path"], rec["hash"], rec["dest"], rec.get("tmp")
+    for leftover in (tmp, dest + ".embeddr-partial" if dest else None):
+        if leftover and os.path.lexists(leftover):
+            os.unlink(leftover)
+    linked = rec["action"] in ("hardlink", "symlink") and os.path.lexists(path) and _is_our_link(rec)
+    if not linked and _regular(path) and _hash_or_none(path) == want:
+        if dest and _regular(dest) and _hash_or_none(dest) == want:
+            os.unlink(dest)  # a second copy of bytes already back in place
+        return "in place"
+    if os.path.lexists(path) and not linked:
+        return f"conflict: {path} now holds other content; the original is kept at {dest}"
+    if not dest or not _regular(dest):
+        return f"lost: the original of {path} is not at {dest}"
+    if _hash_or_none(dest) != want:
+        return f"conflict: {dest} does not hold the original bytes (hash differs); nothing restored"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(dest, path)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        partial = os.path.join(os.path.dirname(path), f".embeddr-restore-{os.path.basename(path)}.tmp")
+        shutil.copy2(dest, partial)
+        _fsync_file(partial)
+        os.replace(partial, path)
+        os.unlink(dest)
+    try:
+        os.chmod(path, stat.S_IMODE(rec["mode"]))
+        os.utime(path, ns=(rec["mtime_ns"], rec["mtime_ns"]))
+    except (OSError, KeyError, TypeError):
+        pass
+    if _hash_or_none(path) != want:
+        return f"conflict: {path} restored but its hash differs"
+    return "restored"
+
+
+def _prune_empty(folder: str | None) -> None:
+    if not folder or not os.path.isdir(folder):
+        return
+    for dirpath, _dirs, _files in os.walk(folder, topdown=False):
+        try:
+            os.rmdir(dirpath)
+        except OSError:
+            pass
+
+
+def undo(journal_path: str | os.PathLike, *, catalog: Catalog | str | os.PathLike | None = None) -> UndoResult:
+    """Put every file the journal's apply touched back at its path (newest act first), content verified.
+
+    Works after a crash mid-apply (an intent without done: the state is read from the filesystem)
+    and is idempotent. The undo is journaled in the same file. Files restored get status ``ok``
+    again in the catalog (``catalog``, else the journal's ``db`` when it still exists).
+    """
+    journal_path = Path(os.path.abspath(journal_path))
+    records = read_journal(journal_path)
+    if not records:
+        raise JournalError(f"{journal_path}: empty journal, nothing to undo")
+    begin = records[0]
+    intents = sorted((r for r in records if r["type"] == "intent"), key=lambda r: r["id"], reverse=True)
+    if catalog is None and begin.get("db") and os.path.exists(begin["db"]):
+        catalog = begin["db"]
+    cat, opened = _open_catalog(catalog)
+    results: list[dict] = []
+    try:
+        with Journal(journal_path) as journal:
+            journal.write({"type": "undo-begin", "intents": len(intents)})
+            for rec in intents:
+                try:
+                    result = _restore_one(rec)
+                except OSError as exc:
+                    result = f"failed: {type(exc).__name__}: {exc.strerror or exc}"
+                journal.write({"type": "undo", "id": rec["id"], "path": rec["path"], "result": result})
+                results.append({"path": rec["path"], "result": result})
+                if cat is not None and result in ("restored", "in place"):
+                    row = cat.get_file(rec["path"])
+                    if row is not None and row.status in ACTED_STATUSES:
+                        cat.set_status(rec["path"], "ok", None)
+            _prune_empty(begin.get("quarantine"))
+            _prune_empty(begin.get("trash"))
+            journal.write({"type": "undo-end", "counts": UndoResult(str(journal_path), results).counts})
+    finally:
+        if opened and cat is not None:
+            cat.close()
+    return UndoResult(str(journal_path), results)
+
+
+# -- the whole job, for the CLI --------------------------------------------------------------------
+
+def default_journal_path(db: str | os.PathLike) -> Path:
+    """``embeddr-journal-<UTC time>.jsonl`` beside the catalog (a new name each time)."""
+    folder = Path(os.path.abspath(db)).parent
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = folder / f"embeddr-journal-{stamp}.jsonl"
+    n = 1
+    while path.exists():
+        n += 1
+        path = folder / f"embeddr-journal-{stamp}-{n}.jsonl"
+    return path
+
+
+def apply_duplicates(db: Catalog | str | os.PathLike, *, action: str = "report", policy=None,
+                     quarantine: str | os.PathLike | None = None, journal: str | os.PathLike | None = None,
+                     yes: bool = False, really_delete: bool = False, threshold: float | None = None,
+                     score: str | None = None, price_per_gb_month: float = 0.023, currency: str = "USD") -> ApplyResult:
+    """Find duplicates, decide canonicals by ``policy``, plan ``action`` and apply it (dry run unless ``yes``).
+
+    The result's ``extra`` holds the policy, each group's decision with its reason, and the savings
+    (:func:`embeddr.savings.savings`). ``journal`` defaults to :func:`default_journal_path`.
+    """
+    from .api import find_duplicates
+    from .policy import Policy, decide
+    from .savings import savings
+
+    policy = policy or Policy()
+    if action not in ACTIONS:
+        raise PolicyError(f"unknown action {action!r}; valid actions: {', '.join(ACTIONS)}")
+    if action == "delete" and yes and not really_delete:
+        raise PolicyError("--action delete also needs --really-delete (originals go to the journal's trash folder, "
+                          "and are gone for good once you empty it)")
+    cat, opened = _open_catalog(db)
+    try:
+        report = find_duplicates(cat, threshold=threshold, score=score)
+        decisions = decide(report, policy)
+        steps = plan(decisions, action, quarantine=quarantine)
+        if yes and action != "report" and journal is None:
+            journal = default_journal_path(cat.path)
+        result = apply(steps, cat, journal, yes=yes, really_delete=really_delete)
+    finally:
+        if opened and cat is not None:
+            cat.close()
+    result.extra = {
+        "model": report.model, "threshold": report.threshold, "policy": policy.as_dict(),
+        "groups": [d.as_dict() for d in decisions],
+        "savings": savings(report, decisions, price_per_gb_month=price_per_gb_month, currency=currency),
+    }
+    return result
