@@ -1,0 +1,550 @@
+"""Ingest gate: check new images against a catalog, and add the ones that pass.
+
+One code path for ``embeddr check`` and the HTTP service (:mod:`embeddr.server`): a
+:class:`Gate` holds the catalog, the loaded encoder and the FAISS index in memory, and
+answers, for each new file or upload, which catalogued files it duplicates:
+
+* ``exact``: catalogued ``ok`` files with the same content hash (score 1.0);
+* ``near``: catalogued ``ok`` files whose vector scores at or above the threshold (raw cosine
+  on unit vectors, FAISS ``range_search``: exact, no N x N matrix).
+
+:meth:`Gate.check` never writes. :meth:`Gate.add` adds the items that are not duplicates
+(``only_new=False``: all of them): each batch is ONE catalog transaction
+(:meth:`~embeddr.catalog.Catalog.record_batch`), then the in-memory index takes the new
+vectors incrementally (ids only grow; nothing is rebuilt) and is saved atomically. Uploaded
+bytes are first written durably to a store folder as ``<sha256><ext>``; that path is what the
+catalog records. Items decided within one call see each other (two copies of one new photo:
+the first is added, the second is reported as its duplicate).
+
+Concurrency: many readers, one writer. Decoding and encoding run outside any lock; index
+searches and catalog reads take a shared lock (each thread reads through its own SQLite
+connection); adds and index updates take the exclusive lock. Before each search the gate
+catches up with vectors other processes added to the catalog (``embeddr scan``, another
+``embeddr check --add``). On a GPU, concurrent requests are encoded together by a
+:class:`MicroBatcher`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Catalog, FileRecord
+from .decode import DEFAULT_MAX_PIXELS, content_hash, fit, load_image
+from .discover import Candidate, discover
+from .errors import CatalogError, DecodeError
+from .index import index_path, load_index, max_id, write_atomic
+from .match import EPS
+
+DEFAULT_MAX_MATCHES = 20  # matches reported per item (the best ones); the count of all is in n_matches
+_EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
+        "MPO": ".jpg", "HEIF": ".heic", "AVIF": ".avif", "ICO": ".ico", "PPM": ".ppm", "JPEG2000": ".jp2"}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded file: its client-side name and its bytes."""
+
+    name: str
+    data: bytes
+
+
+Item = str | os.PathLike | Candidate | Upload
+
+
+@dataclass(frozen=True)
+class Match:
+    path: str  # the catalogued file
+    score: float
+    kind: str  # "exact" | "near"
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "score": round(self.score, 6), "kind": self.kind}
+
+
+@dataclass
+class CheckResult:
+    """The outcome for one input: data, never an exception."""
+
+    path: str  # the input's path (absolute) or the upload's name
+    status: str = "ok"  # "ok" | "error"
+    error: str | None = None
+    hash: str | None = None
+    matches: list[Match] = field(default_factory=list)
+    n_matches: int = 0  # all matches (``matches`` holds the best ``max_matches``)
+    added: bool = False
+    stored: str | None = None  # the path catalogued for this item when it was added
+
+    @property
+    def duplicate(self) -> bool:
+        return self.n_matches > 0
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "status": self.status, "error": self.error, "hash": self.hash,
+                "duplicate": self.duplicate, "n_matches": self.n_matches,
+                "matches": [m.as_dict() for m in self.matches], "added": self.added, "stored": self.stored}
+
+
+@dataclass
+class _Prepared:
+    result: CheckResult
+    record: FileRecord | None = None
+    vector: np.ndarray | None = None
+    data: bytes | None = None  # upload bytes (stored on add)
+    ext: str = ""
+
+
+def collect(paths: Iterable[str | os.PathLike], *, exclude: Iterable[str] = ()) -> list[Candidate]:
+    """Files and folders (walked with :func:`embeddr.discover.discover`) -> candidates, sorted."""
+    return list(discover(paths, exclude=exclude))
+
+
+# -- concurrency helpers ------------------------------------------------------------------------
+class RWLock:
+    """Many readers or one writer; a waiting writer blocks new readers (no writer starvation)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    def acquire_read(self) -> None:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+
+    def release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if self._readers == 0:
+                self._cond.notify_all()
+
+    def acquire_write(self) -> None:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+
+    def release_write(self) -> None:
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+    class _Ctx:
+        def __init__(self, enter: Callable[[], None], leave: Callable[[], None]):
+            self.enter, self.leave = enter, leave
+
+        def __enter__(self):
+            self.enter()
+
+        def __exit__(self, *exc):
+            self.leave()
+
+    def read(self) -> "RWLock._Ctx":
+        return self._Ctx(self.acquire_read, self.release_read)
+
+    def write(self) -> "RWLock._Ctx":
+        return self._Ctx(self.acquire_write, self.release_write)
+
+
+class MicroBatcher:
+    """Encode concurrent requests together: what arrives within ``max_wait_ms`` of the first
+    request (up to ``max_batch`` images) goes through the encoder in one call.
+
+    ``submit(batch)`` returns a :class:`~concurrent.futures.Future` of the batch's vectors;
+    ``encode(batch)`` waits for it. One worker thread calls ``encode_fn``; an exception in
+    ``encode_fn`` is set on every future of that batch.
+    """
+
+    def __init__(self, encode_fn: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 64, max_wait_ms: float = 5.0):
+        self.encode_fn = encode_fn
+        self.max_batch = max(1, int(max_batch))
+        self.max_wait = max(0.0, max_wait_ms) / 1000.0
+        self.batches: list[int] = []  # images per encoder call (last 1000), for /stats and tests
+        self._queue: queue.Queue = queue.Queue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="embeddr-microbatcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: np.ndarray) -> Future:
+        if self._closed:
+            raise RuntimeError("micro-batcher is closed")
+        fut: Future = Future()
+        self._queue.put((batch, fut))
+        return fut
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        return self.submit(batch).result()
+
+    def close(self) -> None:
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        pending = None
+        while True:
+            first = pending if pending is not None else self._queue.get()
+            pending = None
+            if first is None:
+                return
+            jobs = [first]
+            size = len(first[0])
+            deadline = time.monotonic() + self.max_wait
+            while size < self.max_batch:
+                try:  # take what is already queued, then wait out the window for more
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        job = self._queue.get(timeout=left)
+                    except queue.Empty:
+                        break
+                if job is None:
+                    self._queue.put(None)  # close after this batch
+                    break
+                if size + len(job[0]) > self.max_batch:
+                    pending = job  # starts the next batch
+                    break
+                jobs.append(job)
+                size += len(job[0])
+            self._flush(jobs)
+
+    def _flush(self, jobs: list) -> None:
+        try:
+            out = self.encode_fn(np.concatenate([b for b, _ in jobs]))
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
+            for _, fut in jobs:
+                fut.set_exception(exc)
+            return
+        self.batches = (self.batches + [sum(len(b) for b, _ in jobs)])[-1000:]
+        start = 0
+        for batch, fut in jobs:
+            fut.set_result(out[start : start + len(batch)])
+            start += len(batch)
+
+
+# -- the gate -----------------------------------------------------------------------------------
+class Gate:
+    """Check new images against a catalog and add the ones that pass; thread-safe.
+
+    ``db``: an existing catalog with a model. ``model``: must be the catalog's (else
+    :class:`~embeddr.errors.ModelMismatch`). ``threshold``: default the preset's.
+    ``store``: where uploaded bytes are kept when added (default ``<db>.uploads/``).
+    ``micro_batch``: encode concurrent requests together (default: on when the encoder runs on CUDA).
+    ``encoder``: an already-loaded encoder of the catalog's model (tests, benchmarks).
+    """
+
+    def __init__(self, db: str | os.PathLike, *, model: str | None = None, threshold: float | None = None,
+                 device: str = "auto", precision: str = "auto", checkpoint: str | os.PathLike | None = None,
+                 store: str | os.PathLike | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 max_matches: int = DEFAULT_MAX_MATCHES, batch_size: int = 32, micro_batch: bool | None = None,
+                 max_wait_ms: float = 5.0, encoder=None):
+        from .api import catalog_preset
+        from .encoders import load_encoder
+
+        self.catalog = Catalog(db, create=False)
+        try:
+            self.preset = catalog_preset(self.catalog, model)  # no model yet / mismatch: raises
+            if encoder is not None and encoder.name != self.preset.name:
+                self.catalog.bind_model(encoder.name, encoder.dim)  # raises ModelMismatch
+            self.encoder = encoder or load_encoder(self.preset, device=device, precision=precision, checkpoint=checkpoint)
+        except BaseException:
+            self.catalog.close()
+            raise
+        self.db = self.catalog.path
+        self.threshold = self.preset.threshold.value if threshold is None else float(threshold)
+        self.score = "raw"
+        self.store = Path(store) if store is not None else self.db.with_name(self.db.name + ".uploads")
+        self.max_pixels, self.max_matches, self.batch_size = max_pixels, max_matches, max(1, batch_size)
+        self._lock = RWLock()
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self.index = load_index(self.catalog)
+        self._index_top = max_id(self.index)
+        if micro_batch is None:
+            micro_batch = str(self.encoder.device).startswith("cuda")
+        self.batcher = MicroBatcher(self.encoder.encode, max_batch=max(64, batch_size), max_wait_ms=max_wait_ms) if micro_batch else None
+        self.counters = {"checked": 0, "added": 0, "errors": 0, "duplicates": 0}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        with self._conns_lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+        self.catalog.close()
+
+    def __enter__(self) -> "Gate":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def model(self) -> str:
+        return self.preset.name
+
+    # -- public API ---------------------------------------------------------------------------
+    def check(self, items: Iterable[Item]) -> list[CheckResult]:
+        """Exact and near matches of each item in the catalog; adds nothing."""
+        results: list[CheckResult] = []
+        for chunk in _chunks(list(items), self.batch_size):
+            prepared = self._prepare(chunk)
+            self._sync()
+            with self._lock.read():
+                for p in prepared:
+                    if p.vector is not None:
+                        self._match(p, self._reader())
+            results += [p.result for p in prepared]
+        self._count(results)
+        return results
+
+    def add(self, items: Iterable[Item], *, only_new: bool = True, strict: bool = False) -> list[CheckResult]:
+        """Check each item and add it to the catalog and index unless it is a duplicate
+        (``only_new=False``: add every readable item). Each batch of ``batch_size`` items commits
+        in one transaction. ``strict``: all items are one batch, and if any of them cannot be read,
+        nothing is added (the HTTP service's all-or-nothing request)."""
+        items = list(items)
+        results: list[CheckResult] = []
+        for chunk in ([items] if strict else _chunks(items, self.batch_size)):
+            prepared = self._prepare(chunk, keep_bytes=True)
+            if strict and any(p.result.status == "error" for p in prepared):
+                results += [p.result for p in prepared]
+                break
+            with self._lock.write():
+                self._sync_locked()
+                accepted: list[_Prepared] = []
+                for p in prepared:
+                    if p.vector is None:
+                        continue
+                    self._match(p, self.catalog.conn, earlier=accepted)
+                    if not only_new or not p.result.duplicate:
+                        accepted.append(p)
+                self._commit(accepted)
+            results += [p.result for p in prepared]
+        self._count(results)
+        return results
+
+    def stats(self) -> dict:
+        with self._lock.read():
+            stats = self._reader_catalog_stats()
+            stats.update({"index_vectors": int(self.index.ntotal), "threshold": self.threshold, "score": self.score,
+                          "encoder": self.encoder.describe(), "store": str(self.store.resolve()),
+                          "micro_batching": self.batcher is not None, "since_start": dict(self.counters)})
+        if self.batcher is not None and self.batcher.batches:
+            b = self.batcher.batches
+            stats["encoder_batches"] = {"count": len(b), "mean_images": round(sum(b) / len(b), 2), "max_images": max(b)}
+        return stats
+
+    # -- internals ----------------------------------------------------------------------------
+    def _count(self, results: list[CheckResult]) -> None:
+        with self._conns_lock:
+            self.counters["checked"] += len(results)
+            self.counters["errors"] += sum(r.status == "error" for r in results)
+            self.counters["duplicates"] += sum(r.duplicate for r in results)
+            self.counters["added"] += sum(r.added for r in results)
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db, timeout=30, check_same_thread=False)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def _reader_catalog_stats(self) -> dict:
+        view = object.__new__(Catalog)  # the same catalog, read through this thread's own connection
+        view.path, view.conn = self.catalog.path, self._reader()
+        return view.stats()
+
+    def _encode(self, pixels: np.ndarray) -> np.ndarray:
+        return self.batcher.encode(pixels) if self.batcher is not None else self.encoder.encode(pixels)
+
+    def _prepare(self, items: Sequence[Item], *, keep_bytes: bool = False) -> list[_Prepared]:
+        """Hash + decode + encode (no lock held)."""
+        prepared: list[_Prepared] = []
+        pixels: list[np.ndarray] = []
+        for item in items:
+            p, px = self._decode(item, keep_bytes)
+            prepared.append(p)
+            if px is not None:
+                pixels.append(px)
+        if pixels:
+            vecs = self._encode(np.stack(pixels))
+            it = iter(vecs)
+            for p in prepared:
+                if p.result.status == "ok":
+                    p.vector = next(it)
+        return prepared
+
+    def _decode(self, item: Item, keep_bytes: bool) -> tuple[_Prepared, np.ndarray | None]:
+        size, resize = self.encoder.input_size, self.encoder.resize
+        if isinstance(item, Upload):
+            name = item.name or "upload"
+            digest = hashlib.sha256(item.data).hexdigest()
+            suffix = Path(name).suffix.lower()[:10]
+            fd, tmp = tempfile.mkstemp(prefix="embeddr-upload-", suffix=suffix)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(item.data)
+                image, meta = load_image(tmp, min_side=size, max_pixels=self.max_pixels)
+                px = fit(image, size, resize)
+            except DecodeError as exc:
+                return _Prepared(CheckResult(name, "error", exc.reason, digest)), None
+            except Exception as exc:  # a decoder bug is this item's error, not the request's
+                return _Prepared(CheckResult(name, "error", f"cannot decode: {type(exc).__name__}: {exc}", digest)), None
+            finally:
+                os.unlink(tmp)
+            ext = _EXT.get(meta.format, suffix or ".img")
+            record = FileRecord(name, len(item.data), None, digest, meta.width, meta.height, meta.format)
+            return _Prepared(CheckResult(name, hash=digest), record, data=item.data if keep_bytes else None, ext=ext), px
+        cand = item if isinstance(item, Candidate) else _candidate(item)
+        if cand.error:
+            return _Prepared(CheckResult(cand.path, "error", cand.error)), None
+        try:
+            digest = content_hash(cand.path)
+        except OSError as exc:
+            return _Prepared(CheckResult(cand.path, "error", f"cannot read: {exc.strerror or exc}")), None
+        try:
+            image, meta = load_image(cand.path, min_side=size, max_pixels=self.max_pixels)
+            px = fit(image, size, resize)
+        except DecodeError as exc:
+            return _Prepared(CheckResult(cand.path, "error", exc.reason, digest)), None
+        except Exception as exc:
+            return _Prepared(CheckResult(cand.path, "error", f"cannot decode: {type(exc).__name__}: {exc}", digest)), None
+        record = FileRecord(cand.path, cand.size, cand.mtime_ns, digest, meta.width, meta.height, meta.format)
+        return _Prepared(CheckResult(cand.path, hash=digest), record), px
+
+    def _match(self, p: _Prepared, conn: sqlite3.Connection, earlier: Sequence[_Prepared] = ()) -> None:
+        """Fill ``p.result.matches``: exact (same hash) then near (index, then ``earlier`` items of this call)."""
+        h = p.result.hash
+        exact = [Match(r[0], 1.0, "exact") for r in
+                 conn.execute("SELECT path FROM files WHERE hash = ? AND status = 'ok' ORDER BY path", (h,))]
+        near: list[Match] = []
+        if self.index.ntotal:
+            lims, dist, labels = self.index.range_search(np.ascontiguousarray(p.vector[None, :], np.float32), self.threshold - EPS)
+            score_of = {int(lab): min(float(s), 1.0) for lab, s in zip(labels[lims[0]:lims[1]], dist[lims[0]:lims[1]])}
+            ids = list(score_of)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = conn.execute(
+                    f"SELECT v.id, f.path FROM vectors v JOIN files f ON f.hash = v.hash "
+                    f"WHERE f.status = 'ok' AND v.hash != ? AND v.id IN ({','.join('?' * len(chunk))})", [h, *chunk])
+                near += [Match(path, score_of[vid], "near") for vid, path in rows]
+        for q in earlier:  # items accepted earlier in this call
+            path = q.result.stored or q.record.path
+            if q.result.hash == h:
+                exact.append(Match(path, 1.0, "exact"))
+            else:
+                s = min(float(np.dot(q.vector, p.vector)), 1.0)
+                if s >= self.threshold - EPS:
+                    near.append(Match(path, s, "near"))
+        near.sort(key=lambda m: (-m.score, m.path))
+        matches = exact + near
+        p.result.n_matches = len(matches)
+        p.result.matches = matches[: self.max_matches]
+
+    def _commit(self, accepted: list[_Prepared]) -> None:
+        """Write uploads to the store, record the batch in one transaction, grow the index (write lock held)."""
+        if not accepted:
+            return
+        records = []
+        for p in accepted:
+            record = p.record
+            if p.data is not None:
+                path = _store_bytes(self.store, p.result.hash, p.ext, p.data)
+                st = os.stat(path)
+                record = FileRecord(str(path), st.st_size, st.st_mtime_ns, record.hash, record.width, record.height, record.format)
+                p.result.stored = str(path)
+            else:
+                p.result.stored = record.path
+            records.append(record)
+        have = self.catalog.hashes_with_vectors(r.hash for r in records)
+        vectors = {p.result.hash: p.vector for p in accepted if p.result.hash not in have}
+        run_id = self.catalog.begin_run(self.model, [r.path for r in records], kind="add")
+        self.catalog.record_batch(records, vectors, run_id, self.model)
+        self.catalog.finish_run(run_id, "done", {"seen": len(records), "processed": len(records), "errors": 0,
+                                                 "encoded": len(vectors)})
+        for p in accepted:
+            p.result.added = True
+        self._sync_locked(save=True)
+
+    def _sync(self) -> None:
+        """Catch up with vectors added to the catalog by other processes (cheap when none)."""
+        top = self._reader().execute("SELECT COALESCE(MAX(id), 0) FROM vectors").fetchone()[0]
+        if top > self._index_top:
+            with self._lock.write():
+                self._sync_locked(save=True)
+
+    def _sync_locked(self, save: bool = False) -> None:
+        changed = False
+        for ids, vecs in self.catalog.vectors_after(self._index_top):
+            self.index.add_with_ids(np.ascontiguousarray(vecs), ids)
+            self._index_top = int(ids[-1])
+            changed = True
+        if changed and save:
+            write_atomic(self.index, index_path(self.catalog))
+
+
+def _chunks(items: list, n: int) -> Iterable[list]:
+    for start in range(0, len(items), n):
+        yield items[start : start + n]
+
+
+def _candidate(path: str | os.PathLike) -> Candidate:
+    path = os.path.abspath(os.fspath(path))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return Candidate(path, error="file not found")
+    except OSError as exc:
+        return Candidate(path, error=f"cannot stat: {exc.strerror or exc}")
+    if not os.path.isfile(path):
+        return Candidate(path, error="not a regular file")
+    return Candidate(path, st.st_size, st.st_mtime_ns)
+
+
+def _store_bytes(store: Path, digest: str, ext: str, data: bytes) -> Path:
+    """Write ``data`` to ``store/<digest><ext>`` durably (temporary file, fsync, rename)."""
+    store.mkdir(parents=True, exist_ok=True)
+    path = (store / f"{digest}{ext}").resolve()
+    if path.exists() and path.stat().st_size == len(data):
+        return path
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.{threading.get_ident()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:
+        dir_fd = os.open(store, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # pragma: no cover
+        pass
+    return path
+
