@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from . import act, core, ingest, quality
+from . import act, core, ingest, quality, review
 
 app = typer.Typer(
     name="embeddr",
@@ -21,7 +21,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for module in (core, quality, act, ingest):
+for module in (core, quality, act, ingest, review):
     module.register(app)
 
 

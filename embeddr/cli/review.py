@@ -1,0 +1,143 @@
+"""Review commands: ``report`` (HTML / JSON / table with savings) and ``verdicts import|list``."""
+
+from __future__ import annotations
+
+import io
+import webbrowser
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..output import human_bytes
+from .common import DEFAULT_DB_PATH, DbOpt, OutputOpt, ThresholdOpt, check_format, emit, err_console, handle_errors, to_json
+
+PolicyFileOpt = Annotated[Optional[Path], typer.Option("--policy", help="Retention policy TOML file ([policy] rules, keep_in, prefer); see `embeddr apply --help`.")]
+KeepInOpt = Annotated[Optional[list[Path]], typer.Option("--keep-in", help="Protected reference folder: its files are always kept (repeatable).")]
+PreferOpt = Annotated[Optional[list[Path]], typer.Option("--prefer", help="Preferred folder: its copies win the 'prefer' rule (repeatable).")]
+RuleOpt = Annotated[Optional[list[str]], typer.Option("--rule", help="Retention rule, in order (repeatable; replaces the policy's rules): prefer, most-pixels, largest-file, lossless, oldest, newest, shortest-path.")]
+PriceOpt = Annotated[float, typer.Option("--price-per-gb", min=0, help="Storage price per GB-month (GB = 2^30 bytes) for the monthly cost.")]
+CurrencyOpt = Annotated[str, typer.Option("--currency", help="Currency label of --price-per-gb.")]
+
+
+def build_policy(policy_file: Path | None, keep_in, prefer, rules):
+    """The retention policy from a TOML file (or the defaults) with command-line overrides."""
+    from ..policy import Policy
+
+    base = Policy.from_toml(policy_file) if policy_file else Policy()
+    return base.with_overrides(rules=rules or None, keep_in=keep_in or (), prefer=prefer or ())
+
+
+def _money(x: float, currency: str) -> str:
+    return f"{x:.6f} {currency}" if 0 < x < 0.01 else f"{x:,.2f} {currency}"
+
+
+def savings_table(savings: dict, width: int = 120) -> str:
+    console = Console(file=io.StringIO(), width=width, record=True, color_system=None)
+    table = Table(title=f"savings at {savings['price_per_gb_month']:g} {savings['currency']} per GB-month")
+    for name in ("folder", "files", "duplicate files", "duplication rate", "reclaimable", "monthly cost"):
+        table.add_column(name, justify="left" if name == "folder" else "right")
+    cur = savings["currency"]
+    rows = [(f["folder"], f) for f in savings["folders"]] + [("overall", savings["overall"])]
+    for i, (label, r) in enumerate(rows):
+        table.add_row(label, f"{r['files']:,}", f"{r['duplicate_files']:,}", f"{r['duplication_rate'] * 100:.1f}%",
+                      human_bytes(r["bytes_reclaimable"]), _money(r["monthly_cost"], cur), end_section=i == len(rows) - 2)
+    console.print(table)
+    return console.export_text()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def report(
+        html: Annotated[Optional[Path], typer.Option("--html", help="Write the self-contained HTML review report into this folder (index.html, pages/, thumbs/).")] = None,
+        db: DbOpt = DEFAULT_DB_PATH,
+        threshold: ThresholdOpt = None,
+        policy: PolicyFileOpt = None,
+        keep_in: KeepInOpt = None,
+        prefer: PreferOpt = None,
+        rule: RuleOpt = None,
+        price_per_gb: PriceOpt = 0.023,
+        currency: CurrencyOpt = "USD",
+        fmt: Annotated[str, typer.Option("--format", "-f", help="What to print: table (savings) or json (groups, decisions, savings).")] = "table",
+        output: OutputOpt = None,
+        thumb_size: Annotated[int, typer.Option("--thumb-size", min=16, help="Long side of the thumbnails, in pixels.")] = 256,
+        page_size: Annotated[int, typer.Option("--page-size", min=1, help="Groups per page of the HTML report.")] = 50,
+        open_: Annotated[bool, typer.Option("--open", help="Open the HTML report in the default browser.")] = False,
+    ):
+        """Review duplicates: savings per top-level folder, and a static HTML report to check groups by eye.
+
+        The HTML report opens from disk (no server, no network): thumbnails side by side, scores,
+        sizes, dimensions, formats, the copy the retention policy keeps and why; most borderline
+        groups first, 50 per page. Tick 'not a duplicate' on groups or copies, download
+        verdicts.json and import it with `embeddr verdicts import`. Savings count the copies the
+        policy would act on: files, duplicate files, duplication rate, bytes reclaimable and the
+        monthly cost at --price-per-gb (GB = 2^30 bytes). --format json prints groups, pairs,
+        decisions and savings.
+
+        Example: embeddr report --db photos.db --html review/ --keep-in ~/photos/masters --price-per-gb 0.02 --currency EUR
+        """
+        from .. import review as review_lib
+
+        fmt = check_format(fmt, ("table", "json"))
+        result = review_lib.review(db, threshold=threshold, policy=build_policy(policy, keep_in, prefer, rule),
+                                   price_per_gb_month=price_per_gb, currency=currency, html_dir=html,
+                                   thumb_size=thumb_size, page_size=page_size)
+        if fmt == "json":
+            emit(to_json(result.as_dict()), output)
+        else:
+            emit(savings_table(result.savings), output)
+        if result.html is not None:
+            h = result.html
+            err_console.print(f"wrote {h.index} ({h.groups} groups on {h.pages} page(s), {h.thumbnails} thumbnails"
+                              + (f", {h.thumbnail_errors} files without preview" if h.thumbnail_errors else "") + ")",
+                              highlight=False, soft_wrap=True)
+            if open_:
+                webbrowser.open(h.index.resolve().as_uri())
+        elif open_:
+            err_console.print("--open needs --html OUT", highlight=False)
+
+    verdicts = typer.Typer(name="verdicts", help="Reviewer verdicts (not a duplicate) that every later dupes and apply honour.\n\nExample: embeddr verdicts import verdicts.json --db photos.db",
+                           no_args_is_help=True, rich_markup_mode=None)
+    app.add_typer(verdicts)
+
+    @verdicts.command("import")
+    @handle_errors
+    def import_(
+        file: Annotated[Path, typer.Argument(help="verdicts.json downloaded from the HTML report.")],
+        db: DbOpt = DEFAULT_DB_PATH,
+    ):
+        """Store the 'not a duplicate' verdicts of a verdicts.json file in the catalog.
+
+        The file is validated first; nothing is stored from an invalid file. Those pairs are
+        never grouped again by `dupes`, and `apply` never acts on them. Importing twice is harmless.
+
+        Example: embeddr verdicts import ~/Downloads/verdicts.json --db photos.db
+        """
+        from ..review import import_verdicts
+
+        n = import_verdicts(db, file)
+        err_console.print(f"imported {n} not-duplicate pair(s) from {file} into {db}", highlight=False, soft_wrap=True)
+
+    @verdicts.command("list")
+    @handle_errors
+    def list_(
+        db: DbOpt = DEFAULT_DB_PATH,
+        json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    ):
+        """List the verdicts stored in the catalog (pair, verdict, where it came from, when).
+
+        Example: embeddr verdicts list --db photos.db --json
+        """
+        from ..review import list_verdicts
+
+        rows = list_verdicts(db)
+        if json_out:
+            emit(to_json(rows), None)
+            return
+        if not rows:
+            emit("no verdicts", None)
+            return
+        emit("\n".join(f"{r['verdict']}  {r['a']}  {r['b']}  ({r['source'] or 'unknown source'}, {r['created']})" for r in rows), None)
