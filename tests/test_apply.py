@@ -1,0 +1,248 @@
+"""apply / undo on real photos with derived duplicates, scanned with sscd-distilled."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embeddr import actions, api
+from embeddr.cli import app
+from embeddr.journal import read_journal
+
+DERIVED = ("astronaut", "coffee", "chelsea")  # each gets a half-size JPEG and a PNG copy elsewhere
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from embeddr.encoders import load_encoder
+
+    try:
+        return load_encoder("sscd-distilled", device="cpu")
+    except Exception as exc:  # pragma: no cover - weights missing on this machine
+        pytest.skip(f"sscd-distilled unavailable: {exc}")
+
+
+def tree(root: Path) -> dict[str, tuple[str, int]]:
+    """relpath -> (sha256, mtime_ns) of every file (and link) under root."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() or p.is_symlink():
+            st = p.lstat()
+            data = os.readlink(p).encode() if p.is_symlink() else p.read_bytes()
+            out[str(p.relative_to(root))] = (hashlib.sha256(data).hexdigest(), st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture
+def library(photo_dir: Path, encoder, tmp_path: Path):
+    """lib/photos/ (10 distinct real photos) + lib/copies/ (half-size JPEGs, PNGs) scanned into cat.db."""
+    root = tmp_path / "lib"
+    root.mkdir()
+    photo_dir = Path(shutil.move(photo_dir, root / "photos"))
+    copies = root / "copies"
+    (copies / "png").mkdir(parents=True)
+    for name in DERIVED:
+        with Image.open(photo_dir / f"{name}.jpg") as im:
+            im.load()
+            im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS).save(copies / f"{name}_small.jpg", quality=85)
+            im.save(copies / "png" / f"{name}.png")
+    db = tmp_path / "cat.db"
+    api.scan([photo_dir, copies], db=db, encoder=encoder, workers=0)
+    return root, db
+
+
+def _dupes(db) -> list[set[str]]:
+    return [{Path(m.path).name for m in g.members} for g in api.find_duplicates(db).groups]
+
+
+def test_groups_found(library):
+    root, db = library
+    groups = _dupes(db)
+    for name in DERIVED:
+        assert {f"{name}.jpg", f"{name}_small.jpg", f"{name}.png"} in groups
+
+
+def test_dry_run_touches_nothing(library, runner, tmp_path):
+    root, db = library
+    before = tree(root)
+    res = runner.invoke(app, ["apply", "--db", str(db), "--action", "move", "--quarantine", str(tmp_path / "q")])
+    assert res.exit_code == 0, res.output
+    assert "dry run" in res.output and "planned" in res.output and "most-pixels" in res.output
+    assert tree(root) == before and not (tmp_path / "q").exists()
+    assert not list(tmp_path.glob("embeddr-journal-*"))
+
+
+def test_move_then_undo_restores_tree(library, runner, tmp_path):
+    root, db = library
+    before = tree(root)
+    q, j = tmp_path / "q", tmp_path / "j.jsonl"
+    res = runner.invoke(app, ["apply", "--db", str(db), "--action", "move", "--quarantine", str(q), "--journal", str(j),
+                              "--yes", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["counts"] == {"done": 6}
+    # PNGs are canonical (most-pixels ties with the JPEG originals, lossless decides); the rest are quarantined
+    assert sorted(str(p.relative_to(q)) for p in q.rglob("*") if p.is_file()) == sorted(
+        [f"photos/{n}.jpg" for n in DERIVED] + [f"copies/{n}_small.jpg" for n in DERIVED])
+    assert all(g["rule"] == "lossless" for g in out["groups"])
+    assert out["savings"]["overall"]["duplicate_files"] == 6
+    assert _dupes(db) == []  # acted-on files no longer listed
+    after = tree(root)
+    assert len(after) == len(before) - 6
+
+    res = runner.invoke(app, ["undo", str(j)])
+    assert res.exit_code == 0, res.output
+    assert "6 restored" in res.output
+    assert tree(root) == before  # same paths, same bytes, same mtimes
+    assert not q.exists()
+    assert len(_dupes(db)) == 3  # catalog counts them again
+    res = runner.invoke(app, ["undo", str(j)])  # twice is harmless
+    assert res.exit_code == 0 and "6 in place" in res.output
+    assert tree(root) == before
+
+    lines = j.read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # valid JSON lines
+    types = [r["type"] for r in records]
+    assert types[0] == "begin" and "end" in types and types.count("intent") == types.count("done") == 6
+    for r in records:
+        if r["type"] == "intent":
+            assert {"path", "hash", "size", "mode", "mtime_ns", "dest", "canonical"} <= set(r)
+            done_at = next(i for i, x in enumerate(records) if x["type"] == "done" and x["id"] == r["id"])
+            assert records.index(r) < done_at
+
+
+class Crash(BaseException):
+    """Stands in for the process being killed: nothing in apply catches it."""
+
+
+@pytest.mark.parametrize("action", ["move", "hardlink", "symlink"])
+def test_killed_midway_then_undo(library, tmp_path, monkeypatch, action):
+    root, db = library
+    before = tree(root)
+    j = tmp_path / "j.jsonl"
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def dying_replace(src, dst, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Crash()
+        return real_replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(actions.os, "replace", dying_replace)
+    with pytest.raises(Crash):
+        actions.apply_duplicates(db, action=action, quarantine=tmp_path / "q", journal=j, yes=True)
+    monkeypatch.setattr(actions.os, "replace", real_replace)
+    records = read_journal(j)
+    intents = [r for r in records if r["type"] == "intent"]
+    done = [r for r in records if r["type"] == "done"]
+    assert len(intents) == len(done) + 1 and not any(r["type"] == "end" for r in records)
+    assert tree(root) != before
+    with open(j, "a") as fh:  # and the crash tore the journal's last line
+        fh.write('{"type": "intent", "id": 99, "pa')
+    result = actions.undo(j)
+    assert not result.problems, result.problems
+    assert tree(root) == before
+    assert not (tmp_path / "j.jsonl.trash").exists()
+
+
+def test_changed_file_is_skipped(library, runner, tmp_path):
+    root, db = library
+    changed = root / "copies" / "coffee_small.jpg"
+    with Image.open(changed) as im:  # re-encode: same picture, different bytes
+        im.load()
+        im.save(changed, quality=50)
+    changed_bytes = changed.read_bytes()
+    gone = root / "copies" / "chelsea_small.jpg"
+    gone.unlink()
+    res = runner.invoke(app, ["apply", "--db", str(db), "--action", "move", "--quarantine", str(tmp_path / "q"),
+                              "--journal", str(tmp_path / "j.jsonl"), "--yes", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    steps = {Path(s["path"]).name: s for s in json.loads(res.output)["steps"]}
+    assert steps["coffee_small.jpg"]["status"] == "skipped" and "changed" in steps["coffee_small.jpg"]["detail"]
+    assert steps["chelsea_small.jpg"]["status"] == "skipped" and "gone" in steps["chelsea_small.jpg"]["detail"]
+    assert changed.read_bytes() == changed_bytes
+    assert sum(s["status"] == "done" for s in steps.values()) == 4
+
+
+def test_changed_canonical_protects_its_duplicates(library, tmp_path):
+    root, db = library
+    canonical = root / "copies" / "png" / "astronaut.png"
+    canonical.write_bytes(canonical.read_bytes() + b"\0")
+    result = actions.apply_duplicates(db, action="hardlink", journal=tmp_path / "j.jsonl", yes=True)
+    skipped = {Path(o.step.path).name: o.detail for o in result.outcomes if o.status == "skipped"}
+    assert set(skipped) == {"astronaut.jpg", "astronaut_small.jpg"}
+    assert all("canonical" in why for why in skipped.values())
+    assert not os.path.samefile(root / "photos" / "astronaut.jpg", canonical)
+
+
+@pytest.mark.parametrize("action", ["hardlink", "symlink", "delete"])
+def test_link_and_delete_keep_originals_and_undo(library, runner, tmp_path, action):
+    root, db = library
+    before = tree(root)
+    j = tmp_path / "j.jsonl"
+    args = ["apply", "--db", str(db), "--action", action, "--journal", str(j), "--yes"]
+    if action == "delete":
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and "--really-delete" in res.output
+        assert tree(root) == before and not j.exists()
+        args.append("--really-delete")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    small = root / "copies" / "astronaut_small.jpg"
+    canonical = root / "copies" / "png" / "astronaut.png"
+    if action == "hardlink":
+        assert os.path.samefile(small, canonical) and not small.is_symlink()
+    elif action == "symlink":
+        assert small.is_symlink() and small.resolve() == canonical.resolve()
+    else:
+        assert not small.exists()
+    trash = sorted(p.name for p in Path(str(j) + ".trash").rglob("*") if p.is_file())
+    assert trash == sorted([f"{n}.jpg" for n in DERIVED] + [f"{n}_small.jpg" for n in DERIVED])
+    res = runner.invoke(app, ["undo", str(j)])
+    assert res.exit_code == 0, res.output
+    assert tree(root) == before
+
+
+def _save(arr: np.ndarray, path: Path, side: int) -> Path:
+    img = Image.fromarray(arr).convert("RGB").resize((side, side * 3 // 4), Image.Resampling.LANCZOS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **({"quality": 92} if path.suffix == ".jpg" else {}))
+    return path
+
+
+def test_mixed_group_follows_rules_and_keep_in(photo_arrays, encoder, runner, tmp_path):
+    arr = photo_arrays["astronaut"]
+    png = _save(arr, tmp_path / "lib" / "png" / "astronaut.png", 2000)
+    big = _save(arr, tmp_path / "lib" / "jpeg" / "astronaut.jpg", 2000)
+    small = _save(arr, tmp_path / "lib" / "archive" / "astronaut.jpg", 500)
+    _save(photo_arrays["rocket"], tmp_path / "lib" / "jpeg" / "rocket.jpg", 500)
+    db = tmp_path / "m.db"
+    api.scan([tmp_path / "lib"], db=db, encoder=encoder, workers=0)
+
+    res = runner.invoke(app, ["apply", "--db", str(db), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (group,) = json.loads(res.output)["groups"]
+    assert group["canonical"] == str(png) and group["rule"] == "lossless"
+    assert "2000x1500 beats 500x375" in group["reason"]  # most-pixels dropped the small copy first
+    assert sorted(group["duplicates"]) == sorted([str(big), str(small)])
+
+    res = runner.invoke(app, ["apply", "--db", str(db), "--format", "json", "--keep-in", str(tmp_path / "lib" / "archive")])
+    (group,) = json.loads(res.output)["groups"]
+    assert group["canonical"] == str(small) and group["rule"] == "keep-in"
+
+    res = runner.invoke(app, ["apply", "--db", str(db), "--format", "json", "--rule", "largest-file"])
+    (group,) = json.loads(res.output)["groups"]
+    assert group["canonical"] == str(png)  # a 2000 px PNG is the largest file too
+
+    res = runner.invoke(app, ["apply", "--db", str(db), "--format", "json", "--rule", "prefer", "--rule", "most-pixels",
+                              "--prefer", str(tmp_path / "lib" / "jpeg")])
+    (group,) = json.loads(res.output)["groups"]
+    assert group["canonical"] == str(big) and group["rule"] == "prefer"
