@@ -132,9 +132,14 @@ class Policy:
 
     def with_overrides(self, *, rules: Sequence[str] | None = None, keep_in: Sequence[str | os.PathLike] = (),
                        prefer: Sequence[str | os.PathLike] = ()) -> "Policy":
-        """This policy with command-line rules (replacing) and folders (added)."""
-        return Policy(rules=tuple(rules) if rules else self.rules, keep_in=self.keep_in + _abs(keep_in),
-                      prefer=self.prefer + _abs(prefer))
+        """This policy with command-line rules (replacing) and folders (added).
+
+        Preferred folders without a ``prefer`` rule put ``prefer`` first: asking for them means it.
+        """
+        new_rules = tuple(rules) if rules else self.rules
+        if prefer and "prefer" not in new_rules:
+            new_rules = ("prefer", *new_rules)
+        return Policy(rules=new_rules, keep_in=self.keep_in + _abs(keep_in), prefer=self.prefer + _abs(prefer))
 
     def as_dict(self) -> dict:
         return {"rules": list(self.rules), "keep_in": [str(p) for p in self.keep_in], "prefer": [str(p) for p in self.prefer]}

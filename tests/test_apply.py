@@ -246,3 +246,34 @@ def test_mixed_group_follows_rules_and_keep_in(photo_arrays, encoder, runner, tm
                               "--prefer", str(tmp_path / "lib" / "jpeg")])
     (group,) = json.loads(res.output)["groups"]
     assert group["canonical"] == str(big) and group["rule"] == "prefer"
+
+
+KILLER = """
+import os, signal, sys
+from embeddr import actions
+real, n = os.replace, [0]
+def replace(*a, **k):
+    n[0] += 1
+    if n[0] == int(sys.argv[4]):
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9: no cleanup, no finally
+    return real(*a, **k)
+actions.os.replace = replace
+actions.apply_duplicates(sys.argv[1], action="move", quarantine=sys.argv[2], journal=sys.argv[3], yes=True)
+"""
+
+
+def test_kill_9_midway_then_undo(library, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    root, db = library
+    before = tree(root)
+    j = tmp_path / "j.jsonl"
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(db), str(tmp_path / "q"), str(j), "3"], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    types = [r["type"] for r in read_journal(j)]
+    assert types.count("intent") == 3 and types.count("done") == 2
+    assert tree(root) != before
+    assert not actions.undo(j).problems
+    assert tree(root) == before

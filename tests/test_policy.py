@@ -123,3 +123,10 @@ def test_savings_per_folder():
     assert sv["overall"]["duplicate_files"] == 2 and sv["overall"]["bytes_reclaimable"] == 5_900_000
     with pytest.raises(PolicyError):
         savings(report, [], price_per_gb_month=-1)
+
+
+def test_prefer_on_the_command_line_adds_the_rule():
+    pol = Policy().with_overrides(prefer=["/lib/archive"])
+    assert pol.rules[0] == "prefer" and decide_group(1, MIXED, pol).canonical == SMALL
+    pol = Policy().with_overrides(rules=["most-pixels", "prefer"], prefer=["/lib/jpeg"])
+    assert pol.rules == ("most-pixels", "prefer") and decide_group(1, MIXED, pol).canonical == JPG

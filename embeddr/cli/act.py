@@ -20,7 +20,7 @@ ActionOpt = Annotated[str, typer.Option("--action", "-a", help="report (list onl
 PolicyOpt = Annotated[Optional[Path], typer.Option("--policy", help="TOML file with [policy] rules = [...], keep_in = [...], prefer = [...].")]
 RuleOpt = Annotated[Optional[list[str]], typer.Option("--rule", "-r", help=f"Retention rule, in order; repeatable; replaces the policy file's rules. One of: {', '.join(RULES)}.")]
 KeepInOpt = Annotated[Optional[list[Path]], typer.Option("--keep-in", help="Protected reference folder: its files are kept (canonical first) and never touched; repeatable.")]
-PreferOpt = Annotated[Optional[list[Path]], typer.Option("--prefer", help="Preferred folder for the 'prefer' rule (add --rule prefer); repeatable, earlier wins.")]
+PreferOpt = Annotated[Optional[list[Path]], typer.Option("--prefer", help="Preferred folder: its copies win (the 'prefer' rule, put first unless --rule/--policy place it); repeatable, earlier wins.")]
 PriceOpt = Annotated[float, typer.Option("--price-per-gb", min=0, help="Storage price per GB-month (GB = 2^30 bytes) for the savings.")]
 CurrencyOpt = Annotated[str, typer.Option("--currency", help="Currency of --price-per-gb.")]
 FmtOpt = Annotated[str, typer.Option("--format", "-f", help="table or json.")]
@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
     def apply_cmd(
         db: DbOpt = DEFAULT_DB_PATH,
         action: ActionOpt = "report",
-        quarantine: Annotated[Optional[Path], typer.Option("--quarantine", "-q", help="Folder for --action move; files keep their path relative to the groups' common root.")] = None,
+        quarantine: Annotated[Optional[Path], typer.Option("--quarantine", help="Folder for --action move; files keep their path relative to the groups' common root.")] = None,
         journal: Annotated[Optional[Path], typer.Option("--journal", "-j", help="Journal to write (new file). Default: embeddr-journal-<UTC time>.jsonl beside the catalog.")] = None,
         yes: Annotated[bool, typer.Option("--yes", "-y", help="Act. Without it, only print the plan.")] = False,
         really_delete: Annotated[bool, typer.Option("--really-delete", help="Needed on top of --yes for --action delete.")] = False,
