@@ -57,6 +57,9 @@ class OnnxEncoder(Encoder):
         self.input_name = inp.name
         self.uint8_nhwc = inp.type == "tensor(uint8)"
         self.providers = self.session.get_providers()
+        if "CUDAExecutionProvider" not in self.providers and self.device != "cpu":
+            # onnxruntime without the CUDA EP (CPU-only build) runs on the CPU: say so, never pretend
+            self.device, self.precision = "cpu", "fp32"
         mean = preset.mean or (0.485, 0.456, 0.406)
         std = preset.std or (0.229, 0.224, 0.225)
         self._mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255.0
