@@ -230,7 +230,7 @@ def test_cli_report_json_and_html(db, tmp_path, runner):
     kept = json.loads(res.stdout)["decisions"]
     assert all(not d["duplicates"] or not any(p.startswith(protected_root + "/") for p in d["duplicates"]) for d in kept)
     res = runner.invoke(app, ["report", "--db", str(db)])
-    assert res.exit_code == 0 and "overall" in res.stdout and "duplication rate" in res.stdout
+    assert res.exit_code == 0 and "overall" in res.stdout and "reclaimable" in res.stdout
 
 
 def _checker():

@@ -9,42 +9,17 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from ..output import human_bytes
+# the retention-policy and price options are shared with `embeddr apply` (same names, same meaning)
+from .act import CurrencyOpt, KeepInOpt, PolicyOpt, PreferOpt, PriceOpt, RuleOpt
+from .act import _policy as build_policy
+from .act import savings_table as _savings_table
 from .common import DEFAULT_DB_PATH, DbOpt, OutputOpt, ThresholdOpt, check_format, emit, err_console, handle_errors, to_json
-
-PolicyFileOpt = Annotated[Optional[Path], typer.Option("--policy", help="Retention policy TOML file ([policy] rules, keep_in, prefer); see `embeddr apply --help`.")]
-KeepInOpt = Annotated[Optional[list[Path]], typer.Option("--keep-in", help="Protected reference folder: its files are always kept (repeatable).")]
-PreferOpt = Annotated[Optional[list[Path]], typer.Option("--prefer", help="Preferred folder: its copies win the 'prefer' rule (repeatable).")]
-RuleOpt = Annotated[Optional[list[str]], typer.Option("--rule", help="Retention rule, in order (repeatable; replaces the policy's rules): prefer, most-pixels, largest-file, lossless, oldest, newest, shortest-path.")]
-PriceOpt = Annotated[float, typer.Option("--price-per-gb", min=0, help="Storage price per GB-month (GB = 2^30 bytes) for the monthly cost.")]
-CurrencyOpt = Annotated[str, typer.Option("--currency", help="Currency label of --price-per-gb.")]
-
-
-def build_policy(policy_file: Path | None, keep_in, prefer, rules):
-    """The retention policy from a TOML file (or the defaults) with command-line overrides."""
-    from ..policy import Policy
-
-    base = Policy.from_toml(policy_file) if policy_file else Policy()
-    return base.with_overrides(rules=rules or None, keep_in=keep_in or (), prefer=prefer or ())
-
-
-def _money(x: float, currency: str) -> str:
-    return f"{x:.6f} {currency}" if 0 < x < 0.01 else f"{x:,.2f} {currency}"
 
 
 def savings_table(savings: dict, width: int = 120) -> str:
     console = Console(file=io.StringIO(), width=width, record=True, color_system=None)
-    table = Table(title=f"savings at {savings['price_per_gb_month']:g} {savings['currency']} per GB-month")
-    for name in ("folder", "files", "duplicate files", "duplication rate", "reclaimable", "monthly cost"):
-        table.add_column(name, justify="left" if name == "folder" else "right")
-    cur = savings["currency"]
-    rows = [(f["folder"], f) for f in savings["folders"]] + [("overall", savings["overall"])]
-    for i, (label, r) in enumerate(rows):
-        table.add_row(label, f"{r['files']:,}", f"{r['duplicate_files']:,}", f"{r['duplication_rate'] * 100:.1f}%",
-                      human_bytes(r["bytes_reclaimable"]), _money(r["monthly_cost"], cur), end_section=i == len(rows) - 2)
-    console.print(table)
+    _savings_table(savings, console)
     return console.export_text()
 
 
@@ -55,7 +30,7 @@ def register(app: typer.Typer) -> None:
         html: Annotated[Optional[Path], typer.Option("--html", help="Write the self-contained HTML review report into this folder (index.html, pages/, thumbs/).")] = None,
         db: DbOpt = DEFAULT_DB_PATH,
         threshold: ThresholdOpt = None,
-        policy: PolicyFileOpt = None,
+        policy: PolicyOpt = None,
         keep_in: KeepInOpt = None,
         prefer: PreferOpt = None,
         rule: RuleOpt = None,
@@ -82,7 +57,7 @@ def register(app: typer.Typer) -> None:
         from .. import review as review_lib
 
         fmt = check_format(fmt, ("table", "json"))
-        result = review_lib.review(db, threshold=threshold, policy=build_policy(policy, keep_in, prefer, rule),
+        result = review_lib.review(db, threshold=threshold, policy=build_policy(policy, rule, keep_in, prefer),
                                    price_per_gb_month=price_per_gb, currency=currency, html_dir=html,
                                    thumb_size=thumb_size, page_size=page_size)
         if fmt == "json":
