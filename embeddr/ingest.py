@@ -5,8 +5,11 @@ One code path for ``embeddr check`` and the HTTP service (:mod:`embeddr.server`)
 answers, for each new file or upload, which catalogued files it duplicates:
 
 * ``exact``: catalogued ``ok`` files with the same content hash (score 1.0);
-* ``near``: catalogued ``ok`` files whose vector scores at or above the threshold (raw cosine
-  on unit vectors, FAISS ``range_search``: exact, no N x N matrix).
+* ``near``: catalogued ``ok`` files whose vector scores at or above the threshold (FAISS
+  ``range_search``: exact, no N x N matrix). The score is the preset's: raw cosine, or for
+  presets with ``score = "normalized"`` the neighbourhood-corrected score of
+  :mod:`embeddr.normalize` (the new item's background is its k-th nearest catalogued vector),
+  the same score ``embeddr dupes`` uses.
 
 :meth:`Gate.check` never writes. :meth:`Gate.add` adds the items that are not duplicates
 (``only_new=False``: all of them): each batch is ONE catalog transaction
@@ -43,7 +46,7 @@ import numpy as np
 from .catalog import Catalog, FileRecord
 from .decode import DEFAULT_MAX_PIXELS, content_hash, fit, load_image
 from .discover import Candidate, discover
-from .errors import CatalogError, DecodeError
+from .errors import DecodeError, EmbeddrError
 from .index import index_path, load_index, max_id, write_atomic
 from .match import EPS
 
@@ -103,6 +106,7 @@ class _Prepared:
     vector: np.ndarray | None = None
     data: bytes | None = None  # upload bytes (stored on add)
     ext: str = ""
+    bg: float = -1.0  # background similarity (normalised scores only)
 
 
 def collect(paths: Iterable[str | os.PathLike], *, exclude: Iterable[str] = ()) -> list[Candidate]:
@@ -256,7 +260,7 @@ class Gate:
                  device: str = "auto", precision: str = "auto", checkpoint: str | os.PathLike | None = None,
                  store: str | os.PathLike | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  max_matches: int = DEFAULT_MAX_MATCHES, batch_size: int = 32, micro_batch: bool | None = None,
-                 max_wait_ms: float = 5.0, encoder=None):
+                 max_wait_ms: float = 5.0, score: str | None = None, encoder=None):
         from .api import catalog_preset
         from .encoders import load_encoder
 
@@ -271,7 +275,9 @@ class Gate:
             raise
         self.db = self.catalog.path
         self.threshold = self.preset.threshold.value if threshold is None else float(threshold)
-        self.score = "raw"
+        self.score = score or self.preset.score
+        if self.score not in ("raw", "normalized"):
+            raise EmbeddrError(f"score {self.score!r} is not one of raw, normalized")
         self.store = Path(store) if store is not None else self.db.with_name(self.db.name + ".uploads")
         self.max_pixels, self.max_matches, self.batch_size = max_pixels, max_matches, max(1, batch_size)
         self._lock = RWLock()
@@ -280,6 +286,7 @@ class Gate:
         self._conns_lock = threading.Lock()
         self.index = load_index(self.catalog)
         self._index_top = max_id(self.index)
+        self._live: set[int] | None = self._live_ids() if self.score == "normalized" else None
         if micro_batch is None:
             micro_batch = str(self.encoder.device).startswith("cuda")
         self.batcher = MicroBatcher(self.encoder.encode, max_batch=max(64, batch_size), max_wait_ms=max_wait_ms) if micro_batch else None
@@ -418,7 +425,8 @@ class Gate:
             finally:
                 os.unlink(tmp)
             ext = _EXT.get(meta.format, suffix or ".img")
-            record = FileRecord(name, len(item.data), None, digest, meta.width, meta.height, meta.format)
+            stored = str((self.store / f"{digest}{ext}").resolve())  # where it is kept if added
+            record = FileRecord(stored, len(item.data), None, digest, meta.width, meta.height, meta.format)
             return _Prepared(CheckResult(name, hash=digest), record, data=item.data if keep_bytes else None, ext=ext), px
         cand = item if isinstance(item, Candidate) else _candidate(item)
         if cand.error:
@@ -446,6 +454,8 @@ class Gate:
         if self.index.ntotal:
             lims, dist, labels = self.index.range_search(np.ascontiguousarray(p.vector[None, :], np.float32), self.threshold - EPS)
             score_of = {int(lab): min(float(s), 1.0) for lab, s in zip(labels[lims[0]:lims[1]], dist[lims[0]:lims[1]])}
+            if self.score == "normalized":
+                score_of = self._normalize(p, score_of)
             ids = list(score_of)
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
@@ -459,6 +469,10 @@ class Gate:
                 exact.append(Match(path, 1.0, "exact"))
             else:
                 s = min(float(np.dot(q.vector, p.vector)), 1.0)
+                if self.score == "normalized":
+                    from .normalize import penalty
+
+                    s -= float(penalty(p.bg, q.bg))
                 if s >= self.threshold - EPS:
                     near.append(Match(path, s, "near"))
         near.sort(key=lambda m: (-m.score, m.path))
@@ -474,7 +488,7 @@ class Gate:
         for p in accepted:
             record = p.record
             if p.data is not None:
-                path = _store_bytes(self.store, p.result.hash, p.ext, p.data)
+                path = _store_bytes(Path(record.path), p.data)
                 st = os.stat(path)
                 record = FileRecord(str(path), st.st_size, st.st_mtime_ns, record.hash, record.width, record.height, record.format)
                 p.result.stored = str(path)
@@ -504,8 +518,42 @@ class Gate:
             self.index.add_with_ids(np.ascontiguousarray(vecs), ids)
             self._index_top = int(ids[-1])
             changed = True
+        if self._live is not None:
+            self._live = self._live_ids()
         if changed and save:
             write_atomic(self.index, index_path(self.catalog))
+
+
+    def _live_ids(self) -> set[int]:
+        """Vector ids some ``ok`` file uses (the backgrounds of normalised scores ignore the others)."""
+        return {r[0] for r in self.catalog.conn.execute(
+            "SELECT v.id FROM vectors v WHERE EXISTS (SELECT 1 FROM files f WHERE f.hash = v.hash AND f.status = 'ok')")}
+
+    def _normalize(self, p: _Prepared, score_of: dict[int, float]) -> dict[int, float]:
+        """Normalised scores of the raw matches ``score_of`` (vector id -> raw cosine), kept if >= threshold."""
+        from .index import vectors_of
+        from .normalize import DEFAULT_K, background, background_from_knn, penalty
+        from .match import knn
+
+        live = self._live
+        own = self._own_id(p.result.hash)
+        dead = max(0, self.index.ntotal - len(live)) if live is not None else 0
+        scores, labels = knn(self.index, p.vector[None, :], DEFAULT_K + 1 + min(dead, 256))
+        p.bg = float(background_from_knn(scores, labels, np.array([own]), DEFAULT_K, live)[0])
+        if not score_of:
+            return {}
+        ids = np.array(sorted(score_of), np.int64)
+        bgs = background(self.index, ids, vectors_of(self.index, ids), live=live)
+        out = {}
+        for vid, bg in zip(ids.tolist(), bgs):
+            s = score_of[vid] - float(penalty(p.bg, float(bg)))
+            if s >= self.threshold - EPS:
+                out[vid] = s
+        return out
+
+    def _own_id(self, content_hash: str | None) -> int:
+        row = self._reader().execute("SELECT id FROM vectors WHERE hash = ?", (content_hash,)).fetchone()
+        return int(row[0]) if row else -1
 
 
 def _chunks(items: list, n: int) -> Iterable[list]:
@@ -526,10 +574,10 @@ def _candidate(path: str | os.PathLike) -> Candidate:
     return Candidate(path, st.st_size, st.st_mtime_ns)
 
 
-def _store_bytes(store: Path, digest: str, ext: str, data: bytes) -> Path:
-    """Write ``data`` to ``store/<digest><ext>`` durably (temporary file, fsync, rename)."""
+def _store_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` (``<store>/<sha256><ext>``) durably (temporary file, fsync, rename)."""
+    store = path.parent
     store.mkdir(parents=True, exist_ok=True)
-    path = (store / f"{digest}{ext}").resolve()
     if path.exists() and path.stat().st_size == len(data):
         return path
     tmp = path.with_name(path.name + f".tmp{os.getpid()}.{threading.get_ident()}")
