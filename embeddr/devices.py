@@ -33,6 +33,8 @@ def select_device(requested: str = "auto", *, cuda: bool | None = None, mps: boo
     An explicit GPU that is not there is an error, never a silent fall back.
     """
     requested = (requested or "auto").lower()
+    if requested == "cpu":  # no need to probe for GPUs (which imports torch)
+        return "cpu"
     has_cuda = _cuda_available() if cuda is None else cuda
     has_mps = _mps_available() if mps is None else mps
     if requested == "auto":
