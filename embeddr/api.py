@@ -91,6 +91,16 @@ def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = N
         return _find_duplicates(catalog, preset, threshold=threshold, score=score)
 
 
+def missed_by(db: CatalogLike = DEFAULT_DB, baseline: str = "phash", *, threshold: float | None = None,
+              score: str | None = None, model: str | None = None, baseline_threshold: float | None = None) -> DuplicateReport:
+    """The near pairs :func:`find_duplicates` reports that ``baseline`` (``phash`` or ``dhash``) at its
+    default threshold does not find (see :func:`embeddr.tune.missed_by`)."""
+    from .tune import missed_by as _missed_by
+
+    return _missed_by(find_duplicates(db, threshold=threshold, score=score, model=model), baseline,
+                      threshold=baseline_threshold)
+
+
 def info(db: CatalogLike = DEFAULT_DB) -> dict:
     """The catalog's state: files, errors, model, index size, last runs."""
     from .index import index_path

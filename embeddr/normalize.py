@@ -38,7 +38,7 @@ import numpy as np
 
 from .match import knn, range_pairs
 
-DEFAULT_K = 10
+DEFAULT_K = 5
 DEFAULT_BETA = 1.0
 DEFAULT_FLOOR = 0.3
 NO_BACKGROUND = -1.0

@@ -96,6 +96,7 @@ def register(app: typer.Typer) -> None:
         fmt: FormatOpt = "table",
         output: OutputOpt = None,
         model: ModelOpt = None,
+        missed_by: Annotated[Optional[str], typer.Option("--missed-by", help="Only the near pairs this hash (phash or dhash) at its default threshold does NOT find: what only the embedding catches.")] = None,
     ):
         """List duplicate groups and every pair at or above the threshold.
 
@@ -104,10 +105,15 @@ def register(app: typer.Typer) -> None:
         JSON has model, threshold, groups (members: path, size, width, height) and pairs (a, b, score, kind);
         CSV lists the pairs with header a,b,score,kind. Paths are absolute.
 
+        --missed-by phash lists only the pairs pHash would miss (an audit of what hashes cannot find).
+
         Example: embeddr dupes --db photos.db --format json --output dupes.json
         """
         fmt = check_format(fmt)
-        report = api.find_duplicates(db, threshold=threshold, score=score, model=model)
+        if missed_by:
+            report = api.missed_by(db, missed_by, threshold=threshold, score=score, model=model)
+        else:
+            report = api.find_duplicates(db, threshold=threshold, score=score, model=model)
         emit(render(report, fmt), output)
 
     @app.command()
