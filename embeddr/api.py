@@ -57,6 +57,18 @@ def catalog_preset(catalog: Catalog, model: str | None = None) -> Preset:
     return resolve_preset(name)
 
 
+def encoder_threads(workers: int | None) -> int:
+    """CPU threads for the encoder beside ``workers`` decode processes: the cores they leave free (at least 1).
+
+    Decode workers plus an encoder that also uses every core oversubscribe the CPU; on a GPU the
+    setting does not matter (it only sets onnxruntime's intra-op threads).
+    """
+    from .pipeline import default_workers
+
+    workers = default_workers() if workers is None else workers
+    return max(1, (os.cpu_count() or 1) - workers)
+
+
 def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, model: str | Preset | None = None,
          device: str = "auto", precision: str = "auto", checkpoint: str | os.PathLike | None = None,
          exclude: Iterable[str] = (), batch_size: int = 64, workers: int | None = None,
@@ -74,7 +86,8 @@ def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, mo
             preset = resolve_preset(name)
             if catalog.model is not None:
                 catalog.bind_model(preset.name, preset.dim)  # refuse a mismatch before loading weights
-            encoder = load_encoder(preset, device=device, precision=precision, checkpoint=checkpoint)
+            encoder = load_encoder(preset, device=device, precision=precision, checkpoint=checkpoint,
+                                   threads=encoder_threads(workers))
         return _scan(roots, catalog, encoder, exclude=exclude, batch_size=batch_size, workers=workers,
                      max_pixels=max_pixels, progress=progress)
 

@@ -187,12 +187,16 @@ def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder,
 def _waves(candidates: Iterable[Candidate], size: int, report: ScanReport):
     """Chunks of ``size`` candidates, each with a flag: True once discovery has finished."""
     chunk: list[Candidate] = []
+    t = time.perf_counter()  # the walk itself runs inside this loop: count it as the discover stage
     for cand in candidates:
         report.seen += 1
         chunk.append(cand)
         if len(chunk) >= size:
+            report.times.discover += time.perf_counter() - t
             yield chunk, False
             chunk = []
+            t = time.perf_counter()
+    report.times.discover += time.perf_counter() - t
     yield chunk, True
 
 

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Measure `embeddr scan` speed end to end and per stage, against imagehash.phash on the same files.
+
+    python scripts/bench_scan.py [FOLDER] [--model sscd-distilled] [--workers N] [--batch-size B]
+                                 [--limit N] [--threads T] [--device auto]
+
+FOLDER defaults to ../shared/data/realimages/images. In one run, on the same files (page cache warmed
+first so every contender reads from memory):
+
+1. full scan into a fresh temporary catalog (discover, hash + decode in worker processes, encode,
+   store, index) via the API (`embeddr.scan`): images/s end to end, and the scan's own stage times;
+2. decode stage alone (hash + decode + resize with the same worker processes), images/s;
+3. encode stage alone (pre-decoded batches), images/s;
+4. pHash the usual way (`imagehash.phash(Image.open(path))`), in one process and with a pool of as many
+   worker processes as the scan's decode workers (fair comparison), images/s.
+
+Prints a Markdown table ready to paste into docs/benchmarks.md, plus the ratios scan / pHash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+import embeddr  # noqa: E402
+from embeddr.api import encoder_threads  # noqa: E402
+from embeddr.discover import discover  # noqa: E402
+from embeddr.encoders import load_encoder  # noqa: E402
+from embeddr.pipeline import default_workers, iter_decoded  # noqa: E402
+
+DEFAULT_FOLDER = REPO.parent / "shared" / "data" / "realimages" / "images"
+
+
+def _phash_one(path: str) -> str | None:
+    import imagehash
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return str(imagehash.phash(im))
+    except Exception:  # a broken file: pHash tools skip it too
+        return None
+
+
+def bench_phash(paths: list[str], workers: int) -> float:
+    """Seconds to pHash every file (workers <= 1: in this process)."""
+    t = time.perf_counter()
+    if workers <= 1:
+        for p in paths:
+            _phash_one(p)
+    else:
+        with get_context("fork").Pool(workers) as pool:
+            pool.map(_phash_one, paths, chunksize=16)
+    return time.perf_counter() - t
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB"
+    except (OSError, StopIteration):
+        pass
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)}"
+    except Exception:
+        pass
+    return f"{os.cpu_count()} CPUs ({cpu}){mem}{gpu or ', no GPU'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", nargs="?", default=str(DEFAULT_FOLDER))
+    ap.add_argument("--model", default="sscd-distilled")
+    ap.add_argument("--workers", type=int, default=None, help="decode worker processes (default: the scan's default)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--limit", type=int, default=None, help="at most this many files (sorted order)")
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: what `embeddr scan` uses, embeddr.api.encoder_threads)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto")
+    args = ap.parse_args(argv)
+
+    workers = default_workers() if args.workers is None else args.workers
+    cands = [c for c in discover([args.folder]) if c.error is None]
+    if args.limit:
+        cands = cands[: args.limit]
+    paths = [c.path for c in cands]
+    if not paths:
+        print(f"no images under {args.folder}", file=sys.stderr)
+        return 1
+    total_bytes = 0
+    for p in paths:  # warm the page cache so every contender reads from memory
+        with open(p, "rb") as fh:
+            total_bytes += len(fh.read())
+    n = len(paths)
+    print(f"{n} files, {total_bytes / 2**20:.1f} MiB, workers={workers}, batch={args.batch_size}, model={args.model}", file=sys.stderr)
+
+    threads = encoder_threads(workers) if args.threads is None else args.threads
+    encoder = load_encoder(args.model, device=args.device, precision=args.precision, threads=threads)
+    print(f"encoder: {encoder.describe()}", file=sys.stderr)
+
+    # 1. end to end (fresh catalog), through the public API
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        report = embeddr.scan(paths, db=Path(tmp) / "bench.db", encoder=encoder, batch_size=args.batch_size, workers=workers)
+        scan_s = time.perf_counter() - t
+    assert report.processed == n, (report.processed, n)
+    stage = report.times
+
+    # 2. decode stage alone (hash + decode + resize, same workers)
+    t = time.perf_counter()
+    batches = []
+    for batch in iter_decoded(cands, size=encoder.input_size, resize=encoder.resize, max_pixels=None,
+                              batch_size=args.batch_size, workers=workers):
+        batches.append(np.stack([d.pixels for d in batch if d.pixels is not None]))
+    decode_s = time.perf_counter() - t
+
+    # 3. encode stage alone
+    t = time.perf_counter()
+    for b in batches:
+        encoder.encode(b)
+    encode_s = time.perf_counter() - t
+    del batches
+
+    # 4. pHash, the usual way
+    ph1_s = bench_phash(paths, 1)
+    phw_s = bench_phash(paths, workers) if workers > 1 else ph1_s
+
+    rate = lambda s: n / s if s > 0 else float("inf")  # noqa: E731
+    scan_rate, ph1, phw = rate(scan_s), rate(ph1_s), rate(phw_s)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = "?"
+    cmd = "python scripts/bench_scan.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"\nMeasured {when} at commit {commit} on {machine()}.")
+    print(f"Command: `{cmd.strip()}` — {n} files ({total_bytes / 2**20:.1f} MiB), encoder {encoder.describe()}, "
+          f"{workers} decode workers, {threads} encoder thread(s), batch {args.batch_size}.\n")
+    print("| what | seconds | images/s |")
+    print("|---|---:|---:|")
+    print(f"| **embeddr scan, end to end** (fresh catalog) | {scan_s:.2f} | **{scan_rate:.1f}** |")
+    print(f"| &nbsp; scan stage: discover + incremental check | {stage.discover:.2f} | |")
+    print(f"| &nbsp; scan stage: waiting for decoded batches (hash + decode in {workers} workers, overlapped) | {stage.decode_wait:.2f} | |")
+    print(f"| &nbsp; scan stage: encode | {stage.encode:.2f} | {rate(stage.encode):.1f} |")
+    print(f"| &nbsp; scan stage: store (SQLite commits) | {stage.store:.2f} | |")
+    print(f"| &nbsp; scan stage: index (FAISS add + atomic write) | {stage.index:.2f} | |")
+    print(f"| decode alone (hash + decode + resize, {workers} workers) | {decode_s:.2f} | {rate(decode_s):.1f} |")
+    print(f"| encode alone ({encoder.describe()}) | {encode_s:.2f} | {rate(encode_s):.1f} |")
+    print(f"| imagehash.phash, 1 process | {ph1_s:.2f} | {ph1:.1f} |")
+    print(f"| imagehash.phash, {workers} processes | {phw_s:.2f} | {phw:.1f} |")
+    print(f"\nscan / pHash (1 process) = **{scan_rate / ph1:.2f}x**; scan / pHash ({workers} processes) = **{scan_rate / phw:.2f}x**")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
