@@ -68,7 +68,7 @@ def test_background_is_kth_neighbour_and_chunking_does_not_matter():
 
 def test_small_collection_has_no_background_and_keeps_raw_scores():
     ids, vecs = _collection(2)
-    ids, vecs = ids[:8], vecs[:8]  # fewer than k + 1 items
+    ids, vecs = ids[:DEFAULT_K], vecs[:DEFAULT_K]  # fewer than k others each
     index = _index(vecs, ids)
     assert (background(index, ids, vecs) == NO_BACKGROUND).all()
     raw = sorted(range_pairs(index, ids, vecs, 0.3))
