@@ -7,7 +7,7 @@ corrects a pair's similarity by how similar each item is to its *background*. He
 comes from the collection being searched, so no extra data set is needed:
 
     bg(x)     = cosine similarity of x to its k-th nearest other item in the collection
-                (k = ``DEFAULT_K`` = 10, larger than a typical duplicate group, so bg(x) is the
+                (k = ``DEFAULT_K`` = 8, larger than a typical duplicate group, so bg(x) is the
                 similarity of x to things that are *not* its copies)
     s'(a, b)  = s(a, b) - beta * max(0, max(bg(a), bg(b)) - floor)
 
@@ -16,14 +16,15 @@ with ``beta = DEFAULT_BETA`` and ``floor = DEFAULT_FLOOR``. In a sparse neighbou
 in the same units as raw cosine and one threshold means the same thing for both; only items whose
 10th neighbour is already close (a crowd of look-alikes) are pushed down, by ``beta`` times how far
 their background sits above the floor. The larger of the two backgrounds is used (a pair is only as
-trustworthy as its most crowded member). Collections with at most ``k`` other items have no
-background evidence (bg = -1, no correction).
+trustworthy as its most crowded member). Items with fewer than ``k`` other items in the collection
+have no background evidence (bg = -1, no correction).
 
 ``k``, ``beta`` and ``floor`` and the choice of ``max`` over the mean of the two backgrounds were
 chosen by measurement on the calibration split (scripts/calibrate.py; docs/benchmarks.md, "Quality
-on real images"). Known limit: an image with more than ``k`` near-identical copies in the collection
-has a high background itself, so its pairs are pushed down too (they still score high: copies sit
-near 0.9-1.0).
+on real images"); k trades two failure modes: a crowd of at most k look-alikes (a short document)
+is its own background and is not corrected, and an image with more than k near-copies has a high
+background itself, so its pairs are pushed down. The correction also depends on the collection's
+density: a sparser collection gets less of it.
 
 Cost: one chunked FAISS kNN query (k + 1 neighbours) per item, O(N * k) memory, plus the usual range
 search; never an N x N matrix.
@@ -38,7 +39,7 @@ import numpy as np
 
 from .match import knn, range_pairs
 
-DEFAULT_K = 5
+DEFAULT_K = 8
 DEFAULT_BETA = 1.0
 DEFAULT_FLOOR = 0.3
 NO_BACKGROUND = -1.0
