@@ -40,7 +40,7 @@ from .bench.make import TruthRow
 from .encoders import Encoder, resolve_preset
 from .errors import EmbeddrError
 from .match import knn
-from .normalize import DEFAULT_BETA, DEFAULT_FLOOR, DEFAULT_K, background_from_knn, normalize_scores
+from .normalize import DEFAULT_BETA, DEFAULT_CEILING, DEFAULT_FLOOR, DEFAULT_K, background_from_knn, normalize_scores
 from .presets import Preset
 
 SCORES = ("raw", "normalized")
@@ -68,13 +68,19 @@ class PairScores:
     n_positives: int
     scan: dict = field(default_factory=dict)
     catalog_path: str = ""
+    bg: np.ndarray | None = None  # per-file backgrounds computed elsewhere (tune on labelled pairs)
 
     def background(self, k: int = DEFAULT_K) -> np.ndarray:
-        """bg of each file (k-th neighbour's score); -1 where fewer than k neighbours."""
+        """bg of each file (k-th non-copy neighbour's score); -1 where fewer than k neighbours."""
+        if self.bg is not None:
+            return self.bg
         if self.knn_scores.shape[1] < k:
             return np.full(len(self.rows), -1.0, np.float32)
-        bg = self.knn_scores[:, k - 1].copy()
-        bg[~np.isfinite(bg)] = -1.0
+        bg = np.full(len(self.rows), -1.0, np.float32)
+        for i, row in enumerate(self.knn_scores):
+            usable = row[np.isfinite(row) & (row < DEFAULT_CEILING)]  # copies are not background
+            if len(usable) >= k:
+                bg[i] = usable[k - 1]
         return bg
 
     def scores(self, score: str = "raw", *, k: int = DEFAULT_K, beta: float = DEFAULT_BETA,
@@ -308,7 +314,7 @@ class EvalReport:
 
     def as_dict(self) -> dict:
         return {"truth": self.truth, "files": self.files, "positive_pairs": self.positives, "k": self.k,
-                "normalization": {"k": DEFAULT_K, "beta": DEFAULT_BETA, "floor": DEFAULT_FLOOR},
+                "normalization": {"k": DEFAULT_K, "beta": DEFAULT_BETA, "floor": DEFAULT_FLOOR, "ceiling": DEFAULT_CEILING},
                 "detectors": self.detectors}
 
 

@@ -532,13 +532,13 @@ class Gate:
     def _normalize(self, p: _Prepared, score_of: dict[int, float]) -> dict[int, float]:
         """Normalised scores of the raw matches ``score_of`` (vector id -> raw cosine), kept if >= threshold."""
         from .index import vectors_of
-        from .normalize import DEFAULT_K, background, background_from_knn, penalty
+        from .normalize import DEFAULT_K, EXTRA_NEIGHBOURS, background, background_from_knn, penalty
         from .match import knn
 
         live = self._live
         own = self._own_id(p.result.hash)
         dead = max(0, self.index.ntotal - len(live)) if live is not None else 0
-        scores, labels = knn(self.index, p.vector[None, :], DEFAULT_K + 1 + min(dead, 256))
+        scores, labels = knn(self.index, p.vector[None, :], DEFAULT_K + 1 + EXTRA_NEIGHBOURS + min(dead, 256))
         p.bg = float(background_from_knn(scores, labels, np.array([own]), DEFAULT_K, live)[0])
         if not score_of:
             return {}

@@ -42,12 +42,15 @@ from .match import knn, range_pairs
 DEFAULT_K = 8
 DEFAULT_BETA = 1.0
 DEFAULT_FLOOR = 0.3
+DEFAULT_CEILING = 0.9  # neighbours at or above this raw cosine are copies, not background
+EXTRA_NEIGHBOURS = 64  # how many copies of an item the kNN query looks past
 NO_BACKGROUND = -1.0
 
 
 def background_from_knn(scores: np.ndarray, labels: np.ndarray, query_ids: np.ndarray, k: int = DEFAULT_K,
-                        live: set[int] | None = None) -> np.ndarray:
-    """bg for each query row: the score of its k-th neighbour other than itself (and live).
+                        live: set[int] | None = None, ceiling: float = DEFAULT_CEILING) -> np.ndarray:
+    """bg for each query row: the score of its k-th neighbour other than itself (and live) that is
+    not a copy of it (raw score below ``ceiling``).
 
     ``scores``/``labels``: kNN results sorted by decreasing score. Rows with fewer than ``k``
     usable neighbours get :data:`NO_BACKGROUND`.
@@ -58,7 +61,7 @@ def background_from_knn(scores: np.ndarray, labels: np.ndarray, query_ids: np.nd
         seen = 0
         for lab, s in zip(labels[row], scores[row]):
             lab = int(lab)
-            if lab < 0 or lab == qid or (live is not None and lab not in live):
+            if lab < 0 or lab == qid or (live is not None and lab not in live) or s >= ceiling:
                 continue
             seen += 1
             if seen == k:
@@ -68,14 +71,14 @@ def background_from_knn(scores: np.ndarray, labels: np.ndarray, query_ids: np.nd
 
 
 def background(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, *, k: int = DEFAULT_K,
-               live: set[int] | None = None, chunk: int = 4096) -> np.ndarray:
+               live: set[int] | None = None, chunk: int = 4096, ceiling: float = DEFAULT_CEILING) -> np.ndarray:
     """bg of each of ``vecs`` (whose ids are ``ids``) among the index's (live) vectors."""
     if len(ids) == 0:
         return np.zeros(0, np.float32)
     dead = 0 if live is None else max(0, index.ntotal - len(live))
-    want = k + 1 + min(dead, 256)
+    want = k + 1 + EXTRA_NEIGHBOURS + min(dead, 256)
     scores, labels = knn(index, vecs, want, chunk=chunk)
-    return background_from_knn(scores, labels, ids, k, live)
+    return background_from_knn(scores, labels, ids, k, live, ceiling)
 
 
 def penalty(bg_a: np.ndarray | float, bg_b: np.ndarray | float, *, beta: float = DEFAULT_BETA,

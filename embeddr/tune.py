@@ -107,13 +107,12 @@ def _pairs_scores(folder: Path, pairs_csv: Path, model, workers: int | None, db:
     b = np.array([idx[y] for _, y, _ in labelled])
     label = np.array([lab for _, _, lab in labelled], bool)
     raw = np.minimum(np.einsum("ij,ij->i", vecs[vrow[a]], vecs[vrow[b]]), 1.0).astype(np.float32)
-    knn_scores = np.full((len(files), DEFAULT_K), -np.inf, np.float32)
-    knn_scores[:, DEFAULT_K - 1] = bg[vrow]
+    knn_scores = np.full((len(files), 0), -np.inf, np.float32)
     rows = [TruthRow(p, str(p), "user", "original") for p in files]
     preset = resolve_preset(model)
     return PairScores(detector=preset.name, preset=preset, rows=rows, a=a, b=b, label=label, raw=raw,
                       family=["pair" if lab else "other" for lab in label], knn_scores=knn_scores, vector_row=vrow,
-                      n_positives=int(label.sum()))
+                      n_positives=int(label.sum()), bg=bg[vrow])
 
 
 def tune(folder: str | os.PathLike, *, precision: float = 0.99, model: str | None = None, sample: int = 200,

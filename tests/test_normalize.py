@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 
 from embeddr.match import range_pairs
-from embeddr.normalize import DEFAULT_K, NO_BACKGROUND, background, normalize_scores, normalized_pairs
+from embeddr.normalize import DEFAULT_CEILING, DEFAULT_K, NO_BACKGROUND, background, normalize_scores, normalized_pairs
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -56,13 +56,14 @@ def test_background_is_kth_neighbour_and_chunking_does_not_matter():
     bg = background(index, ids, vecs, k=DEFAULT_K)
     sims = vecs @ vecs.T
     np.fill_diagonal(sims, -np.inf)
-    expected = -np.sort(-sims, axis=1)[:, DEFAULT_K - 1]
+    not_copies = np.where(sims < DEFAULT_CEILING - 1e-6, sims, -np.inf)  # copies are not background
+    expected = -np.sort(-not_copies, axis=1)[:, DEFAULT_K - 1]
     np.testing.assert_allclose(bg, expected, atol=1e-5)
     np.testing.assert_allclose(background(index, ids, vecs, chunk=7), bg, atol=1e-6)
     # dead vectors (no current file) are not part of anyone's background
     live = set(int(i) for i in ids[5:])
     bg_live = background(index, ids[5:], vecs[5:], live=live)
-    sims_live = sims[5:, 5:]
+    sims_live = not_copies[5:, 5:]
     np.testing.assert_allclose(bg_live, -np.sort(-sims_live, axis=1)[:, DEFAULT_K - 1], atol=1e-5)
 
 
@@ -79,3 +80,20 @@ def test_penalty_formula():
     s = normalize_scores(np.array([0.9, 0.9, 0.9]), np.array([0.1, 0.8, 0.3]), np.array([0.2, 0.1, 0.5]),
                          beta=1.0, floor=0.3)
     np.testing.assert_allclose(s, [0.9, 0.4, 0.7], atol=1e-6)
+
+
+def test_many_near_identical_copies_are_not_their_own_background():
+    """A picture in more than k renditions (thumbnails, re-encodes: raw cosine >= the ceiling) keeps
+    its pairs: copies are skipped when looking for an item's background."""
+    rng = np.random.default_rng(3)
+    dim = 64
+    base = rng.normal(size=dim)
+    copies = _unit(base + 0.05 * rng.normal(size=(DEFAULT_K + 4, dim)))  # k + 4 near-identical copies
+    others = _unit(rng.normal(size=(200, dim)))
+    vecs = np.vstack([copies, others]).astype(np.float32)
+    ids = np.arange(1, len(vecs) + 1, dtype=np.int64)
+    index = _index(vecs, ids)
+    assert float((copies @ copies.T).min()) >= DEFAULT_CEILING
+    norm = {(a, b) for a, b, _ in normalized_pairs(index, ids, vecs, 0.6)}
+    n = len(copies)
+    assert len([1 for a, b in norm if b <= n]) == n * (n - 1) // 2  # every pair of copies is kept
