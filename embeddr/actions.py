@@ -43,6 +43,7 @@ from pathlib import Path
 from .catalog import Catalog
 from .decode import content_hash
 from .errors import JournalError, PolicyError
+from .discover import IGNORE_MARKER
 from .journal import JOURNAL_VERSION, Journal, read_journal, trash_dir
 from .policy import Decision
 
@@ -286,6 +287,8 @@ def apply(steps: Sequence[Step], catalog: Catalog | str | os.PathLike | None, jo
     quarantine = next((s.quarantine for s in steps if s.quarantine), None)
     try:
         with Journal(journal_path) as journal:
+            for folder in (quarantine, trash if action in ("delete", "hardlink", "symlink") else None):
+                _mark_ignored(folder)
             journal.write({"type": "begin", "version": JOURNAL_VERSION, "action": action,
                            "db": str(cat.path.resolve()) if cat is not None else None, "trash": str(trash),
                            "quarantine": quarantine, "created": time.time(), "steps": len(steps)})
@@ -398,10 +401,20 @@ def _restore_one(rec: dict) -> str:
     return "restored"
 
 
+def _mark_ignored(folder: str | os.PathLike | None) -> None:
+    """Create ``folder`` with an ``.embeddr-ignore`` marker, so scans never take its copies back in."""
+    if folder is None:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / IGNORE_MARKER).touch(exist_ok=True)
+
+
 def _prune_empty(folder: str | None) -> None:
     if not folder or not os.path.isdir(folder):
         return
-    for dirpath, _dirs, _files in os.walk(folder, topdown=False):
+    for dirpath, _dirs, files in os.walk(folder, topdown=False):
+        if files == [IGNORE_MARKER]:
+            os.unlink(os.path.join(dirpath, IGNORE_MARKER))
         try:
             os.rmdir(dirpath)
         except OSError:

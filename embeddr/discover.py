@@ -33,6 +33,9 @@ _MAGIC = (
 )
 
 
+IGNORE_MARKER = ".embeddr-ignore"  # a folder holding this file is not scanned (quarantine, trash, ...)
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A file that looks like an image. ``error`` is set when it cannot even be stat'ed."""
@@ -67,7 +70,9 @@ def discover(roots: Iterable[str | os.PathLike], *, exclude: Iterable[str] = (),
     """Yield image candidates under ``roots`` (files or folders), in a stable sorted order.
 
     ``exclude``: glob patterns matched against the path relative to its root and the bare name
-    (``--exclude '*.tmp' --exclude 'cache/*'``). A folder that matches is not entered.
+    (``--exclude '*.tmp' --exclude 'cache/*'``). A folder that matches is not entered, nor is a
+    folder that holds a file named ``.embeddr-ignore`` (``apply`` puts one in its quarantine and
+    trash folders, so their copies are never scanned back in).
     """
     patterns = tuple(exclude)
     seen_files: set[str] = set()
@@ -92,6 +97,8 @@ def discover(roots: Iterable[str | os.PathLike], *, exclude: Iterable[str] = (),
             if key in visited:  # symlink loop or second link to a folder already walked
                 continue
             visited.add(key)
+            if os.path.exists(os.path.join(folder, IGNORE_MARKER)):  # embeddr's quarantine/trash, or the user's wish
+                continue
             try:
                 entries = sorted(os.scandir(folder), key=lambda e: e.name)
             except OSError as exc:

@@ -89,7 +89,8 @@ def test_move_then_undo_restores_tree(library, runner, tmp_path):
     out = json.loads(res.output)
     assert out["counts"] == {"done": 6}
     # PNGs are canonical (most-pixels ties with the JPEG originals, lossless decides); the rest are quarantined
-    assert sorted(str(p.relative_to(q)) for p in q.rglob("*") if p.is_file()) == sorted(
+    assert (q / ".embeddr-ignore").is_file()  # later scans never take the quarantined copies back in
+    assert sorted(str(p.relative_to(q)) for p in q.rglob("*") if p.is_file() and p.name != ".embeddr-ignore") == sorted(
         [f"photos/{n}.jpg" for n in DERIVED] + [f"copies/{n}_small.jpg" for n in DERIVED])
     assert all(g["rule"] == "lossless" for g in out["groups"])
     assert out["savings"]["overall"]["duplicate_files"] == 6
@@ -204,7 +205,7 @@ def test_link_and_delete_keep_originals_and_undo(library, runner, tmp_path, acti
         assert small.is_symlink() and small.resolve() == canonical.resolve()
     else:
         assert not small.exists()
-    trash = sorted(p.name for p in Path(str(j) + ".trash").rglob("*") if p.is_file())
+    trash = sorted(p.name for p in Path(str(j) + ".trash").rglob("*") if p.is_file() and p.name != ".embeddr-ignore")
     assert trash == sorted([f"{n}.jpg" for n in DERIVED] + [f"{n}_small.jpg" for n in DERIVED])
     res = runner.invoke(app, ["undo", str(j)])
     assert res.exit_code == 0, res.output

@@ -376,3 +376,16 @@ def test_realdata_hard_negatives_are_not_paired(realdata_scan):
     truth, _, dupes = realdata_scan
     cross = _cross(truth, dupes, {"distinct", "derived", "hard_neg"})
     assert cross == [], _describe(cross, dupes)
+
+
+def test_folders_with_the_ignore_marker_are_not_scanned(photo_dir, tmp_path):
+    """apply's quarantine and trash folders carry .embeddr-ignore: a later scan never takes their copies back in."""
+    from embeddr.discover import IGNORE_MARKER, discover
+
+    quarantine = photo_dir / "quarantine"
+    quarantine.mkdir()
+    (quarantine / "astronaut.jpg").write_bytes((photo_dir / "astronaut.jpg").read_bytes())
+    assert any("quarantine" in c.path for c in discover([photo_dir]))
+    (quarantine / IGNORE_MARKER).touch()
+    found = [c.path for c in discover([photo_dir])]
+    assert found and not any("quarantine" in p for p in found)
