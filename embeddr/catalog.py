@@ -371,6 +371,7 @@ class Catalog:
             "ok": counts.get("ok", 0),
             "errors": counts.get("error", 0),
             "missing": counts.get("missing", 0),
+            "links": counts.get("link", 0),
             "distinct_contents": distinct,
             "vectors": n_vec,
             "bytes": size,

@@ -44,6 +44,7 @@ class Candidate:
     size: int = 0
     mtime_ns: int = 0
     error: str | None = None
+    link_of: str | None = None  # the same file is scanned under this path (symlink or hard link)
 
 
 def sniff(path: str) -> bool:
@@ -75,11 +76,11 @@ def discover(roots: Iterable[str | os.PathLike], *, exclude: Iterable[str] = (),
     trash folders, so their copies are never scanned back in).
     """
     patterns = tuple(exclude)
-    seen_files: set[str] = set()
+    roots = [os.path.abspath(os.fspath(r)) for r in roots]
+    seen = _Seen(tuple(r.rstrip(os.sep) + os.sep for r in roots if os.path.isdir(r)))
     for root in roots:
-        root = os.path.abspath(os.fspath(root))
         if os.path.isfile(root) or (os.path.islink(root) and not os.path.exists(root)):
-            yield from _one(root, seen_files)
+            yield from _one(root, seen)
             continue
         if not os.path.isdir(root):
             yield Candidate(root, error="no such file or folder")
@@ -116,14 +117,36 @@ def discover(roots: Iterable[str | os.PathLike], *, exclude: Iterable[str] = (),
                 if is_dir:
                     subdirs.append(entry.path)
                 else:
-                    yield from _one(entry.path, seen_files)
+                    yield from _one(entry.path, seen)
             stack.extend(reversed(subdirs))
 
 
-def _one(path: str, seen: set[str]) -> Iterator[Candidate]:
-    if path in seen:
+class _Seen:
+    """Paths and files already yielded, so one file reached twice is scanned once.
+
+    A symbolic link whose target lies under the scanned folders is a link (the target is scanned
+    as itself); a second hard link to a file already yielded is a link of the first one. Links
+    take no space of their own, so they are never reported or acted on as duplicates.
+    """
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        self.paths: set[str] = set()
+        self.inodes: dict[tuple[int, int], str] = {}
+        self.prefixes = prefixes
+
+    def link_of(self, path: str, st: os.stat_result) -> str | None:
+        if os.path.islink(path):
+            target = os.path.realpath(path)
+            if target != path and target.startswith(self.prefixes):
+                return target
+        first = self.inodes.setdefault((st.st_dev, st.st_ino), path)
+        return None if first == path else first
+
+
+def _one(path: str, seen: _Seen) -> Iterator[Candidate]:
+    if path in seen.paths:
         return
-    seen.add(path)
+    seen.paths.add(path)
     has_ext = Path(path).suffix.lower() in IMAGE_EXTENSIONS
     try:
         st = os.stat(path)
@@ -138,4 +161,4 @@ def _one(path: str, seen: set[str]) -> Iterator[Candidate]:
     if not os.path.isfile(path):
         return
     if has_ext or sniff(path):
-        yield Candidate(path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        yield Candidate(path, size=st.st_size, mtime_ns=st.st_mtime_ns, link_of=seen.link_of(path, st))

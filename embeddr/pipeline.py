@@ -40,6 +40,7 @@ class ScanReport:
     model: str
     seen: int = 0  # image candidates found
     unchanged: int = 0  # skipped: same path, size and mtime as in the catalog
+    links: int = 0  # symlinks / hard links to a file scanned under another path (not duplicates)
     processed: int = 0  # hashed and decoded this run
     encoded: int = 0  # vectors computed this run
     exact_reused: int = 0  # new files whose bytes already had a vector
@@ -203,15 +204,21 @@ def _waves(candidates: Iterable[Candidate], size: int, report: ScanReport):
 def _changed(candidates: list[Candidate], catalog: Catalog, run_id: int, report: ScanReport) -> list[Candidate]:
     """Drop files the catalog already has unchanged (same size and mtime, status ok); mark them seen."""
     known = catalog.file_states_for(c.path for c in candidates)
-    todo, unchanged = [], []
+    todo, unchanged, links = [], [], []
     for cand in candidates:
+        if cand.link_of is not None:  # the same file under another scanned path: recorded, never decoded
+            links.append(FileRecord(cand.path, cand.size, cand.mtime_ns, status="link", error=f"same file as {cand.link_of}"))
+            continue
         state = known.get(cand.path)
         if cand.error is None and state and state[0] == cand.size and state[1] == cand.mtime_ns and state[2] == "ok":
             unchanged.append(cand.path)
         else:
             todo.append(cand)
     catalog.touch(unchanged, run_id)
+    if links:
+        catalog.record_batch(links, {}, run_id, report.model)
     report.unchanged += len(unchanged)
+    report.links += len(links)
     return todo
 
 

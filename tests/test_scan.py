@@ -389,3 +389,22 @@ def test_folders_with_the_ignore_marker_are_not_scanned(photo_dir, tmp_path):
     (quarantine / IGNORE_MARKER).touch()
     found = [c.path for c in discover([photo_dir])]
     assert found and not any("quarantine" in p for p in found)
+
+
+def test_links_to_scanned_files_are_not_duplicates(photo_dir, tmp_path, runner):
+    """A symlink to a file under the scanned folders, or a second hard link, is the same file: it is recorded
+    as a link, never decoded, and never listed as a duplicate (apply's hardlink/symlink results stay clean)."""
+    links = photo_dir / "links"
+    links.mkdir()
+    os.symlink(photo_dir / "coffee.jpg", links / "coffee_symlink.jpg")
+    os.link(photo_dir / "chelsea.jpg", links / "zz_chelsea_hardlink.jpg")
+    db = tmp_path / "links.db"
+    from embeddr.cli import app
+
+    assert runner.invoke(app, ["scan", str(photo_dir), "--db", str(db), "-q", "--workers", "0"]).exit_code == 0
+    with Catalog(db) as catalog:
+        assert catalog.get_file(str(links / "coffee_symlink.jpg")).status == "link"
+        assert catalog.get_file(str(links / "zz_chelsea_hardlink.jpg")).status == "link"
+        assert catalog.get_file(str(photo_dir / "coffee.jpg")).status == "ok"
+    out = json.loads(runner.invoke(app, ["dupes", "--db", str(db), "--format", "json"]).stdout)
+    assert not any("links" in p for pair in out["pairs"] for p in (pair["a"], pair["b"]))

@@ -33,7 +33,8 @@ def print_scan_summary(report) -> None:
     err_console.print(
         f"scanned {report.seen} images with {report.model}: {report.processed} new or changed "
         f"({report.encoded} embedded, {report.exact_reused} exact copies reused), {report.unchanged} unchanged, "
-        f"{report.missing} gone, {report.errors} errors in {report.seconds:.1f}s{rate}", highlight=False)
+        f"{report.links} links to files scanned under another path, {report.missing} gone, {report.errors} errors "
+        f"in {report.seconds:.1f}s{rate}", highlight=False)
     if report.errors:
         err_console.print(f"{report.errors} file(s) could not be read (scan went on); e.g.:", highlight=False)
         for path, error in report.error_samples[:10]:
@@ -138,7 +139,8 @@ def register(app: typer.Typer) -> None:
         if data.get("threshold") is not None:
             lines.append(f"threshold  {data['threshold']:g}  ({data['threshold_provenance']})")
         lines += [
-            f"files      {data['ok']} ok, {data['errors']} errors, {data['missing']} gone ({human_bytes(data['bytes'])})",
+            f"files      {data['ok']} ok, {data['errors']} errors, {data['missing']} gone, {data['links']} links "
+            f"({human_bytes(data['bytes'])})",
             f"contents   {data['distinct_contents']} distinct, {data['vectors']} vectors",
             f"index      {data['index_file'] or '(not built)'} ({human_bytes(data['index_bytes'])})",
             f"verdicts   {data['verdicts']}",
