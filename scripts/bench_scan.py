@@ -93,6 +93,33 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu}){mem}{gpu or ', no GPU'}"
 
 
+def _with_upscaled(args, argv) -> int:
+    from PIL import Image
+
+    cands = [c for c in discover([args.folder]) if c.error is None][: args.limit or None]
+    with tempfile.TemporaryDirectory(prefix="embeddr_bench_large_") as tmp:
+        for i, c in enumerate(cands):
+            with Image.open(c.path) as im:
+                im = im.convert("RGB")
+                scale = args.upscale / max(im.size)
+                im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BICUBIC).save(
+                    Path(tmp) / f"{i:05d}.jpg", quality=90)
+        rest = [a for a in (argv if argv is not None else sys.argv[1:])]
+        keep, skip = [], False
+        for a in rest:  # same options, on the temporary folder, without --upscale/--limit/folder
+            if skip:
+                skip = False
+                continue
+            if a in ("--upscale", "--limit"):
+                skip = True
+                continue
+            if a.startswith(("--upscale=", "--limit=")) or a == args.folder:
+                continue
+            keep.append(a)
+        print(f"(photos: the first {len(cands)} of {args.folder}, upscaled to a {args.upscale} px long side, JPEG q90)")
+        return main([tmp, *keep])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", nargs="?", default=str(DEFAULT_FOLDER))
@@ -103,7 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: what `embeddr scan` uses, embeddr.api.encoder_threads)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--upscale", type=int, default=None, metavar="PX",
+                    help="first write each selected photo resized to a PX long side (JPEG q90) into a temporary "
+                         "folder and benchmark those: camera-sized photos (e.g. --upscale 4000 --limit 48)")
     args = ap.parse_args(argv)
+    if args.upscale:
+        return _with_upscaled(args, argv)
 
     workers = default_workers() if args.workers is None else args.workers
     cands = [c for c in discover([args.folder]) if c.error is None]
