@@ -30,11 +30,11 @@ def _progress_bar():
 def print_scan_summary(report) -> None:
     d = report.as_dict()
     rate = f", {d['images_per_second']} img/s" if d["images_per_second"] else ""
+    links = f"{report.links} links to files scanned under another path, " if report.links else ""
     err_console.print(
         f"scanned {report.seen} images with {report.model}: {report.processed} new or changed "
         f"({report.encoded} embedded, {report.exact_reused} exact copies reused), {report.unchanged} unchanged, "
-        f"{report.links} links to files scanned under another path, {report.missing} gone, {report.errors} errors "
-        f"in {report.seconds:.1f}s{rate}", highlight=False)
+        f"{links}{report.missing} gone, {report.errors} errors in {report.seconds:.1f}s{rate}", highlight=False)
     if report.errors:
         err_console.print(f"{report.errors} file(s) could not be read (scan went on); e.g.:", highlight=False)
         for path, error in report.error_samples[:10]:
