@@ -318,6 +318,11 @@ class Catalog:
         vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim) if rows else np.zeros((0, dim), np.float32)
         return ids, vecs, [r[2] for r in rows]
 
+    def live_vector_ids(self) -> dict[str, int]:
+        """content hash -> vector id, for the vectors at least one ``ok`` file uses (no vector data)."""
+        return {r[0]: r[1] for r in self.conn.execute(
+            "SELECT v.hash, v.id FROM vectors v WHERE EXISTS (SELECT 1 FROM files f WHERE f.hash = v.hash AND f.status = 'ok')")}
+
     def vectors_by_id(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         ids = [int(i) for i in ids]
         out: dict[int, np.ndarray] = {}

@@ -13,7 +13,7 @@ from itertools import combinations
 import numpy as np
 
 from .catalog import Catalog, FileRow
-from .index import load_index
+from .index import load_index, stored
 from .match import range_pairs
 from .presets import Preset
 
@@ -75,21 +75,33 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     margin = preset.threshold.group_margin if margin is None else margin
     by_hash = catalog.files_by_hash("ok")
     files = sum(len(v) for v in by_hash.values())
-    ids, vecs, hashes = catalog.live_vectors()
-    hash_of = dict(zip(ids.tolist(), hashes))
-    vec_of = {int(i): v for i, v in zip(ids, vecs)}
-    vid_of_hash = {h: int(i) for i, h in zip(ids, hashes)}
+    vid_of_hash = catalog.live_vector_ids()
+    hash_of = {vid: h for h, vid in vid_of_hash.items()}
     rejected = catalog.not_duplicate_pairs()
+
+    # Query vectors are read straight from the index's storage (no second copy of every vector);
+    # vectors that no current file uses are left out of the queries and of the matches.
+    index = load_index(catalog)
+    stored_ids, stored_vecs = stored(index)
+    live: set[int] | None = None  # None: every stored vector is live (the index holds all catalog vectors)
+    if len(hash_of) == len(stored_ids):
+        ids, vecs = stored_ids, stored_vecs
+    else:
+        live = set(hash_of)
+        keep = np.flatnonzero(np.isin(stored_ids, np.fromiter(hash_of, np.int64, len(hash_of))))
+        ids, vecs = stored_ids[keep], stored_vecs[keep]
+
+    def vector(vid: int) -> np.ndarray:
+        return stored_vecs[int(np.searchsorted(stored_ids, vid))]
 
     content_pairs: list[tuple[int, int, float]] = []
     if len(ids):
-        index = load_index(catalog)
         if score == "normalized":
             from .normalize import normalized_pairs
 
-            content_pairs = list(normalized_pairs(index, ids, vecs, threshold, chunk=chunk, live=set(hash_of)))
+            content_pairs = list(normalized_pairs(index, ids, vecs, threshold, chunk=chunk, live=live))
         else:
-            content_pairs = list(range_pairs(index, ids, vecs, threshold, chunk=chunk, live=set(hash_of)))
+            content_pairs = list(range_pairs(index, ids, vecs, threshold, chunk=chunk, live=live))
 
     pairs: list[Pair] = []
     for h, rows in by_hash.items():
@@ -114,7 +126,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
             return 1.0
         key = (ha, hb)
         if key not in raw_cache:
-            raw_cache[key] = float(np.dot(vec_of[vid_of_hash[ha]], vec_of[vid_of_hash[hb]]))
+            raw_cache[key] = float(np.dot(vector(vid_of_hash[ha]), vector(vid_of_hash[hb])))
         return raw_cache[key]
 
     from .group import group_pairs

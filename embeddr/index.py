@@ -79,6 +79,20 @@ def load_index(catalog: Catalog, *, save: bool = True) -> faiss.Index:
     return index
 
 
+def stored(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) held by the index, without copying the vectors (a read-only view of FAISS's storage).
+
+    Ids are in insertion order, which is increasing (vector ids only grow).
+    """
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    flat = faiss.downcast_index(index.index)
+    if index.ntotal == 0:
+        return ids, np.zeros((0, index.d), np.float32)
+    view = faiss.rev_swig_ptr(flat.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+    view.flags.writeable = False
+    return ids, view
+
+
 def vectors_of(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
     """Reconstruct stored vectors by id (exact for a flat index)."""
     if len(ids) == 0:
