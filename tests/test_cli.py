@@ -31,3 +31,14 @@ def test_help_ends_with_an_example(path, command, runner):
     assert last.startswith("Example:") and "embeddr" in last, f"`embeddr {' '.join(path)}` help must end with 'Example: embeddr ...'"
     result = runner.invoke(app, [*path, "--help"])
     assert result.exit_code == 0 and "Example:" in result.stdout
+
+
+LEAVES = [p for p, c in COMMANDS if p and not hasattr(c, "commands")]
+
+
+@pytest.mark.parametrize("path", LEAVES, ids=[" ".join(p) for p in LEAVES])
+def test_every_command_is_in_the_readme(path):
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f"embeddr {' '.join(path)}" in readme, f"`embeddr {' '.join(path)}` is not documented in README.md"
