@@ -311,7 +311,7 @@ class Catalog:
     def live_vectors(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(ids, vectors, hashes) of the vectors that at least one ``ok`` file uses."""
         rows = self.conn.execute(
-            "SELECT v.id, v.vec, v.hash FROM vectors v WHERE EXISTS (SELECT 1 FROM files f WHERE f.hash = v.hash AND f.status = 'ok') ORDER BY v.id"
+            "SELECT v.id, v.vec, v.hash FROM vectors v WHERE v.hash IN (SELECT hash FROM files WHERE status = 'ok') ORDER BY v.id"
         ).fetchall()
         dim = self.dim or 0
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -321,7 +321,7 @@ class Catalog:
     def live_vector_ids(self) -> dict[str, int]:
         """content hash -> vector id, for the vectors at least one ``ok`` file uses (no vector data)."""
         return {r[0]: r[1] for r in self.conn.execute(
-            "SELECT v.hash, v.id FROM vectors v WHERE EXISTS (SELECT 1 FROM files f WHERE f.hash = v.hash AND f.status = 'ok')")}
+            "SELECT v.hash, v.id FROM vectors v WHERE v.hash IN (SELECT hash FROM files WHERE status = 'ok')")}
 
     def vectors_by_id(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         ids = [int(i) for i in ids]
