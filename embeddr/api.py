@@ -20,7 +20,7 @@ from .decode import DEFAULT_MAX_PIXELS
 from .dupes import DuplicateReport
 from .dupes import find_duplicates as _find_duplicates
 from .encoders import load_encoder, resolve_preset
-from .errors import CatalogError
+from .errors import CatalogError, EmbeddrError
 from .pipeline import ScanReport
 from .pipeline import scan as _scan
 from .presets import Preset
@@ -79,6 +79,10 @@ def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, mo
     the catalog's model, or ``sscd-distilled`` for a new catalog. A different model than the
     catalog's is refused (:class:`~embeddr.errors.ModelMismatch`).
     """
+    roots = list(roots)
+    missing = [str(r) for r in roots if not os.path.lexists(r)]
+    if missing:
+        raise EmbeddrError(f"no such file or folder: {', '.join(missing)}")
     with _opened(db, create=True) as catalog:
         if encoder is None:
             name = model or catalog.model or DEFAULT_MODEL

@@ -80,7 +80,7 @@ def discover(roots: Iterable[str | os.PathLike], *, exclude: Iterable[str] = (),
     seen = _Seen(tuple(r.rstrip(os.sep) + os.sep for r in roots if os.path.isdir(r)))
     for root in roots:
         if os.path.isfile(root) or (os.path.islink(root) and not os.path.exists(root)):
-            yield from _one(root, seen)
+            yield from _one(root, seen, named=True)  # a file named on purpose is always checked
             continue
         if not os.path.isdir(root):
             yield Candidate(root, error="no such file or folder")
@@ -143,11 +143,11 @@ class _Seen:
         return None if first == path else first
 
 
-def _one(path: str, seen: _Seen) -> Iterator[Candidate]:
+def _one(path: str, seen: _Seen, named: bool = False) -> Iterator[Candidate]:
     if path in seen.paths:
         return
     seen.paths.add(path)
-    has_ext = Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    has_ext = named or Path(path).suffix.lower() in IMAGE_EXTENSIONS
     try:
         st = os.stat(path)
     except FileNotFoundError:

@@ -408,3 +408,19 @@ def test_links_to_scanned_files_are_not_duplicates(photo_dir, tmp_path, runner):
         assert catalog.get_file(str(photo_dir / "coffee.jpg")).status == "ok"
     out = json.loads(runner.invoke(app, ["dupes", "--db", str(db), "--format", "json"]).stdout)
     assert not any("links" in p for pair in out["pairs"] for p in (pair["a"], pair["b"]))
+
+
+def test_a_missing_root_is_an_error_and_a_named_non_image_is_a_per_file_error(photo_dir, tmp_path, runner):
+    from embeddr.cli import app
+
+    db = tmp_path / "named.db"
+    res = runner.invoke(app, ["scan", str(tmp_path / "no-such-folder"), "--db", str(db), "-q"])
+    assert res.exit_code == 2 and "no such file or folder" in res.output and not db.exists()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    res = runner.invoke(app, ["scan", str(photo_dir / "coffee.jpg"), str(notes), "--db", str(db), "-q", "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    with Catalog(db) as catalog:
+        assert catalog.get_file(str(notes)).status == "error"
+        assert "not a recognised image format" in catalog.get_file(str(notes)).error
+        assert catalog.get_file(str(photo_dir / "coffee.jpg")).status == "ok"

@@ -18,7 +18,7 @@ from .common import (DEFAULT_DB_PATH, CheckpointOpt, DbOpt, DeviceOpt, FormatOpt
 
 class RateColumn(ProgressColumn):
     def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
+        speed = task.finished_speed or task.speed or (task.completed / task.elapsed if task.elapsed else None)
         return Text(f"{speed:.1f} img/s" if speed else "-- img/s")
 
 
@@ -68,15 +68,15 @@ def register(app: typer.Typer) -> None:
         Example: embeddr scan ~/photos --db photos.db --model sscd-distilled --exclude '*.tmp'
         """
         progress = None
-        bar = None
-        if not quiet:
-            bar = _progress_bar()
+        bar = _progress_bar() if not quiet else None
+        if bar is not None:
             task = bar.add_task("scan", total=None)
 
-            def progress(done: int, total: int) -> None:
+            def progress(done: int, total: int | None) -> None:
+                if not bar.live.is_started:  # shown once the model is loaded and files are found
+                    bar.start()
                 bar.update(task, completed=done, total=total)
 
-            bar.start()
         try:
             report = api.scan(paths, db=db, model=model, device=device, precision=precision, checkpoint=checkpoint,
                               exclude=exclude or (), batch_size=batch_size, workers=workers,
