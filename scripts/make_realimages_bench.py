@@ -13,7 +13,9 @@ path,set,group,source,license,width,height. What goes into a split:
 * ``hard_neg`` groups (different photos of similar subjects, which must NOT be flagged) are split by
   *group name*, so a group lies wholly in one split; their files are added as distractors, except files
   that are also ``distinct`` photos (those are originals in their own split). A file listed in several
-  hard_neg groups goes with its alphabetically first group.
+  hard_neg groups goes with its alphabetically first group. A group of more than ``BIG_GROUP`` (40)
+  files (the 555 ``stellarium_deep_sky`` star fields) is split by file instead, so that both splits
+  hold part of that crowd and the calibration sees it.
 * both ``docs`` images (two scanned text pages) are distractors in *every* split (the only files shared
   between splits; they are never positives), plus ``--doc-pages`` synthetic pages of one made-up document.
 * ``--natural`` adds the ``natural_dups`` groups that are the *same capture re-rendered* as positives:
@@ -76,6 +78,9 @@ def read_manifest(data: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+BIG_GROUP = 40
+
+
 def plan_split(
     rows: list[dict[str, str]], split: str, *, fraction_holdout: float = 0.5, natural: bool = False
 ) -> tuple[list[str], list[str], list[tuple[str, str, list[str], str | None]]]:
@@ -96,14 +101,19 @@ def plan_split(
     for g in hn_groups:
         for p in by_set["hard_neg"][g]:
             hn_home.setdefault(p, g)
+    # a crowd too large for one split (555 star fields) is split by file, so calibration sees it too
+    big = {g for g in hn_groups if len(by_set["hard_neg"][g]) > BIG_GROUP}
+    f_cal, f_hold = split_groups(sorted(p for p, g in hn_home.items() if g in big), fraction_holdout=fraction_holdout)
+
+    def hn_side(p: str) -> str:
+        g = hn_home[p]
+        return side(f_cal, f_hold, p) if g in big else side(h_cal, h_hold, g)
 
     def want(s: str) -> bool:
         return split == "all" or s == split
 
     sources = [p for p in distinct if want(side(d_cal, d_hold, p))]
-    distractors = sorted(
-        p for p, g in hn_home.items() if p not in distinct_set and want(side(h_cal, h_hold, g))
-    )
+    distractors = sorted(p for p in hn_home if p not in distinct_set and want(hn_side(p)))
     distractors += sorted({p for ps in by_set["docs"].values() for p in ps})
 
     naturals = []
@@ -118,7 +128,7 @@ def plan_split(
             if dm:
                 s = side(d_cal, d_hold, dm[0])
             elif hm:
-                s = side(h_cal, h_hold, hn_home[hm[0]])
+                s = hn_side(hm[0])
             else:
                 s = "holdout" if split_fraction(name) < fraction_holdout else "calib"
             if not want(s):
