@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -59,19 +60,12 @@ class ScanReport:
         return d
 
 
-@dataclass
-class Decoded:
-    """What a decode worker returns for one file: data, never an exception."""
+class Decoded(NamedTuple):
+    """What a decode worker returns for one file: its catalog record (``status``/``error`` set when
+    it could not be read) and, when it could, the pixels for the encoder. Never an exception."""
 
-    path: str
-    size: int | None
-    mtime_ns: int | None
-    hash: str | None = None
-    width: int | None = None
-    height: int | None = None
-    format: str | None = None
+    record: FileRecord
     pixels: np.ndarray | None = None
-    error: str | None = None
 
 
 class DecodeDataset:
@@ -88,20 +82,23 @@ class DecodeDataset:
 
 
 def decode_one(c: Candidate, size: int, resize: str, max_pixels: int | None) -> Decoded:
+    def failed(error: str, digest: str | None = None) -> Decoded:
+        return Decoded(FileRecord(c.path, c.size or None, c.mtime_ns or None, digest, status="error", error=error))
+
     if c.error:
-        return Decoded(c.path, c.size or None, c.mtime_ns or None, error=c.error)
+        return failed(c.error)
     try:
         digest = content_hash(c.path)
     except OSError as exc:
-        return Decoded(c.path, c.size, c.mtime_ns, error=f"cannot read: {exc.strerror or exc}")
+        return failed(f"cannot read: {exc.strerror or exc}")
     try:
         image, meta = load_image(c.path, min_side=size, max_pixels=max_pixels)
         pixels = fit(image, size, resize)
     except DecodeError as exc:
-        return Decoded(c.path, c.size, c.mtime_ns, hash=digest, error=exc.reason)
+        return failed(exc.reason, digest)
     except Exception as exc:  # a decoder bug must not stop the scan: record it against the file
-        return Decoded(c.path, c.size, c.mtime_ns, hash=digest, error=f"cannot decode: {type(exc).__name__}: {exc}")
-    return Decoded(c.path, c.size, c.mtime_ns, digest, meta.width, meta.height, meta.format, pixels)
+        return failed(f"cannot decode: {type(exc).__name__}: {exc}", digest)
+    return Decoded(FileRecord(c.path, c.size, c.mtime_ns, digest, meta.width, meta.height, meta.format), pixels)
 
 
 def _collate(batch: list[Decoded]) -> list[Decoded]:
@@ -224,15 +221,17 @@ def _changed(candidates: list[Candidate], catalog: Catalog, run_id: int, report:
 
 def _process_batch(batch: list[Decoded], catalog: Catalog, encoder: Encoder, run_id: int, report: ScanReport,
                    max_error_samples: int) -> None:
-    records: list[FileRecord] = []
-    ok = [d for d in batch if d.error is None]
-    have = catalog.hashes_with_vectors(d.hash for d in ok)
+    ok = [d.record for d in batch if d.record.status == "ok"]
+    have = catalog.hashes_with_vectors(r.hash for r in ok)
     to_encode: dict[str, np.ndarray] = {}
-    for d in ok:
-        if d.hash in have or d.hash in to_encode:
+    for d in batch:
+        h = d.record.hash
+        if d.record.status != "ok":
+            continue
+        if h in have or h in to_encode:
             report.exact_reused += 1
         else:
-            to_encode[d.hash] = d.pixels
+            to_encode[h] = d.pixels
     vectors: dict[str, np.ndarray] = {}
     if to_encode:
         t = time.perf_counter()
@@ -240,15 +239,13 @@ def _process_batch(batch: list[Decoded], catalog: Catalog, encoder: Encoder, run
         report.times.encode += time.perf_counter() - t
         vectors = dict(zip(to_encode.keys(), out))
         report.encoded += len(out)
-    for d in batch:
-        report.processed += 1
-        if d.error is None:
-            records.append(FileRecord(d.path, d.size, d.mtime_ns, d.hash, d.width, d.height, d.format))
-        else:
+    records = [d.record for d in batch]
+    report.processed += len(records)
+    for r in records:
+        if r.status == "error":
             report.errors += 1
             if len(report.error_samples) < max_error_samples:
-                report.error_samples.append((d.path, d.error))
-            records.append(FileRecord(d.path, d.size, d.mtime_ns, d.hash, status="error", error=d.error))
+                report.error_samples.append((r.path, r.error))
     t = time.perf_counter()
     catalog.record_batch(records, vectors, run_id, encoder.name)
     report.times.store += time.perf_counter() - t

@@ -100,7 +100,7 @@ def test_unreadable_file_permission_error(photo_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "open", fake_open)
     d = decode_one(Candidate(victim, size=1, mtime_ns=1), 224, "squash", DEFAULT_MAX_PIXELS)
-    assert d.pixels is None and "permission denied" in d.error.lower()
+    assert d.pixels is None and d.record.status == "error" and "permission denied" in d.record.error.lower()
     report, rows, _ = _scan(photo_dir, tmp_path / "c.db", workers=0)  # in-process, so the patch applies
     assert rows[victim].status == "error" and "permission denied" in rows[victim].error.lower()
     assert report.errors == 1 and sum(r.status == "ok" for r in rows.values()) == len(rows) - 1
