@@ -141,6 +141,19 @@ def test_tune_cli_prints_threshold_and_writes_plots(photo_dir, tmp_path, runner)
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 
 
+def test_tune_sets_aside_duplicates_the_folder_already_holds(photo_dir, tmp_path):
+    """A folder that already holds a copy of one of its photos: that pair is not a 'non-duplicate', so it
+    must not drive the threshold up; it is set aside and counted."""
+    from embeddr.tune import tune
+
+    img = Image.open(photo_dir / "coffee.jpg")
+    img.resize((img.width // 2, img.height // 2)).save(photo_dir / "coffee_small_copy.jpg", quality=88)
+    result = tune(photo_dir, precision=0.99, sample=4, per_image=3, seed=1, workers=0)
+    assert result.set_aside >= 1
+    assert result.threshold is not None and result.threshold < 0.9  # not pushed up to the copy's score
+    assert result.precision >= 0.99 and result.recall >= 0.9
+
+
 def test_tune_with_labelled_pairs(photo_dir, tmp_path, runner):
     img = Image.open(photo_dir / "chelsea.jpg")
     img.crop((20, 10, img.width - 30, img.height - 5)).save(photo_dir / "chelsea_crop.jpg", quality=85)

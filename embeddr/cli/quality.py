@@ -96,8 +96,9 @@ def register(app: typer.Typer) -> None:
 
         Derives labelled duplicates from a sample of FOLDER's images (crops, recolours, rescans, ...),
         treats the other images as non-duplicates, and prints the lowest threshold whose estimated
-        precision meets the target, with the estimated recall. Real duplicates already in FOLDER count
-        as false pairs, so the estimate is conservative. With --pairs, your labelled pairs are used.
+        precision meets the target, with the estimated recall. Pairs of FOLDER's own images that
+        already look like copies (raw cosine >= 0.9) are set aside; looser real duplicates count as
+        false pairs, so the estimate is conservative. With --pairs, your labelled pairs are used.
 
         Example: embeddr tune ~/photos --precision 0.99 --model sscd-distilled --sample 200 --out tune-report
         """
@@ -116,7 +117,8 @@ def register(app: typer.Typer) -> None:
         emit("\n".join([
             f"threshold  {result.threshold:.4f}  ({result.model}, {result.score} score; preset default {result.default_threshold:g})",
             f"estimated  precision {result.precision:.4f}, recall {result.recall:.4f} (target precision {precision})",
-            f"labels     {result.positives} duplicate pairs, {result.negatives} non-duplicate pairs ({result.source}, {result.files} files)",
+            f"labels     {result.positives} duplicate pairs, {result.negatives} non-duplicate pairs ({result.source}, {result.files} files)"
+            + (f"; {result.set_aside} pairs set aside: your images that already look like copies of each other" if result.set_aside else ""),
             f"plots      {', '.join(result.plots.values())}",
             f"use        embeddr dupes --threshold {result.threshold:.4f}",
         ]), None)
