@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import CatalogError, ModelMismatch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_DB = "embeddr.db"
 
 _SCHEMA = """
@@ -63,7 +63,9 @@ CREATE TABLE IF NOT EXISTS files (
     error TEXT,
     first_run INTEGER,
     last_run INTEGER,
-    updated REAL
+    updated REAL,
+    content_width INTEGER,
+    content_height INTEGER
 );
 CREATE INDEX IF NOT EXISTS files_hash ON files(hash);
 CREATE INDEX IF NOT EXISTS files_status ON files(status);
@@ -92,6 +94,8 @@ class FileRecord:
     format: str | None = None
     status: str = "ok"
     error: str | None = None
+    content_width: int | None = None  # without a uniform border (None: the file has none)
+    content_height: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,13 +110,20 @@ class FileRow:
     format: str | None
     status: str
     error: str | None
+    content_width: int | None = None  # the picture without a uniform border (None: no border)
+    content_height: int | None = None
 
     def as_dict(self) -> dict:
         return {"path": self.path, "size": self.size, "width": self.width, "height": self.height,
                 "format": self.format, "hash": self.hash, "mtime_ns": self.mtime_ns}
 
 
-_FILE_COLS = "id, path, size, mtime_ns, hash, width, height, format, status, error"
+_FILE_COLS = "id, path, size, mtime_ns, hash, width, height, format, status, error, content_width, content_height"
+
+# Named, ordered migrations: version -> statements that bring a catalog of version-1 up to it.
+MIGRATIONS = {
+    2: ["ALTER TABLE files ADD COLUMN content_width INTEGER", "ALTER TABLE files ADD COLUMN content_height INTEGER"],
+}
 
 
 def _vec_to_blob(v: np.ndarray) -> bytes:
@@ -137,6 +148,9 @@ class Catalog:
             if not readonly:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
+                fresh = self.conn.execute("SELECT name FROM sqlite_master WHERE name = 'files'").fetchone() is None
+                if not fresh:
+                    self._migrate()
                 self.conn.executescript(_SCHEMA)
                 self._init_meta()
             version = int(self.get_meta("schema_version", "0"))
@@ -154,6 +168,16 @@ class Catalog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _migrate(self) -> None:
+        """Bring an older catalog up to SCHEMA_VERSION, one named migration at a time, each in a transaction."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = int(row[0]) if row else 1
+        for target in sorted(v for v in MIGRATIONS if v > version):
+            with self.conn:
+                for statement in MIGRATIONS[target]:
+                    self.conn.execute(statement)
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(target),))
 
     def _init_meta(self) -> None:
         with self.conn:
@@ -245,13 +269,15 @@ class Catalog:
                 [(h, model, _vec_to_blob(v)) for h, v in vectors.items()],
             )
             self.conn.executemany(
-                """INSERT INTO files (path, size, mtime_ns, hash, width, height, format, status, error, first_run, last_run, updated)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """INSERT INTO files (path, size, mtime_ns, hash, width, height, format, status, error, first_run, last_run,
+                                      updated, content_width, content_height)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, hash=excluded.hash,
                      width=excluded.width, height=excluded.height, format=excluded.format, status=excluded.status,
-                     error=excluded.error, last_run=excluded.last_run, updated=excluded.updated""",
-                [(r.path, r.size, r.mtime_ns, r.hash, r.width, r.height, r.format, r.status, r.error, run_id, run_id, now)
-                 for r in records],
+                     error=excluded.error, last_run=excluded.last_run, updated=excluded.updated,
+                     content_width=excluded.content_width, content_height=excluded.content_height""",
+                [(r.path, r.size, r.mtime_ns, r.hash, r.width, r.height, r.format, r.status, r.error, run_id, run_id, now,
+                  r.content_width, r.content_height) for r in records],
             )
 
     def touch(self, paths: Iterable[str], run_id: int) -> None:

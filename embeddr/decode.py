@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from .errors import DecodeError
 
@@ -35,6 +35,35 @@ class ImageMeta:
     width: int  # as displayed, after EXIF orientation
     height: int
     format: str  # Pillow's format name (JPEG, PNG, WEBP, ...)
+    content_width: int | None = None  # the picture without uniform borders / padding (None: no border)
+    content_height: int | None = None
+
+
+BORDER_TOLERANCE = 24  # colour difference (0-255) still counted as the border's colour (JPEG noise)
+
+
+def content_size(image: Image.Image, width: int, height: int) -> tuple[int, int] | None:
+    """Size, at ``width`` x ``height``, of ``image`` without a uniform border (letterbox, padding, frame).
+
+    The border colour is taken from the four corners, which must agree; returns None when there is no
+    such border (or the whole image is that colour). ``image`` may be a reduced decode of the file.
+    """
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    w, h = rgb.size
+    if w < 8 or h < 8:
+        return None
+    corners = [rgb.getpixel(xy) for xy in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1))]
+    if max(max(abs(a - b) for a, b in zip(c, corners[0])) for c in corners) > BORDER_TOLERANCE:
+        return None
+    background = Image.new("RGB", rgb.size, corners[0])
+    diff = ImageChops.difference(rgb, background).convert("L").point(lambda v: 255 if v > BORDER_TOLERANCE else 0)
+    box = diff.getbbox()
+    if box is None:
+        return None
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    if bw >= w - 1 and bh >= h - 1:
+        return None  # no border
+    return max(1, round(width * bw / w)), max(1, round(height * bh / h))
 
 
 def content_hash(path: str | os.PathLike) -> str:
@@ -129,7 +158,9 @@ def load_image(path: str, *, min_side: int | None = None, max_pixels: int | None
             rgb = _to_rgb(oriented)
             if rgb is im:
                 rgb = im.copy()
-            return rgb, ImageMeta(width=w, height=h, format=fmt)
+            content = content_size(rgb, w, h)
+            return rgb, ImageMeta(width=w, height=h, format=fmt, content_width=content[0] if content else None,
+                                  content_height=content[1] if content else None)
     except DecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -426,7 +426,8 @@ class Gate:
                 os.unlink(tmp)
             ext = _EXT.get(meta.format, suffix or ".img")
             stored = str((self.store / f"{digest}{ext}").resolve())  # where it is kept if added
-            record = FileRecord(stored, len(item.data), None, digest, meta.width, meta.height, meta.format)
+            record = FileRecord(stored, len(item.data), None, digest, meta.width, meta.height, meta.format,
+                                content_width=meta.content_width, content_height=meta.content_height)
             return _Prepared(CheckResult(name, hash=digest), record, data=item.data if keep_bytes else None, ext=ext), px
         cand = item if isinstance(item, Candidate) else _candidate(item)
         if cand.error:
@@ -442,7 +443,8 @@ class Gate:
             return _Prepared(CheckResult(cand.path, "error", exc.reason, digest)), None
         except Exception as exc:
             return _Prepared(CheckResult(cand.path, "error", f"cannot decode: {type(exc).__name__}: {exc}", digest)), None
-        record = FileRecord(cand.path, cand.size, cand.mtime_ns, digest, meta.width, meta.height, meta.format)
+        record = FileRecord(cand.path, cand.size, cand.mtime_ns, digest, meta.width, meta.height, meta.format,
+                            content_width=meta.content_width, content_height=meta.content_height)
         return _Prepared(CheckResult(cand.path, hash=digest), record), px
 
     def _match(self, p: _Prepared, conn: sqlite3.Connection, earlier: Sequence[_Prepared] = ()) -> None:
@@ -490,7 +492,7 @@ class Gate:
             if p.data is not None:
                 path = _store_bytes(Path(record.path), p.data)
                 st = os.stat(path)
-                record = FileRecord(str(path), st.st_size, st.st_mtime_ns, record.hash, record.width, record.height, record.format)
+                record = replace(record, path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
                 p.result.stored = str(path)
             else:
                 p.result.stored = record.path

@@ -98,7 +98,8 @@ def decode_one(c: Candidate, size: int, resize: str, max_pixels: int | None) -> 
         return failed(exc.reason, digest)
     except Exception as exc:  # a decoder bug must not stop the scan: record it against the file
         return failed(f"cannot decode: {type(exc).__name__}: {exc}", digest)
-    return Decoded(FileRecord(c.path, c.size, c.mtime_ns, digest, meta.width, meta.height, meta.format), pixels)
+    return Decoded(FileRecord(c.path, c.size, c.mtime_ns, digest, meta.width, meta.height, meta.format,
+                              content_width=meta.content_width, content_height=meta.content_height), pixels)
 
 
 def _collate(batch: list[Decoded]) -> list[Decoded]:

@@ -22,7 +22,9 @@ Rules (the names users type, e.g. ``--rule most-pixels --rule oldest`` or in TOM
 ``keep-in``       files under a protected reference folder (``--keep-in DIR``) win; see above.
 ``prefer``        files under a preferred folder (``--prefer DIR``) win; with several preferred
                   folders, one listed earlier beats one listed later.
-``most-pixels``   more pixels (width x height) wins; unknown dimensions count as 0.
+``most-pixels``   more pixels (width x height) wins; unknown dimensions count as 0. A uniform
+                 border or padding (letterbox, white frame) is not counted: the scan records the
+                 size of the picture inside it, so a padded copy does not beat its original.
 ``largest-file``  more bytes wins.
 ``lossless``      a lossless format wins over a lossy one: PNG, TIFF, BMP, lossless WebP (VP8L),
                   PPM/PGM/PBM, TGA, QOI, ICO are lossless; JPEG, lossy WebP, HEIF/AVIF, JPEG 2000,
@@ -179,11 +181,18 @@ def is_lossless(row: FileRow) -> bool:
 
 
 def _pixels(r: FileRow) -> int:
+    """Pixels of the picture itself: a uniform border or padding adds none (content size from the scan)."""
+    if r.content_width and r.content_height:
+        return r.content_width * r.content_height
     return (r.width or 0) * (r.height or 0)
 
 
 def _dims(r: FileRow) -> str:
-    return f"{r.width}x{r.height}" if r.width and r.height else "unknown size"
+    if not (r.width and r.height):
+        return "unknown size"
+    if r.content_width and r.content_height:
+        return f"{r.content_width}x{r.content_height} (in {r.width}x{r.height} with a border)"
+    return f"{r.width}x{r.height}"
 
 
 def _prefer_rank(policy: Policy) -> Callable[[FileRow], int]:

@@ -130,3 +130,29 @@ def test_prefer_on_the_command_line_adds_the_rule():
     assert pol.rules[0] == "prefer" and decide_group(1, MIXED, pol).canonical == SMALL
     pol = Policy().with_overrides(rules=["most-pixels", "prefer"], prefer=["/lib/jpeg"])
     assert pol.rules == ("most-pixels", "prefer") and decide_group(1, MIXED, pol).canonical == JPG
+
+
+def test_a_padded_copy_does_not_win_most_pixels(photo_dir, tmp_path):
+    """A letterboxed / padded copy has more pixels but no more picture: the scan records the size inside the
+    border, and most-pixels compares that, so the original is kept."""
+    from PIL import ImageOps
+
+    from embeddr.decode import load_image
+
+    original = photo_dir / "rocket.jpg"
+    padded = tmp_path / "rocket_padded.png"
+    with Image.open(original) as im:
+        ImageOps.expand(im.convert("RGB"), border=(20, 64, 20, 64), fill=(255, 255, 255)).save(padded)
+    _, meta_o = load_image(str(original), min_side=224)
+    _, meta_p = load_image(str(padded), min_side=224)
+    assert meta_o.content_width is None  # a photo: no uniform border
+    assert abs(meta_p.content_width - meta_o.width) <= 3 and abs(meta_p.content_height - meta_o.height) <= 3
+    o = FileRow(1, str(original), 30_000, 10**18, "h1", meta_o.width, meta_o.height, "JPEG", "ok", None)
+    p = FileRow(2, str(padded), 90_000, 10**18, "h2", meta_p.width, meta_p.height, "PNG", "ok", None,
+                meta_p.content_width, meta_p.content_height)
+    d = decide_group(1, [o, p], Policy(rules=("most-pixels", "largest-file")))
+    assert d.canonical == p  # content ties (same picture), so largest-file decides: the rule did not favour padding
+    assert d.rule == "largest-file" and "most-pixels" not in d.reason
+    bigger = FileRow(3, "/x/rocket_2x.jpg", 20_000, 10**18, "h3", meta_o.width * 2, meta_o.height * 2, "JPEG", "ok", None)
+    d = decide_group(1, [p, bigger], Policy(rules=("most-pixels",)))
+    assert d.canonical == bigger and "with a border" in d.reason  # real resolution still wins, explained

@@ -424,3 +424,23 @@ def test_a_missing_root_is_an_error_and_a_named_non_image_is_a_per_file_error(ph
         assert catalog.get_file(str(notes)).status == "error"
         assert "not a recognised image format" in catalog.get_file(str(notes)).error
         assert catalog.get_file(str(photo_dir / "coffee.jpg")).status == "ok"
+
+
+def test_a_version_1_catalog_is_migrated_in_place(tmp_path):
+    """Catalogs made before content sizes existed open, gain the columns (a named migration), keep their rows."""
+    db = tmp_path / "v1.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1'), ('model', 'sscd-distilled'), ('dim', '512');
+        CREATE TABLE files (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, size INTEGER, mtime_ns INTEGER, hash TEXT,
+            width INTEGER, height INTEGER, format TEXT, status TEXT NOT NULL, error TEXT, first_run INTEGER,
+            last_run INTEGER, updated REAL);
+        INSERT INTO files (path, size, mtime_ns, hash, width, height, format, status) VALUES ('/a.jpg', 1, 1, 'h', 10, 10, 'JPEG', 'ok');
+    """)
+    conn.commit()
+    conn.close()
+    with Catalog(db) as catalog:
+        assert catalog.get_meta("schema_version") == "2"
+        row = catalog.get_file("/a.jpg")
+        assert row.width == 10 and row.content_width is None
