@@ -68,5 +68,8 @@ def to_table(report: DuplicateReport, *, width: int | None = None, max_groups: i
     return console.export_text()
 
 
-def render(report: DuplicateReport, fmt: str) -> str:
-    return {"json": to_json, "csv": to_csv, "table": to_table}[fmt](report)
+def render(report: DuplicateReport, fmt: str, *, max_groups: int | None = None) -> str:
+    """``max_groups`` limits the table only; JSON and CSV always hold everything."""
+    if fmt == "table":
+        return to_table(report, max_groups=max_groups)
+    return {"json": to_json, "csv": to_csv}[fmt](report)

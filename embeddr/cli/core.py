@@ -98,6 +98,7 @@ def register(app: typer.Typer) -> None:
         output: OutputOpt = None,
         model: ModelOpt = None,
         missed_by: Annotated[Optional[str], typer.Option("--missed-by", help="Only the near pairs this hash (phash or dhash) at its default threshold does NOT find: what only the embedding catches.")] = None,
+        max_groups: Annotated[int, typer.Option("--max-groups", min=0, help="Table only: show at most this many groups (0 = all). JSON and CSV always list everything.")] = 200,
     ):
         """List duplicate groups and every pair at or above the threshold.
 
@@ -115,7 +116,7 @@ def register(app: typer.Typer) -> None:
             report = api.missed_by(db, missed_by, threshold=threshold, score=score, model=model)
         else:
             report = api.find_duplicates(db, threshold=threshold, score=score, model=model)
-        emit(render(report, fmt), output)
+        emit(render(report, fmt, max_groups=max_groups or None), output)
 
     @app.command()
     @handle_errors
