@@ -96,15 +96,16 @@ def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, mo
 
 
 def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = None, score: str | None = None,
-                    model: str | None = None) -> DuplicateReport:
+                    model: str | None = None, approximate: bool = False) -> DuplicateReport:
     """Duplicate pairs and groups among the catalog's files.
 
     ``threshold``: defaults to the model preset's calibrated value. ``score``: ``raw`` cosine or
-    ``normalized`` (see :mod:`embeddr.normalize`); defaults to the preset's.
+    ``normalized`` (see :mod:`embeddr.normalize`); defaults to the preset's. ``approximate``: an
+    IVF search, much faster on millions of images, that may miss a few pairs.
     """
     with _opened(db) as catalog:
         preset = catalog_preset(catalog, model)
-        return _find_duplicates(catalog, preset, threshold=threshold, score=score)
+        return _find_duplicates(catalog, preset, threshold=threshold, score=score, approximate=approximate)
 
 
 def missed_by(db: CatalogLike = DEFAULT_DB, baseline: str = "phash", *, threshold: float | None = None,

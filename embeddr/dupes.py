@@ -14,7 +14,7 @@ import numpy as np
 
 from .catalog import Catalog, FileRow
 from .index import load_index, stored
-from .match import range_pairs
+from .match import approximate_index, range_pairs
 from .presets import Preset
 
 
@@ -68,8 +68,12 @@ class DuplicateReport:
 
 
 def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None = None, score: str | None = None,
-                    margin: float | None = None, chunk: int = 2048) -> DuplicateReport:
-    """Every pair at or above ``threshold`` among the catalog's ``ok`` files, and their groups."""
+                    margin: float | None = None, chunk: int = 2048, approximate: bool = False) -> DuplicateReport:
+    """Every pair at or above ``threshold`` among the catalog's ``ok`` files, and their groups.
+
+    ``approximate``: search an IVF index instead of the exact one (:func:`embeddr.match.approximate_index`):
+    much faster on millions of images, may miss a few pairs.
+    """
     threshold = preset.threshold.value if threshold is None else float(threshold)
     score = score or preset.score
     margin = preset.threshold.group_margin if margin is None else margin
@@ -95,13 +99,17 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         return stored_vecs[int(np.searchsorted(stored_ids, vid))]
 
     content_pairs: list[tuple[int, int, float]] = []
+    search_index, search = index, {"search": "exact"}  # `index` stays referenced: stored_vecs is a view into it
+    if len(ids) and approximate:
+        search_index = approximate_index(stored_ids, stored_vecs)
+        search = {"search": "approximate", "nlist": int(search_index.nlist), "nprobe": int(search_index.nprobe)}
     if len(ids):
         if score == "normalized":
             from .normalize import normalized_pairs
 
-            content_pairs = list(normalized_pairs(index, ids, vecs, threshold, chunk=chunk, live=live))
+            content_pairs = list(normalized_pairs(search_index, ids, vecs, threshold, chunk=chunk, live=live))
         else:
-            content_pairs = list(range_pairs(index, ids, vecs, threshold, chunk=chunk, live=live))
+            content_pairs = list(range_pairs(search_index, ids, vecs, threshold, chunk=chunk, live=live))
 
     pairs: list[Pair] = []
     for h, rows in by_hash.items():
@@ -140,6 +148,6 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     for gid, paths in enumerate(raw_groups, start=1):
         scores = [pair_score.get((a, b)) or similarity(a, b) for a, b in combinations(sorted(paths), 2)]
         groups.append(Group(gid, [row_of[p] for p in paths], min(scores), max(scores)))
-    return DuplicateReport(model=preset.name, threshold=threshold, score=score, groups=groups, pairs=pairs,
+    return DuplicateReport(model=preset.name, threshold=threshold, score=score, groups=groups, pairs=pairs, extra=search,
                            files=files, threshold_provenance=preset.threshold.provenance,
                            file_rows=list(row_of.values()))

@@ -99,6 +99,7 @@ def register(app: typer.Typer) -> None:
         model: ModelOpt = None,
         missed_by: Annotated[Optional[str], typer.Option("--missed-by", help="Only the near pairs this hash (phash or dhash) at its default threshold does NOT find: what only the embedding catches.")] = None,
         max_groups: Annotated[int, typer.Option("--max-groups", min=0, help="Table only: show at most this many groups (0 = all). JSON and CSV always list everything.")] = 200,
+        approximate: Annotated[bool, typer.Option("--approximate", help="IVF search instead of exact: for millions of images; much faster, may miss a few pairs (docs/benchmarks.md).")] = False,
     ):
         """List duplicate groups and every pair at or above the threshold.
 
@@ -115,7 +116,7 @@ def register(app: typer.Typer) -> None:
         if missed_by:
             report = api.missed_by(db, missed_by, threshold=threshold, score=score, model=model)
         else:
-            report = api.find_duplicates(db, threshold=threshold, score=score, model=model)
+            report = api.find_duplicates(db, threshold=threshold, score=score, model=model, approximate=approximate)
         emit(render(report, fmt, max_groups=max_groups or None), output)
 
     @app.command()
