@@ -234,12 +234,8 @@ class Catalog:
         return [{**dict(r), "roots": json.loads(r["roots"]), "stats": json.loads(r["stats"] or "{}")} for r in rows]
 
     # -- files -----------------------------------------------------------------------------
-    def file_states(self) -> dict[str, tuple[int | None, int | None, str, str | None]]:
-        """path -> (size, mtime_ns, status, hash) for every known file: what incremental scans compare."""
-        return {r[0]: (r[1], r[2], r[3], r[4]) for r in self.conn.execute("SELECT path, size, mtime_ns, status, hash FROM files")}
-
     def file_states_for(self, paths: Iterable[str]) -> dict[str, tuple[int | None, int | None, str, str | None]]:
-        """Like :meth:`file_states`, for the given paths only (bounded memory on huge catalogs)."""
+        """path -> (size, mtime_ns, status, hash) for the given paths: what incremental scans compare."""
         paths = list(paths)
         out = {}
         for i in range(0, len(paths), 500):
@@ -247,9 +243,6 @@ class Catalog:
             q = f"SELECT path, size, mtime_ns, status, hash FROM files WHERE path IN ({','.join('?' * len(chunk))})"
             out.update({r[0]: (r[1], r[2], r[3], r[4]) for r in self.conn.execute(q, chunk)})
         return out
-
-    def has_vector(self, content_hash: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM vectors WHERE hash = ?", (content_hash,)).fetchone() is not None
 
     def hashes_with_vectors(self, hashes: Iterable[str]) -> set[str]:
         hashes = list(set(hashes))
@@ -348,19 +341,6 @@ class Catalog:
         """content hash -> vector id, for the vectors at least one ``ok`` file uses (no vector data)."""
         return {r[0]: r[1] for r in self.conn.execute(
             "SELECT v.hash, v.id FROM vectors v WHERE v.hash IN (SELECT hash FROM files WHERE status = 'ok')")}
-
-    def vectors_by_id(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
-        ids = [int(i) for i in ids]
-        out: dict[int, np.ndarray] = {}
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            for vid, blob in self.conn.execute(f"SELECT id, vec FROM vectors WHERE id IN ({','.join('?' * len(chunk))})", chunk):
-                out[vid] = np.frombuffer(blob, dtype=np.float32)
-        return out
-
-    def vector_for_hash(self, content_hash: str) -> tuple[int, np.ndarray] | None:
-        row = self.conn.execute("SELECT id, vec FROM vectors WHERE hash = ?", (content_hash,)).fetchone()
-        return (row[0], np.frombuffer(row[1], dtype=np.float32)) if row else None
 
     def files_by_hash(self, status: str = "ok") -> dict[str, list[FileRow]]:
         out: dict[str, list[FileRow]] = {}

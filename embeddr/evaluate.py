@@ -40,7 +40,7 @@ from .bench.make import TruthRow
 from .encoders import Encoder, resolve_preset
 from .errors import EmbeddrError
 from .match import knn
-from .normalize import DEFAULT_BETA, DEFAULT_CEILING, DEFAULT_FLOOR, DEFAULT_K, background_from_knn, normalize_scores
+from .normalize import DEFAULT_BETA, DEFAULT_CEILING, DEFAULT_FLOOR, DEFAULT_K, normalize_scores
 from .presets import Preset
 
 SCORES = ("raw", "normalized")

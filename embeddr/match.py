@@ -52,11 +52,6 @@ def knn(index: faiss.Index, vecs: np.ndarray, k: int, *, chunk: int = 4096) -> t
     return scores, labels
 
 
-def pairwise(vecs_a: np.ndarray, vecs_b: np.ndarray) -> np.ndarray:
-    """Cosine similarities between two small sets of unit vectors."""
-    return np.asarray(vecs_a, np.float32) @ np.asarray(vecs_b, np.float32).T
-
-
 def approximate_index(ids: np.ndarray, vecs: np.ndarray, *, nlist: int | None = None, nprobe: int = 32,
                       seed: int = 1234) -> faiss.Index:
     """An IVF index (inner product) over ``vecs`` with ``ids``, for fast approximate range and kNN search.

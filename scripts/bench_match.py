@@ -13,7 +13,6 @@ run's own. Exact search costs O(N^2 * dim) multiply-adds (chunked: memory stays 
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import tempfile

@@ -67,15 +67,15 @@ def register(app: typer.Typer) -> None:
 
         Example: embeddr scan ~/photos --db photos.db --model sscd-distilled --exclude '*.tmp'
         """
-        progress = None
         bar = _progress_bar() if not quiet else None
-        if bar is not None:
-            task = bar.add_task("scan", total=None)
+        task = bar.add_task("scan", total=None) if bar is not None else None
 
-            def progress(done: int, total: int | None) -> None:
-                if not bar.live.is_started:  # shown once the model is loaded and files are found
-                    bar.start()
-                bar.update(task, completed=done, total=total)
+        def show(done: int, total: int | None) -> None:
+            if not bar.live.is_started:  # shown once the model is loaded and files are found
+                bar.start()
+            bar.update(task, completed=done, total=total)
+
+        progress = show if bar is not None else None
 
         try:
             report = api.scan(paths, db=db, model=model, device=device, precision=precision, checkpoint=checkpoint,

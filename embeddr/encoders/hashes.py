@@ -21,10 +21,6 @@ def bits_to_vector(bits: np.ndarray) -> np.ndarray:
     return (np.where(bits, 1.0, -1.0) / np.sqrt(bits.shape[1])).astype(np.float32)
 
 
-def hamming_to_score(distance: int, nbits: int = 64) -> float:
-    return 1.0 - 2.0 * distance / nbits
-
-
 class HashEncoder(Encoder):
     def _encode(self, batch: np.ndarray) -> np.ndarray:
         func = _FUNCS[self.preset.backend]
