@@ -40,6 +40,7 @@ class ImageMeta:
 
 
 BORDER_TOLERANCE = 24  # colour difference (0-255) still counted as the border's colour (JPEG noise)
+_BORDER_LUT = [0 if v <= BORDER_TOLERANCE else 255 for v in range(256)]
 
 
 def content_size(image: Image.Image, width: int, height: int) -> tuple[int, int] | None:
@@ -56,7 +57,7 @@ def content_size(image: Image.Image, width: int, height: int) -> tuple[int, int]
     if max(max(abs(a - b) for a, b in zip(c, corners[0])) for c in corners) > BORDER_TOLERANCE:
         return None
     background = Image.new("RGB", rgb.size, corners[0])
-    diff = ImageChops.difference(rgb, background).convert("L").point(lambda v: 255 if v > BORDER_TOLERANCE else 0)
+    diff = ImageChops.difference(rgb, background).convert("L").point(_BORDER_LUT)
     box = diff.getbbox()
     if box is None:
         return None
