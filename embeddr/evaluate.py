@@ -40,7 +40,7 @@ from .bench.make import TruthRow
 from .encoders import Encoder, resolve_preset
 from .errors import EmbeddrError
 from .match import knn
-from .normalize import DEFAULT_BETA, DEFAULT_CEILING, DEFAULT_FLOOR, DEFAULT_K, normalize_scores
+from .normalize import DEFAULT_BETA, DEFAULT_CEILING, DEFAULT_FLOOR, DEFAULT_K, kth_background, normalize_scores
 from .presets import Preset
 
 SCORES = ("raw", "normalized")
@@ -74,14 +74,7 @@ class PairScores:
         """bg of each file (k-th non-copy neighbour's score); -1 where fewer than k neighbours."""
         if self.bg is not None:
             return self.bg
-        if self.knn_scores.shape[1] < k:
-            return np.full(len(self.rows), -1.0, np.float32)
-        bg = np.full(len(self.rows), -1.0, np.float32)
-        for i, row in enumerate(self.knn_scores):
-            usable = row[np.isfinite(row) & (row < DEFAULT_CEILING)]  # copies are not background
-            if len(usable) >= k:
-                bg[i] = usable[k - 1]
-        return bg
+        return kth_background(self.knn_scores, k, DEFAULT_CEILING)  # copies are not background
 
     def scores(self, score: str = "raw", *, k: int = DEFAULT_K, beta: float = DEFAULT_BETA,
                floor: float = DEFAULT_FLOOR) -> np.ndarray:

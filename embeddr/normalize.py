@@ -47,6 +47,20 @@ EXTRA_NEIGHBOURS = 64  # how many copies of an item the kNN query looks past
 NO_BACKGROUND = -1.0
 
 
+def kth_background(scores: np.ndarray, k: int = DEFAULT_K, ceiling: float = DEFAULT_CEILING,
+                   usable: np.ndarray | None = None) -> np.ndarray:
+    """Per row of neighbour scores (sorted best first): the k-th score that is usable and below
+    ``ceiling`` (a copy is not background); :data:`NO_BACKGROUND` where a row has fewer than k."""
+    scores = np.asarray(scores)
+    ok = np.isfinite(scores) & (scores < ceiling)
+    if usable is not None:
+        ok &= usable
+    out = np.full(len(scores), NO_BACKGROUND, np.float32)
+    rows, cols = np.nonzero(ok & (np.cumsum(ok, axis=1) == k))  # at most one k-th usable per row
+    out[rows] = scores[rows, cols]
+    return out
+
+
 def background_from_knn(scores: np.ndarray, labels: np.ndarray, query_ids: np.ndarray, k: int = DEFAULT_K,
                         live: set[int] | None = None, ceiling: float = DEFAULT_CEILING) -> np.ndarray:
     """bg for each query row: the score of its k-th neighbour other than itself (and live) that is
@@ -55,19 +69,11 @@ def background_from_knn(scores: np.ndarray, labels: np.ndarray, query_ids: np.nd
     ``scores``/``labels``: kNN results sorted by decreasing score. Rows with fewer than ``k``
     usable neighbours get :data:`NO_BACKGROUND`.
     """
-    out = np.full(len(query_ids), NO_BACKGROUND, np.float32)
-    for row, qid in enumerate(query_ids):
-        qid = int(qid)
-        seen = 0
-        for lab, s in zip(labels[row], scores[row]):
-            lab = int(lab)
-            if lab < 0 or lab == qid or (live is not None and lab not in live) or s >= ceiling:
-                continue
-            seen += 1
-            if seen == k:
-                out[row] = s
-                break
-    return out
+    labels = np.asarray(labels)
+    usable = (labels >= 0) & (labels != np.asarray(query_ids, np.int64)[:, None])
+    if live is not None:
+        usable &= np.isin(labels, np.fromiter(live, np.int64, len(live)))
+    return kth_background(scores, k, ceiling, usable)
 
 
 def background(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, *, k: int = DEFAULT_K,

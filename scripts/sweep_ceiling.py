@@ -14,16 +14,7 @@ import argparse
 import numpy as np
 
 from embeddr.evaluate import score_benchmark
-from embeddr.normalize import normalize_scores
-
-
-def backgrounds(knn_scores: np.ndarray, k: int, ceiling: float) -> np.ndarray:
-    out = np.full(len(knn_scores), -1.0, np.float32)
-    for i, row in enumerate(knn_scores):
-        usable = row[np.isfinite(row) & (row < ceiling)]
-        if len(usable) >= k:
-            out[i] = usable[k - 1]
-    return out
+from embeddr.normalize import kth_background, normalize_scores
 
 
 def main() -> None:
@@ -43,7 +34,7 @@ def main() -> None:
         for ceiling in (0.85, 0.9, 0.95, float("inf")):
             cells, threshold = [], None
             for name, ps in splits.items():
-                bg = backgrounds(ps.knn_scores, k, ceiling)
+                bg = kth_background(ps.knn_scores, k, ceiling)
                 s = normalize_scores(ps.raw, bg[ps.a], bg[ps.b])
                 if threshold is None:
                     order = np.argsort(-s)
