@@ -52,8 +52,10 @@ def catalog_preset(catalog: Catalog, model: str | None = None) -> Preset:
     name = catalog.model
     if name is None:
         raise CatalogError(f"{catalog.path} has no scanned images yet: run `embeddr scan DIR --db {catalog.path}`")
-    if model is not None and resolve_preset(model).name != name:
-        catalog.bind_model(resolve_preset(model).name, resolve_preset(model).dim)  # raises ModelMismatch
+    if model is not None:
+        wanted = resolve_preset(model)
+        if wanted.name != name:
+            catalog.bind_model(wanted.name, wanted.dim)  # raises ModelMismatch
     return resolve_preset(name)
 
 

@@ -528,8 +528,7 @@ class Gate:
 
     def _live_ids(self) -> set[int]:
         """Vector ids some ``ok`` file uses (the backgrounds of normalised scores ignore the others)."""
-        return {r[0] for r in self.catalog.conn.execute(
-            "SELECT v.id FROM vectors v WHERE v.hash IN (SELECT hash FROM files WHERE status = 'ok')")}
+        return set(self.catalog.live_vector_ids().values())
 
     def _normalize(self, p: _Prepared, score_of: dict[int, float]) -> dict[int, float]:
         """Normalised scores of the raw matches ``score_of`` (vector id -> raw cosine), kept if >= threshold."""
