@@ -45,6 +45,7 @@ DEFAULT_FLOOR = 0.3
 DEFAULT_CEILING = 0.9  # neighbours at or above this raw cosine are copies, not background
 EXTRA_NEIGHBOURS = 64  # how many copies of an item the kNN query looks past
 NO_BACKGROUND = -1.0
+NEIGHBOURS = DEFAULT_K + EXTRA_NEIGHBOURS  # nearest collection neighbours (self excluded) a Scorer needs per item
 
 
 def kth_background(scores: np.ndarray, k: int = DEFAULT_K, ceiling: float = DEFAULT_CEILING,
@@ -113,3 +114,54 @@ def normalized_pairs(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, thre
         s2 = s - float(penalty(bg_of.get(a, NO_BACKGROUND), bg_of.get(b, NO_BACKGROUND), beta=beta, floor=floor))
         if s2 >= threshold - 1e-5:
             yield a, b, s2
+
+
+class Scorer:
+    """The default decision's score, as one object every search path uses (dupes, check, serve, eval).
+
+    A search engine gives, for each query vector, its ``NEIGHBOURS`` nearest collection neighbours
+    (scores and ids, best first; the query itself and dead ids may appear and are skipped) and every
+    candidate pair whose raw cosine is at least :meth:`min_raw`; the scorer turns them into scores:
+
+        bg   = scorer.backgrounds(ids, vecs, nn_scores, nn_ids, live)   # one per query vector
+        s    = scorer.score(raw, bg[a], bg[b])                           # vectorised, per pair
+
+    ``raw`` scores are the identity (no background needed): ``Scorer.raw()``.
+    """
+
+    neighbours: int = NEIGHBOURS
+
+    def __init__(self, *, normalized: bool = True, k: int = DEFAULT_K, beta: float = DEFAULT_BETA,
+                 floor: float = DEFAULT_FLOOR, ceiling: float = DEFAULT_CEILING) -> None:
+        self.normalized = normalized
+        self.k, self.beta, self.floor, self.ceiling = k, beta, floor, ceiling
+
+    @classmethod
+    def raw(cls) -> "Scorer":
+        return cls(normalized=False)
+
+    @classmethod
+    def for_preset(cls, preset, score: str | None = None) -> "Scorer":
+        """The scorer of ``preset`` for ``score`` ("raw" | "normalized"; default: the preset's)."""
+        return cls(normalized=(score or preset.score) == "normalized")
+
+    @property
+    def name(self) -> str:
+        return "normalized" if self.normalized else "raw"
+
+    def min_raw(self, threshold: float) -> float:
+        """No pair whose raw cosine is below this can score ``threshold`` or more."""
+        return float(threshold)
+
+    def backgrounds(self, ids: np.ndarray, vecs: np.ndarray | None, nn_scores: np.ndarray, nn_ids: np.ndarray,
+                    live: set[int] | None = None) -> np.ndarray:
+        """Background of each query row from its kNN rows (``vecs`` is unused by this method)."""
+        if not self.normalized:
+            return np.full(len(ids), NO_BACKGROUND, np.float32)
+        return background_from_knn(nn_scores, nn_ids, ids, self.k, live, self.ceiling)
+
+    def score(self, raw: np.ndarray, bg_a: np.ndarray, bg_b: np.ndarray) -> np.ndarray:
+        raw = np.minimum(np.asarray(raw, np.float32), 1.0)
+        if not self.normalized:
+            return raw
+        return normalize_scores(raw, bg_a, bg_b, beta=self.beta, floor=self.floor)
