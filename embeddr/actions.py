@@ -42,8 +42,9 @@ from pathlib import Path
 
 from .catalog import Catalog
 from .decode import content_hash
-from .errors import JournalError, PolicyError
 from .discover import IGNORE_MARKER
+from .errors import JournalError, PolicyError
+from .fsutil import atomic_write, common_root as _common_root, is_under
 from .journal import JOURNAL_VERSION, Journal, read_journal, trash_dir
 from .policy import Decision
 
@@ -129,18 +130,9 @@ class UndoResult:
 
 # -- planning ------------------------------------------------------------------------------------
 
-def _under(path: str, folder: str) -> bool:
-    folder = folder.rstrip(os.sep)
-    return path == folder or path.startswith(folder + os.sep)
-
-
 def common_root(decisions: Sequence[Decision]) -> str:
     """The deepest folder that holds every file of the decisions' groups."""
-    paths = [r.path for d in decisions for r in (d.canonical, *d.duplicates, *d.protected)]
-    if not paths:
-        return ""
-    root = os.path.commonpath(paths)
-    return os.path.dirname(root) if len(set(paths)) == 1 or root in paths else root
+    return _common_root(r.path for d in decisions for r in (d.canonical, *d.duplicates, *d.protected))
 
 
 def plan(decisions: Sequence[Decision], action: str, *, quarantine: str | os.PathLike | None = None) -> list[Step]:
@@ -159,7 +151,7 @@ def plan(decisions: Sequence[Decision], action: str, *, quarantine: str | os.Pat
             if dup.path in keep or dup.path in seen:
                 continue
             seen.add(dup.path)
-            if qdir is not None and _under(dup.path, qdir):
+            if qdir is not None and is_under(dup.path, qdir):
                 continue  # already quarantined
             dest = os.path.join(qdir, os.path.relpath(dup.path, root)) if action == "move" else None
             steps.append(Step(action, d.group_id, dup.path, dup.hash, dup.size, d.canonical.path, d.canonical.hash,
@@ -168,14 +160,6 @@ def plan(decisions: Sequence[Decision], action: str, *, quarantine: str | os.Pat
 
 
 # -- file operations ---------------------------------------------------------------------------
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _move(src: str, dest: str) -> None:
     """Move ``src`` to ``dest`` (atomic rename; copy, fsync, rename and unlink across filesystems)."""
@@ -186,10 +170,7 @@ def _move(src: str, dest: str) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-    partial = dest + ".embeddr-partial"
-    shutil.copy2(src, partial)
-    _fsync_file(partial)
-    os.replace(partial, dest)
+    atomic_write(dest, lambda tmp: shutil.copy2(src, tmp), tmp=dest + ".embeddr-partial")
     os.unlink(src)
 
 
@@ -201,10 +182,7 @@ def _keep_original(src: str, dest: str) -> None:
         return
     except OSError:
         pass
-    partial = dest + ".embeddr-partial"
-    shutil.copy2(src, partial)
-    _fsync_file(partial)
-    os.replace(partial, dest)
+    atomic_write(dest, lambda tmp: shutil.copy2(src, tmp), tmp=dest + ".embeddr-partial")
 
 
 def _hash_or_none(path: str) -> str | None:
@@ -387,9 +365,7 @@ def _restore_one(rec: dict) -> str:
         if exc.errno != errno.EXDEV:
             raise
         partial = os.path.join(os.path.dirname(path), f".embeddr-restore-{os.path.basename(path)}.tmp")
-        shutil.copy2(dest, partial)
-        _fsync_file(partial)
-        os.replace(partial, path)
+        atomic_write(path, lambda tmp: shutil.copy2(dest, tmp), tmp=partial)
         os.unlink(dest)
     try:
         os.chmod(path, stat.S_IMODE(rec["mode"]))
@@ -461,7 +437,7 @@ def undo(journal_path: str | os.PathLike, *, catalog: Catalog | str | os.PathLik
     return UndoResult(str(journal_path), results)
 
 
-# -- the whole job, for the CLI --------------------------------------------------------------------
+# -- journals ------------------------------------------------------------------------------------
 
 def default_journal_path(db: str | os.PathLike) -> Path:
     """``embeddr-journal-<UTC time>.jsonl`` beside the catalog (a new name each time)."""
@@ -473,41 +449,3 @@ def default_journal_path(db: str | os.PathLike) -> Path:
         n += 1
         path = folder / f"embeddr-journal-{stamp}-{n}.jsonl"
     return path
-
-
-def apply_duplicates(db: Catalog | str | os.PathLike, *, action: str = "report", policy=None,
-                     quarantine: str | os.PathLike | None = None, journal: str | os.PathLike | None = None,
-                     yes: bool = False, really_delete: bool = False, threshold: float | None = None,
-                     score: str | None = None, price_per_gb_month: float = 0.023, currency: str = "USD") -> ApplyResult:
-    """Find duplicates, decide canonicals by ``policy``, plan ``action`` and apply it (dry run unless ``yes``).
-
-    The result's ``extra`` holds the policy, each group's decision with its reason, and the savings
-    (:func:`embeddr.savings.savings`). ``journal`` defaults to :func:`default_journal_path`.
-    """
-    from .api import find_duplicates
-    from .policy import Policy, decide
-    from .savings import savings
-
-    policy = policy or Policy()
-    if action not in ACTIONS:
-        raise PolicyError(f"unknown action {action!r}; valid actions: {', '.join(ACTIONS)}")
-    if action == "delete" and yes and not really_delete:
-        raise PolicyError("--action delete also needs --really-delete (originals go to the journal's trash folder, "
-                          "and are gone for good once you empty it)")
-    cat, opened = _open_catalog(db)
-    try:
-        report = find_duplicates(cat, threshold=threshold, score=score)
-        decisions = decide(report, policy)
-        steps = plan(decisions, action, quarantine=quarantine)
-        if yes and action != "report" and journal is None:
-            journal = default_journal_path(cat.path)
-        result = apply(steps, cat, journal, yes=yes, really_delete=really_delete)
-    finally:
-        if opened and cat is not None:
-            cat.close()
-    result.extra = {
-        "model": report.model, "threshold": report.threshold, "policy": policy.as_dict(),
-        "groups": [d.as_dict() for d in decisions],
-        "savings": savings(report, decisions, price_per_gb_month=price_per_gb_month, currency=currency),
-    }
-    return result

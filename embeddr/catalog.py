@@ -22,6 +22,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,26 +134,21 @@ def _vec_to_blob(v: np.ndarray) -> bytes:
 class Catalog:
     """A catalog database. Open with ``Catalog(path)``; use as a context manager to close it."""
 
-    def __init__(self, path: str | os.PathLike = DEFAULT_DB, *, create: bool = True, readonly: bool = False):
+    def __init__(self, path: str | os.PathLike = DEFAULT_DB, *, create: bool = True):
         self.path = Path(path)
         if not create and not self.path.exists():
             raise CatalogError(f"no catalog at {self.path}: run `embeddr scan DIR --db {self.path}` first")
-        if readonly:
-            uri = f"file:{self.path.resolve()}?mode=ro"
-            self.conn = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
         try:
-            if not readonly:
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.execute("PRAGMA synchronous=NORMAL")
-                fresh = self.conn.execute("SELECT name FROM sqlite_master WHERE name = 'files'").fetchone() is None
-                if not fresh:
-                    self._migrate()
-                self.conn.executescript(_SCHEMA)
-                self._init_meta()
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            fresh = self.conn.execute("SELECT name FROM sqlite_master WHERE name = 'files'").fetchone() is None
+            if not fresh:
+                self._migrate()
+            self.conn.executescript(_SCHEMA)
+            self._init_meta()
             version = int(self.get_meta("schema_version", "0"))
         except sqlite3.DatabaseError as exc:
             raise CatalogError(f"{self.path}: not an embeddr catalog ({exc})") from None
@@ -388,3 +384,16 @@ class Catalog:
             "bytes": size,
             "verdicts": self.conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0],
         }
+
+
+@contextmanager
+def opened(db: "Catalog | str | os.PathLike", *, create: bool = False) -> Iterator[Catalog]:
+    """``db`` as an open :class:`Catalog`: an open one is used as is; a path is opened and closed again."""
+    if isinstance(db, Catalog):
+        yield db
+        return
+    catalog = Catalog(db, create=create)
+    try:
+        yield catalog
+    finally:
+        catalog.close()

@@ -40,11 +40,12 @@ from .bench.make import TruthRow
 from .encoders import Encoder, resolve_preset
 from .errors import EmbeddrError
 from .match import knn
+from .metrics import TARGET_PRECISION, average_precision, pr_curve, threshold_for_precision
+from .pipeline import scan_into
 from .normalize import DEFAULT_BETA, DEFAULT_CEILING, DEFAULT_FLOOR, DEFAULT_K, kth_background, normalize_scores
 from .presets import Preset
 
 SCORES = ("raw", "normalized")
-TARGET_PRECISION = 0.99
 
 
 class EvalError(EmbeddrError):
@@ -103,7 +104,6 @@ def score_benchmark(truth: str | os.PathLike, detector: str | Preset | Encoder, 
                     checkpoint: str | os.PathLike | None = None, rows: list[TruthRow] | None = None) -> PairScores:
     """Scan the truth's files with ``detector`` into ``db`` (a temporary catalog when None) and score
     every positive pair and each file's ``k`` nearest non-duplicates."""
-    from . import api
     from .catalog import Catalog
     from .index import load_index
 
@@ -120,7 +120,7 @@ def score_benchmark(truth: str | os.PathLike, detector: str | Preset | Encoder, 
     try:
         t0 = time.perf_counter()
         roots = sorted({str(r.path) for r in rows})
-        report = api.scan(roots, db=db, model=preset, encoder=encoder, workers=workers, batch_size=batch_size,
+        report = scan_into(roots, db=db, model=preset, encoder=encoder, workers=workers, batch_size=batch_size,
                           device=device, checkpoint=checkpoint)
         scan_info = {"seconds": round(time.perf_counter() - t0, 2), "encoded": report.encoded, "errors": report.errors,
                      "images_per_second": report.as_dict()["images_per_second"]}
@@ -195,39 +195,6 @@ def score_benchmark(truth: str | os.PathLike, detector: str | Preset | Encoder, 
 # ------------------------------------------------------------------------------------------------
 # metrics
 # ------------------------------------------------------------------------------------------------
-
-
-def pr_curve(label: np.ndarray, score: np.ndarray, n_positives: int | None = None):
-    """(thresholds, precision, recall) at every distinct score, from high to low."""
-    n_pos = int(label.sum()) if n_positives is None else n_positives
-    finite = np.isfinite(score)
-    order = np.argsort(-score[finite], kind="stable")
-    s = score[finite][order]
-    y = label[finite][order]
-    tp = np.cumsum(y)
-    fp = np.cumsum(~y)
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1] if len(s) else np.zeros(0, np.int64)
-    thr, tp, fp = s[last], tp[last], fp[last]
-    precision = tp / np.maximum(tp + fp, 1)
-    recall = tp / max(n_pos, 1)
-    return thr, precision, recall
-
-
-def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
-    prev = np.r_[0.0, recall[:-1]]
-    return float(np.sum((recall - prev) * precision))
-
-
-def threshold_for_precision(label: np.ndarray, score: np.ndarray, target: float = TARGET_PRECISION,
-                            n_positives: int | None = None) -> tuple[float | None, float, float]:
-    """(lowest threshold whose precision >= target, its precision, its recall); (None, 0, 0) if none."""
-    thr, precision, recall = pr_curve(label, score, n_positives)
-    okay = np.flatnonzero(precision >= target)
-    if not len(okay):
-        return None, 0.0, 0.0
-    # the best recall among thresholds that meet the target (recall grows as the threshold falls)
-    i = okay[np.argmax(recall[okay])]
-    return float(thr[i]), float(precision[i]), float(recall[i])
 
 
 def metrics_at(ps: PairScores, score: np.ndarray, threshold: float) -> dict:

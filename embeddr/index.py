@@ -11,13 +11,13 @@ The index is exact (inner product on unit vectors = cosine similarity).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from .catalog import Catalog
+from .fsutil import atomic_write
 
 
 def index_path(catalog: Catalog) -> Path:
@@ -35,19 +35,7 @@ def max_id(index: faiss.Index) -> int:
 
 
 def write_atomic(index: faiss.Index, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # pragma: no cover - platforms without directory fsync
-        pass
+    atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
 
 def load_index(catalog: Catalog, *, save: bool = True) -> faiss.Index:

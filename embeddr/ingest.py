@@ -29,7 +29,6 @@ catches up with vectors other processes added to the catalog (``embeddr scan``, 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import sqlite3
@@ -44,11 +43,14 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import Catalog, FileRecord
-from .decode import DEFAULT_MAX_PIXELS, content_hash, fit, load_image
+from .decode import DEFAULT_MAX_PIXELS
 from .discover import Candidate, discover
-from .errors import DecodeError, EmbeddrError
+from .encoders import catalog_preset, load_encoder
+from .errors import EmbeddrError
+from .fsutil import atomic_write
 from .index import index_path, load_index, max_id, write_atomic
 from .match import EPS
+from .pipeline import decode_one
 
 DEFAULT_MAX_MATCHES = 20  # matches reported per item (the best ones); the count of all is in n_matches
 _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
@@ -261,9 +263,6 @@ class Gate:
                  store: str | os.PathLike | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  max_matches: int = DEFAULT_MAX_MATCHES, batch_size: int = 32, micro_batch: bool | None = None,
                  max_wait_ms: float = 5.0, score: str | None = None, encoder=None):
-        from .api import catalog_preset
-        from .encoders import load_encoder
-
         self.catalog = Catalog(db, create=False)
         try:
             self.preset = catalog_preset(self.catalog, model)  # no model yet / mismatch: raises
@@ -407,45 +406,31 @@ class Gate:
         return prepared
 
     def _decode(self, item: Item, keep_bytes: bool) -> tuple[_Prepared, np.ndarray | None]:
+        """Hash + decode + fit one item with :func:`embeddr.pipeline.decode_one`, the function scan uses."""
         size, resize = self.encoder.input_size, self.encoder.resize
         if isinstance(item, Upload):
             name = item.name or "upload"
-            digest = hashlib.sha256(item.data).hexdigest()
             suffix = Path(name).suffix.lower()[:10]
             fd, tmp = tempfile.mkstemp(prefix="embeddr-upload-", suffix=suffix)
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(item.data)
-                image, meta = load_image(tmp, min_side=size, max_pixels=self.max_pixels)
-                px = fit(image, size, resize)
-            except DecodeError as exc:
-                return _Prepared(CheckResult(name, "error", exc.reason, digest)), None
-            except Exception as exc:  # a decoder bug is this item's error, not the request's
-                return _Prepared(CheckResult(name, "error", f"cannot decode: {type(exc).__name__}: {exc}", digest)), None
+                decoded = decode_one(Candidate(tmp, len(item.data), None), size, resize, self.max_pixels)
             finally:
                 os.unlink(tmp)
-            ext = _EXT.get(meta.format, suffix or ".img")
-            stored = str((self.store / f"{digest}{ext}").resolve())  # where it is kept if added
-            record = FileRecord(stored, len(item.data), None, digest, meta.width, meta.height, meta.format,
-                                content_width=meta.content_width, content_height=meta.content_height)
-            return _Prepared(CheckResult(name, hash=digest), record, data=item.data if keep_bytes else None, ext=ext), px
+            rec = decoded.record
+            if rec.status != "ok":
+                return _Prepared(CheckResult(name, "error", rec.error, rec.hash)), None
+            ext = _EXT.get(rec.format, suffix or ".img")
+            stored = str((self.store / f"{rec.hash}{ext}").resolve())  # where it is kept if added
+            return (_Prepared(CheckResult(name, hash=rec.hash), replace(rec, path=stored),
+                              data=item.data if keep_bytes else None, ext=ext), decoded.pixels)
         cand = item if isinstance(item, Candidate) else _candidate(item)
-        if cand.error:
-            return _Prepared(CheckResult(cand.path, "error", cand.error)), None
-        try:
-            digest = content_hash(cand.path)
-        except OSError as exc:
-            return _Prepared(CheckResult(cand.path, "error", f"cannot read: {exc.strerror or exc}")), None
-        try:
-            image, meta = load_image(cand.path, min_side=size, max_pixels=self.max_pixels)
-            px = fit(image, size, resize)
-        except DecodeError as exc:
-            return _Prepared(CheckResult(cand.path, "error", exc.reason, digest)), None
-        except Exception as exc:
-            return _Prepared(CheckResult(cand.path, "error", f"cannot decode: {type(exc).__name__}: {exc}", digest)), None
-        record = FileRecord(cand.path, cand.size, cand.mtime_ns, digest, meta.width, meta.height, meta.format,
-                            content_width=meta.content_width, content_height=meta.content_height)
-        return _Prepared(CheckResult(cand.path, hash=digest), record), px
+        decoded = decode_one(cand, size, resize, self.max_pixels)
+        rec = decoded.record
+        if rec.status != "ok":
+            return _Prepared(CheckResult(cand.path, "error", rec.error, rec.hash)), None
+        return _Prepared(CheckResult(cand.path, hash=rec.hash), rec), decoded.pixels
 
     def _match(self, p: _Prepared, conn: sqlite3.Connection, earlier: Sequence[_Prepared] = ()) -> None:
         """Fill ``p.result.matches``: exact (same hash) then near (index, then ``earlier`` items of this call)."""
@@ -581,19 +566,5 @@ def _store_bytes(path: Path, data: bytes) -> Path:
     store.mkdir(parents=True, exist_ok=True)
     if path.exists() and path.stat().st_size == len(data):
         return path
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.{threading.get_ident()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:
-        dir_fd = os.open(store, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # pragma: no cover
-        pass
-    return path
+    return atomic_write(path, data)
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from .errors import JournalError
+from .fsutil import fsync_dir
 
 JOURNAL_VERSION = 1
 
@@ -34,19 +35,6 @@ def trash_dir(journal_path: str | os.PathLike) -> Path:
     """The folder beside the journal that keeps the original bytes of deleted and linked files."""
     p = Path(journal_path)
     return p.with_name(p.name + ".trash")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class Journal:
@@ -61,7 +49,7 @@ class Journal:
         except OSError as exc:
             raise JournalError(f"{self.path}: cannot open the journal for writing ({exc.strerror or exc})") from None
         if new:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
 
     def write(self, record: dict) -> None:
         line = json.dumps({**record, "t": round(time.time(), 6)}, ensure_ascii=False, sort_keys=True)

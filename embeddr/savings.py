@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from .catalog import Catalog, FileRow
 from .dupes import DuplicateReport
 from .errors import PolicyError
+from .fsutil import common_root
 from .policy import Decision
 
 GB = 1 << 30
@@ -39,6 +40,16 @@ def _all_files(report: DuplicateReport, catalog: Catalog | None) -> list[tuple[s
     for r in rows:
         seen[r.path] = r.size or 0
     return sorted(seen.items())
+
+
+def money(x: float, currency: str = "") -> str:
+    """A cost as people read it: two decimals with thousands separators; ``<0.01`` for a tiny positive cost.
+
+    The JSON outputs keep the exact figure; this is for tables and the HTML report only.
+    """
+    x = float(x)
+    text = "<0.01" if 0 < x < 0.005 else f"{x:,.2f}"
+    return f"{text} {currency}" if currency else text
 
 
 def _folder_of(roots: Sequence[str]):
@@ -93,13 +104,7 @@ def savings(report: DuplicateReport, decisions: list[Decision], *, roots: list[s
     if roots:
         folder = _folder_of(list(roots))
     else:
-        paths = [p for p, _ in files]
-        if not paths:
-            common = ""
-        else:
-            common = os.path.commonpath(paths)
-            if len(paths) == 1 or common in paths:
-                common = os.path.dirname(common)
+        common = common_root(p for p, _ in files)
         folder = _folder_of([common]) if common else (lambda p: (OTHER, ""))
     agg: dict[tuple[str, str], list[int]] = {}
     for path, size in files:

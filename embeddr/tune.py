@@ -1,6 +1,6 @@
 """Pick a threshold for a target precision on the user's own collection, and audit against a hash.
 
->>> from embeddr.tune import tune
+>>> from embeddr.jobs import tune
 >>> result = tune("~/photos", precision=0.99, model="sscd-distilled", sample=200, out="tune-out")  # doctest: +SKIP
 >>> result.threshold, result.precision, result.recall                                            # doctest: +SKIP
 
@@ -28,18 +28,16 @@ from __future__ import annotations
 
 import csv
 import os
-import random
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .bench import list_images, make_benchmark
 from .bench.make import TruthRow
 from .encoders import resolve_preset
-from .evaluate import EvalError, PairScores, score_benchmark, threshold_for_precision
+from .evaluate import EvalError, PairScores
 from .normalize import DEFAULT_CEILING, DEFAULT_K, background
+from .pipeline import scan_into
 
 POSITIVE = {"1", "dup", "duplicate", "yes", "true", "y"}
 NEGATIVE = {"0", "not", "not_duplicate", "no", "false", "n"}
@@ -90,14 +88,13 @@ def read_pairs(path: str | os.PathLike) -> list[tuple[Path, Path, bool]]:
     return out
 
 
-def _pairs_scores(folder: Path, pairs_csv: Path, model, workers: int | None, db: Path) -> PairScores:
-    from . import api
+def labelled_pair_scores(folder: Path, pairs_csv: Path, model, workers: int | None, db: Path) -> PairScores:
     from .catalog import Catalog
     from .index import load_index
 
     labelled = read_pairs(pairs_csv)
     files = sorted({p for a, b, _ in labelled for p in (a, b)})
-    api.scan([folder, *files], db=db, model=model, workers=workers)
+    scan_into([folder, *files], db=db, model=model, workers=workers)
     with Catalog(db) as catalog:
         ids, vecs, hashes = catalog.live_vectors()
         bg = background(load_index(catalog), ids, vecs, k=DEFAULT_K)
@@ -140,95 +137,3 @@ def set_aside_existing_duplicates(ps: PairScores, ceiling: float = DEFAULT_CEILI
     keep = ~drop
     return replace(ps, a=ps.a[keep], b=ps.b[keep], label=ps.label[keep], raw=ps.raw[keep],
                    family=[f for f, k in zip(ps.family, keep) if k]), int(drop.sum())
-
-
-def tune(folder: str | os.PathLike, *, precision: float = 0.99, model: str | None = None, sample: int = 200,
-         per_image: int = 4, negatives: int = 2000, seed: int = 0, pairs: str | os.PathLike | None = None,
-         out: str | os.PathLike | None = None, workers: int | None = None) -> TuneResult:
-    """The threshold that gives ``precision`` on ``folder`` (see the module docstring)."""
-    from .api import DEFAULT_MODEL
-
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise EvalError(f"{folder}: not a folder")
-    if not 0.0 < precision <= 1.0:
-        raise EvalError(f"--precision {precision}: must be in (0, 1]")
-    model = model or DEFAULT_MODEL
-    preset = resolve_preset(model)
-    with tempfile.TemporaryDirectory(prefix="embeddr_tune_") as tmp:
-        db = Path(tmp) / "tune.db"
-        set_aside = 0
-        if pairs is not None:
-            ps = _pairs_scores(folder, Path(pairs), model, workers, db)
-            source, n_files = str(pairs), len(ps.rows)
-        else:
-            images = list_images(folder)
-            if len(images) < 2:
-                raise EvalError(f"{folder}: needs at least 2 readable images, found {len(images)}")
-            rng = random.Random(seed)
-            chosen = sorted(rng.sample(range(len(images)), min(sample, len(images))))
-            rest = [p for i, p in enumerate(images) if i not in set(chosen)]
-            rest = sorted(rng.sample(rest, min(negatives, len(rest)))) if rest else []
-            bench = Path(out) / "bench" if out is not None else Path(tmp) / "bench"
-            truth = make_benchmark(folder, bench, seed=seed, per_image=per_image, doc_pages=0,
-                                   sources=[images[i] for i in chosen], distractor_files=rest)
-            ps, set_aside = set_aside_existing_duplicates(score_benchmark(truth, model, db=db, workers=workers))
-            source, n_files = "derived", len(ps.rows)
-    scores = ps.scores(preset.score)
-    t, p, r = threshold_for_precision(ps.label, scores, precision, ps.n_positives)
-    result = TuneResult(model=preset.name, score=preset.score, target=precision, threshold=t, precision=round(p, 4),
-                        recall=round(r, 4), positives=ps.n_positives, negatives=int((~ps.label).sum()), source=source,
-                        default_threshold=preset.threshold.value, files=n_files, set_aside=set_aside)
-    if out is not None:
-        from .plots import histograms, pr_curves
-
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        mark = {f"threshold {t:.3f}": (r, p)} if t is not None else None
-        result.plots["pr_curve"] = str(pr_curves([ps], out / "pr_curve.png", scores=(preset.score,), mark=mark))
-        result.plots["histogram"] = str(histograms([ps], out / "histogram.png",
-                                                   thresholds={ps.detector: t if t is not None else preset.threshold.value}))
-    return result
-
-
-def missed_by(report, baseline: str = "phash", *, threshold: float | None = None):
-    """Near pairs of a :class:`~embeddr.dupes.DuplicateReport` that ``baseline`` (a hash preset) at
-    ``threshold`` (default: its preset's) does NOT find: what only the embedding catches.
-
-    Returns a new report whose pairs carry the embedding score and, in ``extra``, the baseline's score
-    of each pair. Only the files of reported pairs are hashed again (bounded by the pairs, not N x N).
-    """
-    from dataclasses import replace
-
-    from .decode import fit, load_image
-    from .encoders import load_encoder
-
-    base = resolve_preset(baseline)
-    t = base.threshold.value if threshold is None else float(threshold)
-    encoder = load_encoder(base)
-    cache: dict[str, np.ndarray | None] = {}
-
-    def vec(path: str):
-        if path not in cache:
-            try:
-                image, _ = load_image(path, min_side=base.input_size)
-                cache[path] = encoder.encode(fit(image, base.input_size, base.resize)[None])[0]
-            except Exception:  # noqa: BLE001 - unreadable now: cannot say what the hash would do
-                cache[path] = None
-        return cache[path]
-
-    kept, base_scores = [], []
-    for p in report.pairs:
-        if p.kind != "near":
-            continue
-        va, vb = vec(p.a), vec(p.b)
-        if va is None or vb is None:
-            continue
-        s = float(np.dot(va, vb))
-        if s < t - 1e-6:
-            kept.append(p)
-            base_scores.append({"a": p.a, "b": p.b, f"{base.name}_score": round(s, 6)})
-    extra = {**report.extra, "missed_by": base.name, "missed_by_threshold": t, "baseline_scores": base_scores}
-    ends = {p.a for p in kept} | {p.b for p in kept}
-    groups = [g for g in report.groups if any(m.path in ends for m in g.members)]
-    return replace(report, pairs=kept, groups=groups, extra=extra)

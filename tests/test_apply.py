@@ -139,7 +139,7 @@ def test_killed_midway_then_undo(library, tmp_path, monkeypatch, action):
 
     monkeypatch.setattr(actions.os, "replace", dying_replace)
     with pytest.raises(Crash):
-        actions.apply_duplicates(db, action=action, quarantine=tmp_path / "q", journal=j, yes=True)
+        api.apply_duplicates(db, action=action, quarantine=tmp_path / "q", journal=j, yes=True)
     monkeypatch.setattr(actions.os, "replace", real_replace)
     records = read_journal(j)
     intents = [r for r in records if r["type"] == "intent"]
@@ -177,7 +177,7 @@ def test_changed_canonical_protects_its_duplicates(library, tmp_path):
     root, db = library
     canonical = root / "copies" / "png" / "astronaut.png"
     canonical.write_bytes(canonical.read_bytes() + b"\0")
-    result = actions.apply_duplicates(db, action="hardlink", journal=tmp_path / "j.jsonl", yes=True)
+    result = api.apply_duplicates(db, action="hardlink", journal=tmp_path / "j.jsonl", yes=True)
     skipped = {Path(o.step.path).name: o.detail for o in result.outcomes if o.status == "skipped"}
     assert set(skipped) == {"astronaut.jpg", "astronaut_small.jpg"}
     assert all("canonical" in why for why in skipped.values())
@@ -251,7 +251,7 @@ def test_mixed_group_follows_rules_and_keep_in(photo_arrays, encoder, runner, tm
 
 KILLER = """
 import os, signal, sys
-from embeddr import actions
+from embeddr import actions, api
 real, n = os.replace, [0]
 def replace(*a, **k):
     n[0] += 1
@@ -259,7 +259,7 @@ def replace(*a, **k):
         os.kill(os.getpid(), signal.SIGKILL)  # kill -9: no cleanup, no finally
     return real(*a, **k)
 actions.os.replace = replace
-actions.apply_duplicates(sys.argv[1], action="move", quarantine=sys.argv[2], journal=sys.argv[3], yes=True)
+api.apply_duplicates(sys.argv[1], action="move", quarantine=sys.argv[2], journal=sys.argv[3], yes=True)
 """
 
 

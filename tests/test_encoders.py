@@ -35,7 +35,7 @@ def tiny_preset(tmp_path: Path, **weights) -> Preset:
     config.write_text(json.dumps(TINY_CLIP))
     return Preset(
         name="tiny-clip", backend="open_clip", description="tiny random-init ViT (tests)", dim=32, input_size=64,
-        architecture=str(config), resize="shortest", input_dtype="float",
+        architecture=str(config), resize="shortest",
         mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711),
         weights=Weights(**(weights or {"random_init": True})), threshold=Threshold(0.9, "test only", provisional=True),
     )

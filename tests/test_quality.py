@@ -79,7 +79,6 @@ description = "tiny random-init CLIP (tests: plumbing only)"
 dim = 32
 input_size = 64
 resize = "shortest"
-input_dtype = "float"
 mean = [0.48145466, 0.4578275, 0.40821073]
 std = [0.26862954, 0.26130258, 0.27577711]
 
@@ -144,7 +143,7 @@ def test_tune_cli_prints_threshold_and_writes_plots(photo_dir, tmp_path, runner)
 def test_tune_sets_aside_duplicates_the_folder_already_holds(photo_dir, tmp_path):
     """A folder that already holds a copy of one of its photos: that pair is not a 'non-duplicate', so it
     must not drive the threshold up; it is set aside and counted."""
-    from embeddr.tune import tune
+    from embeddr.jobs import tune
 
     img = Image.open(photo_dir / "coffee.jpg")
     img.resize((img.width // 2, img.height // 2)).save(photo_dir / "coffee_small_copy.jpg", quality=88)

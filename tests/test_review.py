@@ -18,8 +18,9 @@ from embeddr.catalog import Catalog, FileRow
 from embeddr.cli import app
 from embeddr.dupes import DuplicateReport, Group, Pair
 from embeddr.errors import ReviewError
-from embeddr.review import (import_verdicts, list_verdicts, read_verdicts, review, script_json, verdict_pairs,
-                            write_html_report, write_html_report_details)
+from embeddr.jobs import review
+from embeddr.review import (import_verdicts, list_verdicts, read_verdicts, script_json, verdict_pairs, write_html_report,
+                            write_html_report_details)
 
 # A path that holds a whole script tag: "/" cannot be in a file name, so the tag spans a folder
 # ("<script>x<") and a file ("script>&\"'.jpg"); the top-level folder name is hostile too.
@@ -182,8 +183,7 @@ def test_verdicts_round_trip_dupes_and_apply(db, tmp_path, runner):
     assert not any(small in s for s in grouped)
     assert not ({(p.a, p.b) for p in after.pairs} & pairs)
 
-    actions = pytest.importorskip("embeddr.actions")
-    plan = actions.apply_duplicates(db, action="move", quarantine=tmp_path / "q", yes=False)  # dry run
+    plan = api.apply_duplicates(db, action="move", quarantine=tmp_path / "q", yes=False)  # dry run
     touched = {o.step.path for o in plan.outcomes}
     assert touched and not (touched & ({m.path for m in rocket.members} | {small}))
 

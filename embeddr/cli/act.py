@@ -11,9 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import actions
+from .. import actions, api
+from ..fsutil import common_root
 from ..output import human_bytes
 from ..policy import RULES, Policy
+from ..savings import money
 from .common import DEFAULT_DB_PATH, DbOpt, ThresholdOpt, check_format, emit, err_console, handle_errors, to_json
 
 ActionOpt = Annotated[str, typer.Option("--action", "-a", help="report (list only), move (to --quarantine), hardlink, symlink or delete (to the journal's trash).")]
@@ -39,10 +41,6 @@ def _rel(path: str, root: str) -> str:
     return os.path.relpath(path, root) if root else path
 
 
-def _money(v: float) -> str:
-    return f"{v:,.2f}" if v >= 0.01 or v == 0 else f"{v:.2g}"
-
-
 def savings_table(sv: dict, console: Console) -> None:
     cur = sv["currency"]
     table = Table(title=f"savings at {sv['price_per_gb_month']:g} {cur} per GB-month", title_justify="left")
@@ -50,7 +48,7 @@ def savings_table(sv: dict, console: Console) -> None:
         table.add_column(col, justify="left" if col == "folder" else "right")
     for row in [*sv["folders"], {**sv["overall"], "folder": "overall"}]:
         table.add_row(row["folder"], str(row["files"]), str(row["duplicate_files"]), f"{row['duplication_rate']:.1%}",
-                      human_bytes(row["bytes_reclaimable"]), _money(row["monthly_cost"]),
+                      human_bytes(row["bytes_reclaimable"]), money(row["monthly_cost"]),
                       end_section=row["folder"] == "overall" or row is sv["folders"][-1])
     console.print(table)
 
@@ -59,9 +57,7 @@ def render_apply(result: actions.ApplyResult) -> str:
     console = _console()
     groups = result.extra.get("groups", [])
     paths = [p for g in groups for p in (g["canonical"], *g["duplicates"], *g["protected"])]
-    root = os.path.commonpath(paths) if paths else ""
-    if root in paths:
-        root = os.path.dirname(root)
+    root = common_root(paths)
     mode = "dry run: nothing touched (add --yes to act)" if result.dry_run else "applied"
     if result.action == "report":
         mode = "report only: nothing touched"
@@ -127,7 +123,7 @@ def register(app: typer.Typer) -> None:
         """
         fmt = check_format(fmt, ("table", "json"))
         pol = _policy(policy, rule, keep_in, prefer)
-        result = actions.apply_duplicates(db, action=action, policy=pol, quarantine=quarantine, journal=journal, yes=yes,
+        result = api.apply_duplicates(db, action=action, policy=pol, quarantine=quarantine, journal=journal, yes=yes,
                                           really_delete=really_delete, threshold=threshold, price_per_gb_month=price,
                                           currency=currency)
         emit(to_json(result.as_dict()) if fmt == "json" else render_apply(result), None)
@@ -184,7 +180,7 @@ def register(app: typer.Typer) -> None:
         """
         fmt = check_format(fmt, ("table", "json"))
         pol = _policy(policy, rule, keep_in, prefer)
-        result = actions.apply_duplicates(db, action="report", policy=pol, threshold=threshold,
+        result = api.apply_duplicates(db, action="report", policy=pol, threshold=threshold,
                                           price_per_gb_month=price, currency=currency)
         sv = result.extra["savings"]
         if fmt == "json":

@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
 
         Example: embeddr tune ~/photos --precision 0.99 --model sscd-distilled --sample 200 --out tune-report
         """
-        from ..tune import tune as run_tune
+        from ..api import tune as run_tune
 
         result = run_tune(folder, precision=precision, model=model, sample=sample, per_image=per_image,
                           negatives=negatives, seed=seed, pairs=pairs, out=out, workers=workers)

@@ -54,10 +54,10 @@ def register(app: typer.Typer) -> None:
 
         Example: embeddr report --db photos.db --html review/ --keep-in ~/photos/masters --price-per-gb 0.02 --currency EUR
         """
-        from .. import review as review_lib
+        from .. import api
 
         fmt = check_format(fmt, ("table", "json"))
-        result = review_lib.review(db, threshold=threshold, policy=build_policy(policy, rule, keep_in, prefer),
+        result = api.review(db, threshold=threshold, policy=build_policy(policy, rule, keep_in, prefer),
                                    price_per_gb_month=price_per_gb, currency=currency, html_dir=html,
                                    thumb_size=thumb_size, page_size=page_size)
         if fmt == "json":

@@ -12,11 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..devices import select_device, select_precision
-from ..errors import ModelUnavailable
+from ..catalog import Catalog
+from ..errors import CatalogError, ModelUnavailable
 from ..presets import Preset, Threshold, Weights, get_preset
 from .base import Encoder, l2_normalize
 
-__all__ = ["Encoder", "l2_normalize", "load_encoder", "resolve_preset"]
+__all__ = ["Encoder", "catalog_preset", "l2_normalize", "load_encoder", "resolve_preset"]
 
 
 def resolve_preset(model: str | Preset) -> Preset:
@@ -35,10 +36,22 @@ def resolve_preset(model: str | Preset) -> Preset:
     if path.suffix.lower() in (".pt", ".pth", ".torchscript") and path.is_file():
         return Preset(
             name=str(path.resolve()), backend="torchscript", description=f"user TorchScript model {path.name}",
-            dim=0, input_size=288, input_dtype="float", weights=Weights(),
+            dim=0, input_size=288, weights=Weights(),
             threshold=Threshold(0.7, "provisional: user model, not calibrated; run `embeddr tune`", provisional=True),
         )
     return get_preset(model)
+
+
+def catalog_preset(catalog: Catalog, model: str | Preset | None = None) -> Preset:
+    """The preset of the catalog's model; ``model`` (if given) must match it (else :class:`ModelMismatch`)."""
+    name = catalog.model
+    if name is None:
+        raise CatalogError(f"{catalog.path} has no scanned images yet: run `embeddr scan DIR --db {catalog.path}`")
+    if model is not None:
+        wanted = resolve_preset(model)
+        if wanted.name != name:
+            catalog.bind_model(wanted.name, wanted.dim)  # raises ModelMismatch
+    return resolve_preset(name)
 
 
 def load_encoder(model: str | Preset = "sscd-distilled", *, device: str = "auto", precision: str = "auto",

@@ -1,0 +1,235 @@
+"""Whole jobs, above the stages: what the CLI, the service and the Python API call.
+
+Data flows one way: discover -> decode -> encode -> store/index -> match -> score -> group ->
+canonical -> act/report. The stage modules (:mod:`embeddr.pipeline`, :mod:`embeddr.dupes`,
+:mod:`embeddr.policy`, :mod:`embeddr.actions`, :mod:`embeddr.review`, :mod:`embeddr.tune`, ...)
+never import this module or :mod:`embeddr.api`; a job here strings stages together (open the
+catalog, find the duplicates, decide, act, count the savings). :mod:`embeddr.api` re-exports them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from . import actions
+from . import review as _review
+from . import tune as _tune
+from .catalog import DEFAULT_DB, Catalog, opened
+from .decode import DEFAULT_MAX_PIXELS, fit, load_image
+from .dupes import DuplicateReport
+from .dupes import find_duplicates as _find_duplicates
+from .bench import list_images, make_benchmark
+from .encoders import catalog_preset, load_encoder, resolve_preset
+from .errors import PolicyError
+from .evaluate import EvalError, score_benchmark
+from .metrics import threshold_for_precision
+from .index import index_path
+from .pipeline import ScanReport, scan_into
+from .plots import histograms, pr_curves
+from .policy import Policy, decide
+from .presets import DEFAULT_MODEL, Preset
+from .savings import savings
+
+CatalogLike = str | os.PathLike | Catalog
+
+
+def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, model: str | Preset | None = None,
+         device: str = "auto", precision: str = "auto", checkpoint: str | os.PathLike | None = None,
+         exclude: Iterable[str] = (), batch_size: int = 64, workers: int | None = None,
+         max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: Callable[[int, int], None] | None = None,
+         encoder=None) -> ScanReport:
+    """Scan folders/files into the catalog ``db`` (created if needed); incremental and resumable.
+
+    ``model``: a preset name (see ``embeddr models``) or a ``.onnx``/TorchScript file; defaults to
+    the catalog's model, or ``sscd-distilled`` for a new catalog. A different model than the
+    catalog's is refused (:class:`~embeddr.errors.ModelMismatch`). A failed start (unknown model,
+    weights that cannot be loaded) leaves no catalog behind (see :func:`embeddr.pipeline.scan_into`).
+    """
+    return scan_into(roots, db=db, model=model, device=device, precision=precision, checkpoint=checkpoint,
+                     exclude=exclude, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                     progress=progress, encoder=encoder)
+
+
+def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = None, score: str | None = None,
+                    model: str | None = None, approximate: bool = False) -> DuplicateReport:
+    """Duplicate pairs and groups among the catalog's files.
+
+    ``threshold``: defaults to the model preset's calibrated value. ``score``: ``raw`` cosine or
+    ``normalized`` (see :mod:`embeddr.normalize`); defaults to the preset's. ``approximate``: an
+    IVF search, much faster on millions of images, that may miss a few pairs.
+    """
+    with opened(db) as catalog:
+        preset = catalog_preset(catalog, model)
+        return _find_duplicates(catalog, preset, threshold=threshold, score=score, approximate=approximate)
+
+
+def missed_by(db: CatalogLike = DEFAULT_DB, baseline: str = "phash", *, threshold: float | None = None,
+              score: str | None = None, model: str | None = None, baseline_threshold: float | None = None) -> DuplicateReport:
+    """The near pairs :func:`find_duplicates` reports that ``baseline`` (``phash`` or ``dhash``) at its
+    default threshold does not find (see :func:`missed_report`)."""
+    return missed_report(find_duplicates(db, threshold=threshold, score=score, model=model), baseline,
+                         threshold=baseline_threshold)
+
+
+def missed_report(report: DuplicateReport, baseline: str = "phash", *, threshold: float | None = None):
+    """Near pairs of a :class:`~embeddr.dupes.DuplicateReport` that ``baseline`` (a hash preset) at
+    ``threshold`` (default: its preset's) does NOT find: what only the embedding catches.
+
+    Returns a new report whose pairs carry the embedding score and, in ``extra``, the baseline's score
+    of each pair. Only the files of reported pairs are hashed again (bounded by the pairs, not N x N).
+    """
+    base = resolve_preset(baseline)
+    t = base.threshold.value if threshold is None else float(threshold)
+    encoder = load_encoder(base)
+    cache: dict[str, np.ndarray | None] = {}
+
+    def vec(path: str):
+        if path not in cache:
+            try:
+                image, _ = load_image(path, min_side=base.input_size)
+                cache[path] = encoder.encode(fit(image, base.input_size, base.resize)[None])[0]
+            except Exception:  # noqa: BLE001 - unreadable now: cannot say what the hash would do
+                cache[path] = None
+        return cache[path]
+
+    kept, base_scores = [], []
+    for p in report.pairs:
+        if p.kind != "near":
+            continue
+        va, vb = vec(p.a), vec(p.b)
+        if va is None or vb is None:
+            continue
+        s = float(np.dot(va, vb))
+        if s < t - 1e-6:
+            kept.append(p)
+            base_scores.append({"a": p.a, "b": p.b, f"{base.name}_score": round(s, 6)})
+    extra = {**report.extra, "missed_by": base.name, "missed_by_threshold": t, "baseline_scores": base_scores}
+    ends = {p.a for p in kept} | {p.b for p in kept}
+    groups = [g for g in report.groups if any(m.path in ends for m in g.members)]
+    return replace(report, pairs=kept, groups=groups, extra=extra)
+
+
+def apply_duplicates(db: CatalogLike | os.PathLike, *, action: str = "report", policy=None,
+                     quarantine: str | os.PathLike | None = None, journal: str | os.PathLike | None = None,
+                     yes: bool = False, really_delete: bool = False, threshold: float | None = None,
+                     score: str | None = None, price_per_gb_month: float = 0.023, currency: str = "USD") -> actions.ApplyResult:
+    """Find duplicates, decide canonicals by ``policy``, plan ``action`` and apply it (dry run unless ``yes``).
+
+    The result's ``extra`` holds the policy, each group's decision with its reason, and the savings
+    (:func:`embeddr.savings.savings`). ``journal`` defaults to :func:`embeddr.actions.default_journal_path`.
+    """
+    policy = policy or Policy()
+    if action not in actions.ACTIONS:
+        raise PolicyError(f"unknown action {action!r}; valid actions: {', '.join(actions.ACTIONS)}")
+    if action == "delete" and yes and not really_delete:
+        raise PolicyError("--action delete also needs --really-delete (originals go to the journal's trash folder, "
+                          "and are gone for good once you empty it)")
+    cat, owned = actions._open_catalog(db)
+    try:
+        report = find_duplicates(cat, threshold=threshold, score=score)
+        decisions = decide(report, policy)
+        steps = actions.plan(decisions, action, quarantine=quarantine)
+        if yes and action != "report" and journal is None:
+            journal = actions.default_journal_path(cat.path)
+        result = actions.apply(steps, cat, journal, yes=yes, really_delete=really_delete)
+    finally:
+        if owned and cat is not None:
+            cat.close()
+    result.extra = {
+        "model": report.model, "threshold": report.threshold, "policy": policy.as_dict(),
+        "groups": [d.as_dict() for d in decisions],
+        "savings": savings(report, decisions, price_per_gb_month=price_per_gb_month, currency=currency),
+    }
+    return result
+
+
+def review(db, *, threshold: float | None = None, policy=None, price_per_gb_month: float = 0.023,
+           currency: str = "USD", html_dir: str | os.PathLike | None = None, thumb_size: int = 256,
+           page_size: int = 50) -> _review.Review:
+    """Find duplicates in ``db``, decide canonicals with ``policy``, compute savings; write HTML if asked.
+
+    ``policy``: a :class:`~embeddr.policy.Policy` (default: the documented default rules).
+    ``html_dir``: write the static report there (see :func:`embeddr.review.write_html_report`).
+    """
+    policy = policy or Policy()
+    with opened(db) as catalog:
+        preset = catalog_preset(catalog)
+        report = _find_duplicates(catalog, preset, threshold=threshold)
+        decisions = decide(report, policy)
+        saved = savings(report, decisions, price_per_gb_month=price_per_gb_month, currency=currency,
+                                catalog=catalog)
+        db_path = catalog.path
+    result = _review.Review(report=report, decisions=decisions, savings=saved, policy=policy.as_dict())
+    if html_dir is not None:
+        result.html = _review.write_html_report_details(report, decisions, saved, html_dir, thumb_size=thumb_size,
+                                                page_size=page_size, db=db_path)
+    return result
+
+
+def tune(folder: str | os.PathLike, *, precision: float = 0.99, model: str | None = None, sample: int = 200,
+         per_image: int = 4, negatives: int = 2000, seed: int = 0, pairs: str | os.PathLike | None = None,
+         out: str | os.PathLike | None = None, workers: int | None = None) -> _tune.TuneResult:
+    """The threshold that gives ``precision`` on ``folder`` (see the module docstring)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise EvalError(f"{folder}: not a folder")
+    if not 0.0 < precision <= 1.0:
+        raise EvalError(f"--precision {precision}: must be in (0, 1]")
+    model = model or DEFAULT_MODEL
+    preset = resolve_preset(model)
+    with tempfile.TemporaryDirectory(prefix="embeddr_tune_") as tmp:
+        db = Path(tmp) / "tune.db"
+        set_aside = 0
+        if pairs is not None:
+            ps = _tune.labelled_pair_scores(folder, Path(pairs), model, workers, db)
+            source, n_files = str(pairs), len(ps.rows)
+        else:
+            images = list_images(folder)
+            if len(images) < 2:
+                raise EvalError(f"{folder}: needs at least 2 readable images, found {len(images)}")
+            rng = random.Random(seed)
+            chosen = sorted(rng.sample(range(len(images)), min(sample, len(images))))
+            rest = [p for i, p in enumerate(images) if i not in set(chosen)]
+            rest = sorted(rng.sample(rest, min(negatives, len(rest)))) if rest else []
+            bench = Path(out) / "bench" if out is not None else Path(tmp) / "bench"
+            truth = make_benchmark(folder, bench, seed=seed, per_image=per_image, doc_pages=0,
+                                   sources=[images[i] for i in chosen], distractor_files=rest)
+            ps, set_aside = _tune.set_aside_existing_duplicates(score_benchmark(truth, model, db=db, workers=workers))
+            source, n_files = "derived", len(ps.rows)
+    scores = ps.scores(preset.score)
+    t, p, r = threshold_for_precision(ps.label, scores, precision, ps.n_positives)
+    result = _tune.TuneResult(model=preset.name, score=preset.score, target=precision, threshold=t, precision=round(p, 4),
+                        recall=round(r, 4), positives=ps.n_positives, negatives=int((~ps.label).sum()), source=source,
+                        default_threshold=preset.threshold.value, files=n_files, set_aside=set_aside)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        mark = {f"threshold {t:.3f}": (r, p)} if t is not None else None
+        result.plots["pr_curve"] = str(pr_curves([ps], out / "pr_curve.png", scores=(preset.score,), mark=mark))
+        result.plots["histogram"] = str(histograms([ps], out / "histogram.png",
+                                                   thresholds={ps.detector: t if t is not None else preset.threshold.value}))
+    return result
+
+
+
+def info(db: CatalogLike = DEFAULT_DB) -> dict:
+    """The catalog's state: files, errors, model, index size, last runs."""
+    with opened(db) as catalog:
+        stats = catalog.stats()
+        path = index_path(catalog)
+        stats["index_file"] = str(path) if path.exists() else None
+        stats["index_bytes"] = path.stat().st_size if path.exists() else 0
+        stats["runs"] = catalog.runs(5)
+        stats["error_files"] = [{"path": r.path, "error": r.error} for r in catalog.errors()]
+        if catalog.model:
+            preset = resolve_preset(catalog.model)
+            stats["threshold"] = preset.threshold.value
+            stats["threshold_provenance"] = preset.threshold.provenance
+        return stats
