@@ -7,6 +7,7 @@ distinct contents found by the index are kind ``near``. Reviewer verdicts
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from .catalog import Catalog, FileRow
 from .index import load_index, stored
-from .match import approximate_index, range_pairs
+from .match import approximate_index
 from .presets import Preset
 
 
@@ -41,13 +42,63 @@ class Group:
                 "max_score": round(self.max_score, 6), "members": [m.as_dict() for m in self.members]}
 
 
+class PairList(Sequence):
+    """Every file pair of a report, expanded from *content* pairs as it is iterated: exact copies (same
+    bytes, score 1.0) first, then near pairs best first. Iterating holds no list of all pairs; indexing
+    builds it once. ``len`` counts without building it."""
+
+    def __init__(self, by_hash: dict[str, list[FileRow]], node_pairs: list[tuple[str, str, float]],
+                 rejected: set[tuple[str, str]]) -> None:
+        self._by_hash, self._rejected = by_hash, rejected
+        first = {h: rows[0].path for h, rows in by_hash.items() if rows}
+        self._node_pairs = sorted(node_pairs, key=lambda t: (-t[2], first[t[0]], first[t[1]]))
+        self._list: list[Pair] | None = None
+        self._len: int | None = None
+
+    def __iter__(self) -> Iterator[Pair]:
+        if self._list is not None:
+            yield from self._list
+            return
+        by_hash, rejected = self._by_hash, self._rejected
+        for h in sorted(h for h, rows in by_hash.items() if len(rows) > 1):
+            for x, y in combinations(by_hash[h], 2):  # rows are sorted by path
+                if (x.path, y.path) not in rejected:
+                    yield Pair(x.path, y.path, 1.0, "exact")
+        for hx, hy, v in self._node_pairs:
+            for x in by_hash.get(hx, ()):
+                for y in by_hash.get(hy, ()):
+                    a, b = sorted((x.path, y.path))
+                    if (a, b) not in rejected:
+                        yield Pair(a, b, v, "near")
+
+    def __len__(self) -> int:
+        if self._list is not None:
+            return len(self._list)
+        if self._len is None:
+            if self._rejected:
+                self._len = sum(1 for _ in self)
+            else:
+                n = sum(len(r) * (len(r) - 1) // 2 for r in self._by_hash.values())
+                self._len = n + sum(len(self._by_hash.get(x, ())) * len(self._by_hash.get(y, ()))
+                                    for x, y, _ in self._node_pairs)
+        return self._len
+
+    def __getitem__(self, i):
+        if self._list is None:
+            self._list = list(iter(self))
+        return self._list[i]
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+
 @dataclass
 class DuplicateReport:
     model: str
     threshold: float
     score: str  # "raw" | "normalized"
     groups: list[Group]
-    pairs: list[Pair]
+    pairs: Sequence[Pair]  # a list, or a PairList that expands content pairs to file pairs as it is read
     files: int = 0  # ok files considered
     threshold_provenance: str = ""
     extra: dict = field(default_factory=dict)
@@ -71,13 +122,21 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
                     margin: float | None = None, chunk: int = 2048, approximate: bool = False) -> DuplicateReport:
     """Every pair at or above ``threshold`` among the catalog's ``ok`` files, and their groups.
 
+    Files with identical bytes are one node (one vector): matching, scoring and grouping run on distinct
+    contents, and the file pairs are expanded only when they are read (:class:`PairList`), so 2,000 identical files cost what one costs.
+
     ``approximate``: search an IVF index instead of the exact one (:func:`embeddr.match.approximate_index`):
     much faster on millions of images, may miss a few pairs.
     """
+    from .normalize import Scorer, decide
+
     threshold = preset.threshold.value if threshold is None else float(threshold)
-    score = score or preset.score
+    scorer = Scorer.for_preset(preset, score)
+    score = scorer.name
     margin = preset.threshold.group_margin if margin is None else margin
     by_hash = catalog.files_by_hash("ok")
+    for rows in by_hash.values():
+        rows.sort(key=lambda r: r.path)
     files = sum(len(v) for v in by_hash.values())
     vid_of_hash = catalog.live_vector_ids()
     hash_of = {vid: h for h, vid in vid_of_hash.items()}
@@ -87,67 +146,69 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     # vectors that no current file uses are left out of the queries and of the matches.
     index = load_index(catalog)
     stored_ids, stored_vecs = stored(index)
-    live: set[int] | None = None  # None: every stored vector is live (the index holds all catalog vectors)
+    live: np.ndarray | None = None  # None: every stored vector is live
     if len(hash_of) == len(stored_ids):
         ids, vecs = stored_ids, stored_vecs
     else:
-        live = set(hash_of)
-        keep = np.flatnonzero(np.isin(stored_ids, np.fromiter(hash_of, np.int64, len(hash_of))))
+        live = np.array(sorted(hash_of), np.int64)
+        keep = np.flatnonzero(np.isin(stored_ids, live))
         ids, vecs = stored_ids[keep], stored_vecs[keep]
 
-    def vector(vid: int) -> np.ndarray:
-        return stored_vecs[int(np.searchsorted(stored_ids, vid))]
-
-    content_pairs: list[tuple[int, int, float]] = []
     search_index, search = index, {"search": "exact"}  # `index` stays referenced: stored_vecs is a view into it
     if len(ids) and approximate:
         search_index = approximate_index(stored_ids, stored_vecs)
         search = {"search": "approximate", "nlist": int(search_index.nlist), "nprobe": int(search_index.nprobe)}
-    if len(ids):
-        if score == "normalized":
-            from .normalize import normalized_pairs
+    a, b, s, bg = decide(search_index, ids, vecs, threshold, scorer, live=live, chunk=chunk)
 
-            content_pairs = list(normalized_pairs(search_index, ids, vecs, threshold, chunk=chunk, live=live))
-        else:
-            content_pairs = list(range_pairs(search_index, ids, vecs, threshold, chunk=chunk, live=live))
+    # reviewer verdicts are on paths; a content pair is rejected when any of its file pairs is
+    rejected_content = {tuple(sorted((row_hash, other))) for row_hash, other in _verdict_hashes(rejected, by_hash)}
+    node_pairs = [(hash_of[int(x)], hash_of[int(y)], float(v)) for x, y, v in zip(a, b, s)]
+    node_pairs = [(x, y, v) for x, y, v in node_pairs if tuple(sorted((x, y))) not in rejected_content]
+    bg_of = dict(zip((hash_of[int(i)] for i in ids), bg.tolist()))
 
-    pairs: list[Pair] = []
-    for h, rows in by_hash.items():
-        for x, y in combinations(sorted(rows, key=lambda r: r.path), 2):
-            pairs.append(Pair(x.path, y.path, 1.0, "exact"))
-    for va, vb, s in content_pairs:
-        for x in by_hash.get(hash_of[va], ()):
-            for y in by_hash.get(hash_of[vb], ()):
-                a, b = sorted((x.path, y.path))
-                pairs.append(Pair(a, b, s, "near"))
-    pairs = [p for p in pairs if (p.a, p.b) not in rejected]
-    pairs.sort(key=lambda p: (-p.score, p.a, p.b))
+    def vector(h: str) -> np.ndarray:
+        return stored_vecs[int(np.searchsorted(stored_ids, vid_of_hash[h]))]
 
-    row_of = {r.path: r for rows in by_hash.values() for r in rows}
-    raw_cache: dict[tuple[str, str], float] = {}
-
-    def similarity(a: str, b: str) -> float:
-        if (min(a, b), max(a, b)) in rejected:
+    def similarity(x: str, y: str) -> float:
+        """The pair's score under the scorer in use (the same score as the listed pairs)."""
+        if tuple(sorted((x, y))) in rejected_content:
             return -1.0
-        ha, hb = row_of[a].hash, row_of[b].hash
-        if ha == hb:
-            return 1.0
-        key = (ha, hb)
-        if key not in raw_cache:
-            raw_cache[key] = float(np.dot(vector(vid_of_hash[ha]), vector(vid_of_hash[hb])))
-        return raw_cache[key]
+        raw = np.float32(np.dot(vector(x), vector(y)))
+        return float(scorer.score(np.array([raw]), np.array([bg_of.get(x, -1.0)]), np.array([bg_of.get(y, -1.0)]))[0])
 
     from .group import group_pairs
 
-    pair_score = {(p.a, p.b): p.score for p in pairs}
-    # normalised scores are in raw-cosine units and never above the raw score (embeddr.normalize), so one
-    # floor serves both: listed pairs carry their (normalised) score, unlisted ones their raw cosine
+    # grouping runs on contents; the no-chaining floor is on the same score as the pairs
     floor = threshold - margin
-    raw_groups = group_pairs(((p.a, p.b, p.score) for p in pairs), floor=floor, similarity=similarity)
+    content_groups = group_pairs(node_pairs, floor=floor, similarity=similarity)
+    pair_score = {(x, y): v for x, y, v in node_pairs}
+    pair_score.update({(y, x): v for x, y, v in node_pairs})
+    grouped = {h for g in content_groups for h in g}
     groups: list[Group] = []
-    for gid, paths in enumerate(raw_groups, start=1):
-        scores = [pair_score.get((a, b)) or similarity(a, b) for a, b in combinations(sorted(paths), 2)]
-        groups.append(Group(gid, [row_of[p] for p in paths], min(scores), max(scores)))
-    return DuplicateReport(model=preset.name, threshold=threshold, score=score, groups=groups, pairs=pairs, extra=search,
-                           files=files, threshold_provenance=preset.threshold.provenance,
-                           file_rows=list(row_of.values()))
+    for hashes in content_groups:
+        scores = [pair_score.get((x, y)) if (x, y) in pair_score else similarity(x, y)
+                  for i, x in enumerate(hashes) for y in hashes[i + 1:]]
+        if any(len(by_hash.get(h, ())) > 1 for h in hashes):
+            scores.append(1.0)
+        members = sorted((r for h in hashes for r in by_hash.get(h, ())), key=lambda r: r.path)
+        groups.append(Group(0, members, min(scores), max(scores)))
+    for h, rows in by_hash.items():  # exact copies only
+        if len(rows) > 1 and h not in grouped:
+            groups.append(Group(0, list(rows), 1.0, 1.0))
+    groups.sort(key=lambda g: (-len(g.members), g.members[0].path))
+    for gid, g in enumerate(groups, start=1):
+        g.id = gid
+    return DuplicateReport(model=preset.name, threshold=threshold, score=score, groups=groups,
+                           pairs=PairList(by_hash, node_pairs, rejected), extra=search, files=files,
+                           threshold_provenance=preset.threshold.provenance,
+                           file_rows=[r for rows in by_hash.values() for r in rows])
+
+
+def _verdict_hashes(rejected: set[tuple[str, str]], by_hash: dict[str, list[FileRow]]):
+    if not rejected:
+        return
+    hash_of_path = {r.path: h for h, rows in by_hash.items() for r in rows}
+    for p, q in rejected:
+        hp, hq = hash_of_path.get(p), hash_of_path.get(q)
+        if hp is not None and hq is not None and hp != hq:
+            yield hp, hq

@@ -40,6 +40,43 @@ def range_pairs(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, threshold
                 yield qid, lab, min(float(score), 1.0)
 
 
+def range_arrays(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, threshold: float, *,
+                 chunk: int = 2048, live: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair ``(id_a, id_b, raw score)`` with ``id_a < id_b`` and score >= ``threshold`` as three arrays.
+
+    A pair is kept whichever side's query found it (``a``/``b`` are ordered afterwards and duplicates
+    dropped), so an approximate index that finds a pair from one side only does not lose it. ``live``: a
+    sorted array of the ids allowed as matches (``None``: all). Vectorised: no Python loop per pair.
+    """
+    radius = float(threshold) - EPS
+    out_a, out_b, out_s = [], [], []
+    ids = np.asarray(ids, np.int64)
+    for start in range(0, len(ids), chunk):
+        q_ids = ids[start : start + chunk]
+        lims, dist, labels = index.range_search(np.ascontiguousarray(vecs[start : start + chunk], np.float32), radius)
+        qa = np.repeat(q_ids, np.diff(lims).astype(np.int64))
+        keep = labels != qa
+        if live is not None:
+            keep &= _member(labels, live)
+        qa, lab, sc = qa[keep], labels[keep], dist[keep]
+        out_a.append(np.minimum(qa, lab))
+        out_b.append(np.maximum(qa, lab))
+        out_s.append(np.minimum(sc, 1.0).astype(np.float32))
+    if not out_a:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    a, b, s = np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_s)
+    order = np.lexsort((b, a))
+    a, b, s = a[order], b[order], s[order]
+    first = np.ones(len(a), bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    return a[first], b[first], s[first]
+
+
+def _member(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    pos = np.clip(np.searchsorted(sorted_ids, values), 0, max(len(sorted_ids) - 1, 0))
+    return (sorted_ids[pos] == values) if len(sorted_ids) else np.zeros(len(values), bool)
+
+
 def knn(index: faiss.Index, vecs: np.ndarray, k: int, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours of each query (scores, ids), chunked."""
     k = max(1, min(k, index.ntotal))

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 import faiss
 import numpy as np
 
-from .match import knn, range_pairs
+from .match import EPS, knn, range_arrays, range_pairs
 
 DEFAULT_K = 8
 DEFAULT_BETA = 1.0
@@ -165,3 +165,36 @@ class Scorer:
         if not self.normalized:
             return raw
         return normalize_scores(raw, bg_a, bg_b, beta=self.beta, floor=self.floor)
+
+
+def decide(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, threshold: float, scorer: Scorer, *,
+           live: np.ndarray | None = None, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The default decision on a set of vectors, by exact search: ``(a, b, score, bg)``.
+
+    ``a < b`` are vector ids of every pair whose score (``scorer``) is at least ``threshold``; ``bg`` is the
+    background of each of ``ids`` (same order). ``live``: sorted ids that may be matched (``None``: all
+    of the index). Memory: O(N * neighbours) for the kNN rows plus the pairs found, never N x N.
+    """
+    ids = np.asarray(ids, np.int64)
+    if len(ids) == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, np.zeros(0, np.float32), np.zeros(0, np.float32)
+    if scorer.normalized:
+        dead = 0 if live is None else max(0, index.ntotal - len(live))
+        nn_s, nn_i = knn(index, vecs, scorer.neighbours + 1 + min(dead, 256), chunk=chunk)
+        live_set = None if live is None else set(live.tolist())
+        bg = scorer.backgrounds(ids, vecs, nn_s, nn_i, live_set)
+    else:
+        bg = np.full(len(ids), NO_BACKGROUND, np.float32)
+    a, b, raw = range_arrays(index, ids, vecs, scorer.min_raw(threshold), chunk=chunk, live=live)
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+
+    def bg_of(x: np.ndarray) -> np.ndarray:
+        pos = np.clip(np.searchsorted(sorted_ids, x), 0, len(ids) - 1)
+        found = sorted_ids[pos] == x
+        return np.where(found, bg[order[pos]], NO_BACKGROUND).astype(np.float32)
+
+    s = scorer.score(raw, bg_of(a), bg_of(b))
+    keep = s >= threshold - EPS
+    return a[keep], b[keep], s[keep], bg

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from embeddr.bench import (
-    FAMILIES,
+    DEFAULT_FAMILIES as FAMILIES,
     NaturalGroup,
     apply_family,
     make_benchmark,

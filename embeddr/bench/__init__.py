@@ -17,9 +17,10 @@ from .make import (
     split_groups,
     truth_pairs,
 )
-from .transforms import FAMILIES, FAMILY_NAMES, SaveSpec, Variant, apply_family
+from .transforms import DEFAULT_FAMILIES, FAMILIES, FAMILY_NAMES, SaveSpec, Variant, apply_family
 
 __all__ = [
+    "DEFAULT_FAMILIES",
     "FAMILIES",
     "FAMILY_NAMES",
     "NaturalGroup",

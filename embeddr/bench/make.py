@@ -41,7 +41,7 @@ from typing import Iterable, Sequence
 
 from PIL import Image, ImageDraw
 
-from .transforms import FAMILIES, PNG_SAVE, apply_family, default_font, to_rgb
+from .transforms import DEFAULT_FAMILIES, FAMILIES, PNG_SAVE, apply_family, default_font, to_rgb
 
 __all__ = [
     "NaturalGroup",
@@ -319,7 +319,7 @@ def make_benchmark(
     ``out`` must be empty, missing, or a previous benchmark (whose files are then replaced).
     """
     out = Path(out)
-    fams = list(families) if families is not None else list(FAMILIES)
+    fams = list(families) if families is not None else list(DEFAULT_FAMILIES)
     unknown = [f for f in fams if f not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown families {unknown}; known: {list(FAMILIES)}")

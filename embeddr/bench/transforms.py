@@ -20,6 +20,10 @@ Families (:data:`FAMILIES`, in this order):
 ``combo``      2-3 of crop / recolour / overlay / border / rescan / thumbnail / reencode, milder strengths.
 ``mirror``     horizontal flip (kept apart: many detectors are not flip-invariant).
 
+Finer families for shape sweeps (not in the default mix of :data:`FAMILIES`'s first nine, but selectable):
+``crop_mild`` (keep 80-92 % of the area), ``crop_strong`` (keep 40-60 %), ``hue`` (hue rotated 20-60 deg),
+``grey`` (greyscale), ``tint`` (a colour cast of 15-35 %).
+
 Strengths are meant to be realistic (what a catalogue or archive really holds): a crop keeps the subject,
 a recolour keeps the picture recognisable.
 """
@@ -577,6 +581,44 @@ def reencode(img: Image.Image, rng: random.Random) -> Variant:
 
 
 crop = _as_family(_crop)
+
+
+def _crop_keep(img: Image.Image, rng: random.Random, lo: float, hi: float) -> tuple[Image.Image, str]:
+    w, h = img.size
+    keep = rng.uniform(lo, hi)
+    jitter = rng.uniform(-0.15, 0.15)
+    cw = min(math.sqrt(keep) * (1.0 + jitter / 2), 1.0)
+    ch = min(keep / cw, 1.0)
+    cw_px, ch_px = max(8, round(w * cw)), max(8, round(h * ch))
+    x0, y0 = round((w - cw_px) * rng.random()), round((h - ch_px) * rng.random())
+    return img.crop((x0, y0, x0 + cw_px, y0 + ch_px)), f"crop keep={keep:.2f} box=({x0},{y0},{cw_px},{ch_px})"
+
+
+def crop_mild(img: Image.Image, rng: random.Random) -> Variant:
+    """Keep 80-92 % of the area, off-centre."""
+    out, desc = _crop_keep(img, rng, 0.80, 0.92)
+    return Variant(out, DEFAULT_SAVE, desc)
+
+
+def crop_strong(img: Image.Image, rng: random.Random) -> Variant:
+    """Keep 40-60 % of the area, off-centre (the subject may be cut)."""
+    out, desc = _crop_keep(img, rng, 0.40, 0.60)
+    return Variant(out, DEFAULT_SAVE, desc)
+
+
+def hue(img: Image.Image, rng: random.Random) -> Variant:
+    deg = rng.choice([-1, 1]) * rng.uniform(20, 60)
+    return Variant(_hue_shift(img, deg), DEFAULT_SAVE, f"hue={deg:+.0f}deg")
+
+
+def grey(img: Image.Image, rng: random.Random) -> Variant:
+    return Variant(ImageOps.grayscale(img).convert("RGB"), DEFAULT_SAVE, "greyscale")
+
+
+def tint(img: Image.Image, rng: random.Random) -> Variant:
+    colour = rng.choice([(255, 170, 60), (60, 120, 255), (255, 80, 160), (80, 200, 120), (255, 230, 120), (120, 60, 20)])
+    a = rng.uniform(0.15, 0.35)
+    return Variant(_tint(img, colour, a), DEFAULT_SAVE, f"tint={colour} a={a:.2f}")
 recolour = _as_family(_recolour)
 rescan = _as_family(_rescan)
 thumbnail = _as_family(_thumbnail)
@@ -596,6 +638,9 @@ FAMILIES: dict[str, Callable[[Image.Image, random.Random], Variant]] = {
     "combo": combo,
     "mirror": mirror,
 }
+#: the default mix of :func:`embeddr.bench.make_benchmark` (the nine families above)
+DEFAULT_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
+FAMILIES.update({"crop_mild": crop_mild, "crop_strong": crop_strong, "hue": hue, "grey": grey, "tint": tint})
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
 
 
