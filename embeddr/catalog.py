@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import CatalogError, ModelMismatch
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_DB = "embeddr.db"
 
 _SCHEMA = """
@@ -66,7 +66,9 @@ CREATE TABLE IF NOT EXISTS files (
     last_run INTEGER,
     updated REAL,
     content_width INTEGER,
-    content_height INTEGER
+    content_height INTEGER,
+    item_id TEXT,
+    etag TEXT
 );
 CREATE INDEX IF NOT EXISTS files_hash ON files(hash);
 CREATE INDEX IF NOT EXISTS files_status ON files(status);
@@ -97,6 +99,8 @@ class FileRecord:
     error: str | None = None
     content_width: int | None = None  # without a uniform border (None: the file has none)
     content_height: int | None = None
+    item_id: str | None = None  # the input's id in a manifest (product feed), e.g. a SKU
+    etag: str | None = None  # a URL's version (ETag or Last-Modified) when it was fetched
 
 
 @dataclass(frozen=True)
@@ -113,17 +117,23 @@ class FileRow:
     error: str | None
     content_width: int | None = None  # the picture without a uniform border (None: no border)
     content_height: int | None = None
+    item_id: str | None = None  # the id a manifest gave the item (None for a plain scan)
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "size": self.size, "width": self.width, "height": self.height,
-                "format": self.format, "hash": self.hash, "mtime_ns": self.mtime_ns}
+        d = {"path": self.path, "size": self.size, "width": self.width, "height": self.height,
+             "format": self.format, "hash": self.hash, "mtime_ns": self.mtime_ns}
+        if self.item_id is not None:
+            d["item_id"] = self.item_id
+        return d
 
 
-_FILE_COLS = "id, path, size, mtime_ns, hash, width, height, format, status, error, content_width, content_height"
+_FILE_COLS = "id, path, size, mtime_ns, hash, width, height, format, status, error, content_width, content_height, item_id"
 
 # Named, ordered migrations: version -> statements that bring a catalog of version-1 up to it.
 MIGRATIONS = {
     2: ["ALTER TABLE files ADD COLUMN content_width INTEGER", "ALTER TABLE files ADD COLUMN content_height INTEGER"],
+    # 3, "item ids and URL versions": a manifest's id per item, and the ETag/Last-Modified a URL was fetched at
+    3: ["ALTER TABLE files ADD COLUMN item_id TEXT", "ALTER TABLE files ADD COLUMN etag TEXT"],
 }
 
 
@@ -166,14 +176,22 @@ class Catalog:
         self.close()
 
     def _migrate(self) -> None:
-        """Bring an older catalog up to SCHEMA_VERSION, one named migration at a time, each in a transaction."""
-        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        version = int(row[0]) if row else 1
-        for target in sorted(v for v in MIGRATIONS if v > version):
-            with self.conn:
+        """Bring an older catalog up to SCHEMA_VERSION, one named migration at a time, each in ONE transaction
+        (BEGIN IMMEDIATE: a second process opening the same old catalog waits, then finds it migrated)."""
+        for target in sorted(MIGRATIONS):
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if (int(row[0]) if row else 1) >= target:
+                    self.conn.execute("COMMIT")
+                    continue
                 for statement in MIGRATIONS[target]:
                     self.conn.execute(statement)
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(target),))
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
 
     def _init_meta(self) -> None:
         with self.conn:
@@ -259,15 +277,32 @@ class Catalog:
             )
             self.conn.executemany(
                 """INSERT INTO files (path, size, mtime_ns, hash, width, height, format, status, error, first_run, last_run,
-                                      updated, content_width, content_height)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                      updated, content_width, content_height, item_id, etag)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, hash=excluded.hash,
                      width=excluded.width, height=excluded.height, format=excluded.format, status=excluded.status,
                      error=excluded.error, last_run=excluded.last_run, updated=excluded.updated,
-                     content_width=excluded.content_width, content_height=excluded.content_height""",
+                     content_width=excluded.content_width, content_height=excluded.content_height,
+                     item_id=excluded.item_id, etag=excluded.etag""",
                 [(r.path, r.size, r.mtime_ns, r.hash, r.width, r.height, r.format, r.status, r.error, run_id, run_id, now,
-                  r.content_width, r.content_height) for r in records],
+                  r.content_width, r.content_height, r.item_id, r.etag) for r in records],
             )
+
+    def url_states_for(self, paths: Iterable[str]) -> dict[str, tuple[int | None, str | None, str]]:
+        """url -> (size, etag, status) for the given URLs: what a rescan of remote inputs compares."""
+        paths = list(paths)
+        out = {}
+        for i in range(0, len(paths), 500):
+            chunk = paths[i : i + 500]
+            q = f"SELECT path, size, etag, status FROM files WHERE path IN ({','.join('?' * len(chunk))})"
+            out.update({r[0]: (r[1], r[2], r[3]) for r in self.conn.execute(q, chunk)})
+        return out
+
+    def set_item_ids(self, ids: Iterable[tuple[str, str | None]]) -> None:
+        """(path, item_id): a manifest may give an unchanged file a new id."""
+        with self.conn:
+            self.conn.executemany("UPDATE files SET item_id = ? WHERE path = ? AND item_id IS NOT ?",
+                                  [(i, p, i) for p, i in ids])
 
     def touch(self, paths: Iterable[str], run_id: int) -> None:
         """Mark unchanged files as seen by ``run_id`` (no decode, no encode)."""

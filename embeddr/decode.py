@@ -10,6 +10,7 @@ decompression-bomb guard stays on, with a configurable pixel limit.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -99,15 +100,16 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, I;16 variants
 
 
-def load_image(path: str, *, min_side: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, ImageMeta]:
-    """Open ``path`` and return ``(rgb_image, meta)``.
+def load_image(path: str, *, min_side: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               data: bytes | None = None) -> tuple[Image.Image, ImageMeta]:
+    """Open ``path`` (or decode ``data``, the bytes fetched for the URL ``path``) and return ``(rgb_image, meta)``.
 
     ``min_side``: the smallest side the caller needs; JPEGs are draft-decoded to no less.
     ``max_pixels``: refuse images with more pixels (decompression-bomb guard); ``None`` or 0 disables.
     Raises :class:`DecodeError` naming the file and the reason.
     """
     try:
-        size = os.stat(path).st_size
+        size = os.stat(path).st_size if data is None else len(data)
     except FileNotFoundError:
         raise DecodeError(path, "file not found (or a broken symlink)") from None
     except OSError as exc:
@@ -121,7 +123,7 @@ def load_image(path: str, *, min_side: int | None = None, max_pixels: int | None
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = limit
             try:
-                im = Image.open(path)
+                im = Image.open(path if data is None else io.BytesIO(data))
             finally:  # the limit is per call: leave Pillow's process-wide setting as it was
                 Image.MAX_IMAGE_PIXELS = previous_limit
     except PermissionError:

@@ -45,6 +45,7 @@ class Candidate:
     mtime_ns: int = 0
     error: str | None = None
     link_of: str | None = None  # the same file is scanned under this path (symlink or hard link)
+    item_id: str | None = None  # the id a manifest row gave it (embeddr.sources)
 
 
 def sniff(path: str) -> bool:

@@ -25,9 +25,14 @@ class Pair:
     b: str
     score: float
     kind: str  # "exact" | "near"
+    a_id: str | None = None  # the manifest ids of a and b (None for a plain scan)
+    b_id: str | None = None
 
     def as_dict(self) -> dict:
-        return {"a": self.a, "b": self.b, "score": round(self.score, 6), "kind": self.kind}
+        d = {"a": self.a, "b": self.b, "score": round(self.score, 6), "kind": self.kind}
+        if self.a_id is not None or self.b_id is not None:
+            d["a_id"], d["b_id"] = self.a_id, self.b_id
+        return d
 
 
 @dataclass
@@ -63,13 +68,13 @@ class PairList(Sequence):
         for h in sorted(h for h, rows in by_hash.items() if len(rows) > 1):
             for x, y in combinations(by_hash[h], 2):  # rows are sorted by path
                 if (x.path, y.path) not in rejected:
-                    yield Pair(x.path, y.path, 1.0, "exact")
+                    yield Pair(x.path, y.path, 1.0, "exact", x.item_id, y.item_id)
         for hx, hy, v in self._node_pairs:
             for x in by_hash.get(hx, ()):
                 for y in by_hash.get(hy, ()):
-                    a, b = sorted((x.path, y.path))
-                    if (a, b) not in rejected:
-                        yield Pair(a, b, v, "near")
+                    a, b = sorted((x, y), key=lambda r: r.path)
+                    if (a.path, b.path) not in rejected:
+                        yield Pair(a.path, b.path, v, "near", a.item_id, b.item_id)
 
     def __len__(self) -> int:
         if self._list is not None:
@@ -119,14 +124,17 @@ class DuplicateReport:
 
 
 def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None = None, score: str | None = None,
-                    margin: float | None = None, chunk: int = 2048, approximate: bool = False) -> DuplicateReport:
+                    margin: float | None = None, chunk: int = 2048, approximate: bool = False,
+                    engine=None) -> DuplicateReport:
     """Every pair at or above ``threshold`` among the catalog's ``ok`` files, and their groups.
 
     Files with identical bytes are one node (one vector): matching, scoring and grouping run on distinct
     contents, and the file pairs are expanded only when they are read (:class:`PairList`), so 2,000 identical files cost what one costs.
 
     ``approximate``: search an IVF index instead of the exact one (:func:`embeddr.match.approximate_index`):
-    much faster on millions of images, may miss a few pairs.
+    much faster on millions of images, may miss a few pairs. ``engine``: another exact search with the
+    results of :func:`embeddr.normalize.decide`, called as ``engine(stored_ids, stored_vecs, ids, vecs,
+    threshold, scorer, live) -> (a, b, score, bg)`` (:func:`embeddr.ray_dupes.ray_search`: Ray tasks).
     """
     from .normalize import Scorer, decide
 
@@ -158,7 +166,11 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     if len(ids) and approximate:
         search_index = approximate_index(stored_ids, stored_vecs)
         search = {"search": "approximate", "nlist": int(search_index.nlist), "nprobe": int(search_index.nprobe)}
-    a, b, s, bg = decide(search_index, ids, vecs, threshold, scorer, live=live, chunk=chunk)
+    if engine is not None and not approximate:
+        a, b, s, bg = engine(stored_ids, stored_vecs, ids, vecs, threshold, scorer, live)
+        search = {"search": "exact", "engine": getattr(engine, "name", "custom")}
+    else:
+        a, b, s, bg = decide(search_index, ids, vecs, threshold, scorer, live=live, chunk=chunk)
 
     # reviewer verdicts are on paths; a content pair is rejected when any of its file pairs is
     rejected_content = {tuple(sorted((row_hash, other))) for row_hash, other in _verdict_hashes(rejected, by_hash)}

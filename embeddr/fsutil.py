@@ -82,7 +82,7 @@ def common_root(paths: Iterable[str]) -> str:
     A single file (or a set whose common prefix is itself one of the files) gives that file's folder.
     """
     paths = list(paths)
-    if not paths:
+    if not paths or any("://" in p for p in paths):  # URLs (a manifest scan) are shown in full
         return ""
     root = os.path.commonpath(paths)
     return os.path.dirname(root) if root in paths else root

@@ -73,9 +73,13 @@ class Match:
     path: str  # the catalogued file
     score: float
     kind: str  # "exact" | "near"
+    item_id: str | None = None  # the catalogued item's manifest id (scan --manifest --id-column)
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "score": round(self.score, 6), "kind": self.kind}
+        d = {"path": self.path, "score": round(self.score, 6), "kind": self.kind}
+        if self.item_id is not None:
+            d["item_id"] = self.item_id
+        return d
 
 
 @dataclass
@@ -435,8 +439,8 @@ class Gate:
     def _match(self, p: _Prepared, conn: sqlite3.Connection, earlier: Sequence[_Prepared] = ()) -> None:
         """Fill ``p.result.matches``: exact (same hash) then near (index, then ``earlier`` items of this call)."""
         h = p.result.hash
-        exact = [Match(r[0], 1.0, "exact") for r in
-                 conn.execute("SELECT path FROM files WHERE hash = ? AND status = 'ok' ORDER BY path", (h,))]
+        exact = [Match(r[0], 1.0, "exact", r[1]) for r in
+                 conn.execute("SELECT path, item_id FROM files WHERE hash = ? AND status = 'ok' ORDER BY path", (h,))]
         near: list[Match] = []
         if self.index.ntotal:
             lims, dist, labels = self.index.range_search(np.ascontiguousarray(p.vector[None, :], np.float32), self.threshold - EPS)
@@ -447,9 +451,9 @@ class Gate:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 rows = conn.execute(
-                    f"SELECT v.id, f.path FROM vectors v JOIN files f ON f.hash = v.hash "
+                    f"SELECT v.id, f.path, f.item_id FROM vectors v JOIN files f ON f.hash = v.hash "
                     f"WHERE f.status = 'ok' AND v.hash != ? AND v.id IN ({','.join('?' * len(chunk))})", [h, *chunk])
-                near += [Match(path, score_of[vid], "near") for vid, path in rows]
+                near += [Match(path, score_of[vid], "near", item_id) for vid, path, item_id in rows]
         for q in earlier:  # items accepted earlier in this call
             path = q.result.stored or q.record.path
             if q.result.hash == h:

@@ -27,7 +27,7 @@ from .dupes import DuplicateReport
 from .dupes import find_duplicates as _find_duplicates
 from .bench import list_images, make_benchmark
 from .encoders import catalog_preset, load_encoder, resolve_preset
-from .errors import PolicyError
+from .errors import EmbeddrError, PolicyError
 from .evaluate import EvalError, score_benchmark
 from .metrics import threshold_for_precision
 from .index import index_path
@@ -44,30 +44,57 @@ def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, mo
          device: str = "auto", precision: str = "auto", checkpoint: str | os.PathLike | None = None,
          exclude: Iterable[str] = (), batch_size: int = 64, workers: int | None = None,
          max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: Callable[[int, int], None] | None = None,
-         encoder=None) -> ScanReport:
-    """Scan folders/files into the catalog ``db`` (created if needed); incremental and resumable.
+         encoder=None, manifest: str | os.PathLike | None = None, path_column: str = "path",
+         id_column: str | None = None, fetch_options=None, ray: str | None = None) -> ScanReport:
+    """Scan folders, files and URLs (and a manifest's rows) into the catalog ``db`` (created if needed);
+    incremental and resumable.
 
     ``model``: a preset name (see ``embeddr models``) or a ``.onnx``/TorchScript file; defaults to
     the catalog's model, or ``sscd-distilled`` for a new catalog. A different model than the
     catalog's is refused (:class:`~embeddr.errors.ModelMismatch`). A failed start (unknown model,
     weights that cannot be loaded) leaves no catalog behind (see :func:`embeddr.pipeline.scan_into`).
+
+    ``manifest``: a CSV or Parquet product feed; ``path_column`` names its path/URL column and
+    ``id_column`` (optional) the item id carried into every result. URLs (http(s)://, s3://, gs://)
+    are fetched with ``fetch_options`` (:class:`embeddr.sources.FetchOptions`). ``ray``: run the scan
+    as a Ray Data job on that cluster (``local``, ``auto``, ``ray://host:port``; :mod:`embeddr.ray_scan`).
     """
+    run = None
+    if ray is not None:
+        from .ray_scan import ray_scan
+
+        def run(roots, catalog, preset):
+            return ray_scan(roots, catalog, preset, address=ray, exclude=exclude, batch_size=batch_size,
+                            max_pixels=max_pixels, progress=progress, manifest=manifest, path_column=path_column,
+                            id_column=id_column, fetch_options=fetch_options, device=device, precision=precision,
+                            checkpoint=checkpoint)
+
     return scan_into(roots, db=db, model=model, device=device, precision=precision, checkpoint=checkpoint,
                      exclude=exclude, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
-                     progress=progress, encoder=encoder)
+                     progress=progress, encoder=encoder, manifest=manifest, path_column=path_column,
+                     id_column=id_column, fetch_options=fetch_options, run=run)
 
 
 def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = None, score: str | None = None,
-                    model: str | None = None, approximate: bool = False) -> DuplicateReport:
+                    model: str | None = None, approximate: bool = False, ray: str | None = None) -> DuplicateReport:
     """Duplicate pairs and groups among the catalog's files.
 
     ``threshold``: defaults to the model preset's calibrated value. ``score``: ``raw`` cosine or
     ``normalized`` (see :mod:`embeddr.normalize`); defaults to the preset's. ``approximate``: an
-    IVF search, much faster on millions of images, that may miss a few pairs.
+    IVF search, much faster on millions of images, that may miss a few pairs. ``ray``: run the exact
+    pair search (and the background statistics) as Ray tasks over tiles of the index on that cluster
+    (``local``, ``auto``, ``ray://host:port``; :mod:`embeddr.ray_dupes`); the report is the same.
     """
+    engine = None
+    if ray is not None:
+        if approximate:
+            raise EmbeddrError("--ray runs the exact search; it cannot be combined with --approximate")
+        from .ray_dupes import ray_search
+
+        engine = ray_search(ray)
     with opened(db) as catalog:
         preset = catalog_preset(catalog, model)
-        return _find_duplicates(catalog, preset, threshold=threshold, score=score, approximate=approximate)
+        return _find_duplicates(catalog, preset, threshold=threshold, score=score, approximate=approximate, engine=engine)
 
 
 def missed_by(db: CatalogLike = DEFAULT_DB, baseline: str = "phash", *, threshold: float | None = None,

@@ -32,10 +32,41 @@ def to_json(report: DuplicateReport) -> str:
 def to_csv(report: DuplicateReport) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["a", "b", "score", "kind"])
+    ids = any(p.a_id is not None or p.b_id is not None for p in report.pairs)  # a manifest scan: ids after the four columns
+    writer.writerow(["a", "b", "score", "kind"] + (["a_id", "b_id"] if ids else []))
     for p in report.pairs:
-        writer.writerow([p.a, p.b, f"{p.score:.6f}", p.kind])
+        writer.writerow([p.a, p.b, f"{p.score:.6f}", p.kind] + ([p.a_id or "", p.b_id or ""] if ids else []))
     return buf.getvalue()
+
+
+def to_parquet(report: DuplicateReport, path: str | os.PathLike) -> None:
+    """Every pair as a Parquet table (a, b, score, kind, a_id, b_id, group): pandas, polars and DuckDB read it.
+
+    ``group`` is the id of the group both files ended in (null when they are in different groups).
+    Written to a temporary file and renamed, so a reader never sees half of it.
+    """
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        from .errors import EmbeddrError
+
+        raise EmbeddrError('--format parquet needs pyarrow: pip install pyarrow (or "embeddr[cloud]")') from None
+    group_of = {m.path: g.id for g in report.groups for m in g.members}
+    pairs = list(report.pairs)
+    table = pa.table({
+        "a": pa.array([p.a for p in pairs], pa.string()),
+        "b": pa.array([p.b for p in pairs], pa.string()),
+        "score": pa.array([p.score for p in pairs], pa.float64()),
+        "kind": pa.array([p.kind for p in pairs], pa.string()),
+        "a_id": pa.array([p.a_id for p in pairs], pa.string()),
+        "b_id": pa.array([p.b_id for p in pairs], pa.string()),
+        "group": pa.array([group_of.get(p.a) if group_of.get(p.a) == group_of.get(p.b) else None for p in pairs], pa.int64()),
+    }, metadata={"model": report.model, "threshold": str(report.threshold), "score": report.score})
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
 
 
 def to_table(report: DuplicateReport, *, width: int | None = None, max_groups: int | None = None) -> str:
@@ -59,6 +90,8 @@ def to_table(report: DuplicateReport, *, width: int | None = None, max_groups: i
     for g in shown:
         for i, m in enumerate(g.members):
             rel = os.path.relpath(m.path, common) if common else m.path
+            if m.item_id is not None:
+                rel = f"{rel}  [{m.item_id}]"
             table.add_row(str(g.id) if i == 0 else "", f"{g.min_score:.3f}" if i == 0 else "", rel,
                           human_bytes(m.size), f"{m.width}x{m.height}", end_section=i == len(g.members) - 1)
     console.print(table)

@@ -8,6 +8,7 @@ committed to the catalog in one transaction before the next is taken, so an inte
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -18,10 +19,11 @@ import numpy as np
 
 from .catalog import Catalog, FileRecord
 from .decode import DEFAULT_MAX_PIXELS, content_hash, fit, load_image
-from .discover import Candidate, discover
+from .discover import Candidate
 from .encoders.base import Encoder
 from .errors import DecodeError, EmbeddrError
 from .presets import DEFAULT_MODEL, Preset
+from .sources import FetchError, FetchOptions, fetch, is_remote, list_inputs, manifest_rows, stat
 
 
 @dataclass
@@ -72,35 +74,53 @@ class Decoded(NamedTuple):
 class DecodeDataset:
     """Map-style dataset: index -> :class:`Decoded` (runs inside DataLoader worker processes)."""
 
-    def __init__(self, items: Sequence[Candidate], size: int, resize: str, max_pixels: int | None):
+    def __init__(self, items: Sequence[Candidate], size: int, resize: str, max_pixels: int | None,
+                 fetch_options: FetchOptions | None = None):
         self.items, self.size, self.resize, self.max_pixels = items, size, resize, max_pixels
+        self.fetch_options = fetch_options or FetchOptions()
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> Decoded:
-        return decode_one(self.items[i], self.size, self.resize, self.max_pixels)
+        return decode_one(self.items[i], self.size, self.resize, self.max_pixels, self.fetch_options)
 
 
-def decode_one(c: Candidate, size: int, resize: str, max_pixels: int | None) -> Decoded:
-    def failed(error: str, digest: str | None = None) -> Decoded:
-        return Decoded(FileRecord(c.path, c.size or None, c.mtime_ns or None, digest, status="error", error=error))
+def decode_one(c: Candidate, size: int, resize: str, max_pixels: int | None,
+               fetch_options: FetchOptions | None = None) -> Decoded:
+    """Hash and decode one input (reading a URL's bytes first); failures become the record's error."""
+    remote = is_remote(c.path)
+
+    def failed(error: str, digest: str | None = None, size: int | None = None, etag: str | None = None) -> Decoded:
+        return Decoded(FileRecord(c.path, size or c.size or None, c.mtime_ns or None, digest, status="error", error=error,
+                                  item_id=c.item_id, etag=etag))
 
     if c.error:
         return failed(c.error)
+    data = etag = None
+    if remote:
+        try:
+            got = fetch(c.path, fetch_options or FetchOptions())
+        except FetchError as exc:
+            return failed(exc.reason)
+        data, etag = got.data, got.etag
+        digest = hashlib.sha256(data).hexdigest()
+    else:
+        try:
+            digest = content_hash(c.path)
+        except OSError as exc:
+            return failed(f"cannot read: {exc.strerror or exc}")
+    n_bytes = len(data) if remote else c.size
     try:
-        digest = content_hash(c.path)
-    except OSError as exc:
-        return failed(f"cannot read: {exc.strerror or exc}")
-    try:
-        image, meta = load_image(c.path, min_side=size, max_pixels=max_pixels)
+        image, meta = load_image(c.path, min_side=size, max_pixels=max_pixels, data=data)
         pixels = fit(image, size, resize)
     except DecodeError as exc:
-        return failed(exc.reason, digest)
+        return failed(exc.reason, digest, n_bytes, etag)
     except Exception as exc:  # a decoder bug must not stop the scan: record it against the file
-        return failed(f"cannot decode: {type(exc).__name__}: {exc}", digest)
-    return Decoded(FileRecord(c.path, c.size, c.mtime_ns, digest, meta.width, meta.height, meta.format,
-                              content_width=meta.content_width, content_height=meta.content_height), pixels)
+        return failed(f"cannot decode: {type(exc).__name__}: {exc}", digest, n_bytes, etag)
+    return Decoded(FileRecord(c.path, n_bytes, None if remote else c.mtime_ns, digest, meta.width, meta.height, meta.format,
+                              content_width=meta.content_width, content_height=meta.content_height,
+                              item_id=c.item_id, etag=etag), pixels)
 
 
 def _collate(batch: list[Decoded]) -> list[Decoded]:
@@ -108,9 +128,27 @@ def _collate(batch: list[Decoded]) -> list[Decoded]:
 
 
 def iter_decoded(items: Sequence[Candidate], *, size: int, resize: str, max_pixels: int | None,
-                 batch_size: int, workers: int):
-    """Batches of :class:`Decoded`, in input order, decoded by ``workers`` processes (0 = inline)."""
-    dataset = DecodeDataset(items, size, resize, max_pixels)
+                 batch_size: int, workers: int, fetch_options: FetchOptions | None = None):
+    """Batches of :class:`Decoded`, in input order, decoded by ``workers`` processes (0 = inline).
+
+    When some inputs are URLs, a pool of ``fetch_options.concurrency`` threads fetches and decodes
+    them (network-bound: threads, not processes), one batch ahead of the encoder.
+    """
+    fetch_options = fetch_options or FetchOptions()
+    dataset = DecodeDataset(items, size, resize, max_pixels, fetch_options)
+    if any(is_remote(c.path) for c in items):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, fetch_options.concurrency), thread_name_prefix="embeddr-fetch") as pool:
+            starts = list(range(0, len(items), batch_size))
+            pending = [pool.submit(dataset.__getitem__, i) for i in range(0, min(len(items), batch_size))] if starts else []
+            for n, start in enumerate(starts):
+                nxt = starts[n + 1] if n + 1 < len(starts) else None
+                ahead = ([pool.submit(dataset.__getitem__, i) for i in range(nxt, min(nxt + batch_size, len(items)))]
+                         if nxt is not None else [])
+                yield [f.result() for f in pending]
+                pending = ahead
+        return
     if workers <= 0:
         for start in range(0, len(items), batch_size):
             yield [dataset[i] for i in range(start, min(start + batch_size, len(items)))]
@@ -137,8 +175,17 @@ def scan_into(roots: Iterable[str | os.PathLike], *, db: Catalog | str | os.Path
               model: str | Preset | None = None, device: str = "auto", precision: str = "auto",
               checkpoint: str | os.PathLike | None = None, exclude: Iterable[str] = (), batch_size: int = 64,
               workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-              progress: Callable[[int, int | None], None] | None = None, encoder: Encoder | None = None) -> ScanReport:
-    """Scan ``roots`` into the catalog ``db`` (an open catalog, or a path: created if needed).
+              progress: Callable[[int, int | None], None] | None = None, encoder: Encoder | None = None,
+              manifest: str | os.PathLike | None = None, path_column: str = "path", id_column: str | None = None,
+              fetch_options: FetchOptions | None = None,
+              run: Callable[[list, Catalog, Preset], ScanReport] | None = None) -> ScanReport:
+    """Scan ``roots`` (folders, files, URLs) and a ``manifest``'s rows into the catalog ``db`` (an open
+    catalog, or a path: created if needed).
+
+    ``manifest``: a CSV or Parquet product feed; ``path_column`` names its path/URL column and
+    ``id_column`` (optional) the item id carried into every result (:mod:`embeddr.sources`). URLs are
+    fetched with ``fetch_options``. ``run(roots, catalog, preset)``: scan with that instead of the local
+    pipeline, after the same checks (:func:`embeddr.ray_scan.ray_scan` for ``scan --ray``).
 
     ``model`` defaults to the catalog's, or :data:`~embeddr.presets.DEFAULT_MODEL` for a new catalog.
     A failed start (missing root, unknown model, weights that cannot be loaded, a model that is not
@@ -148,9 +195,13 @@ def scan_into(roots: Iterable[str | os.PathLike], *, db: Catalog | str | os.Path
     from .encoders import load_encoder, resolve_preset
 
     roots = list(roots)
-    missing = [str(r) for r in roots if not os.path.lexists(r)]
+    missing = [str(r) for r in roots if not is_remote(os.fspath(r)) and not os.path.lexists(r)]
     if missing:
         raise EmbeddrError(f"no such file or folder: {', '.join(missing)}")
+    if not roots and manifest is None:
+        raise EmbeddrError("nothing to scan: give folders, files or URLs, or --manifest FILE")
+    if manifest is not None:
+        next(iter(manifest_rows(manifest, path_column, id_column)), None)  # a bad manifest fails before anything is created
     if isinstance(db, Catalog):
         catalog, owned = db, False
     elif os.path.exists(db):
@@ -162,12 +213,17 @@ def scan_into(roots: Iterable[str | os.PathLike], *, db: Catalog | str | os.Path
             preset = resolve_preset(model or (catalog.model if catalog is not None else None) or DEFAULT_MODEL)
             if catalog is not None and catalog.model is not None:
                 catalog.bind_model(preset.name, preset.dim)  # refuse a mismatch before loading weights
+            if run is not None:  # another runner (embeddr.ray_scan): the model is loaded where it encodes
+                if catalog is None:
+                    catalog = Catalog(db, create=True)
+                return run(roots, catalog, preset)
             encoder = load_encoder(preset, device=device, precision=precision, checkpoint=checkpoint,
                                    threads=encoder_threads(workers))
         if catalog is None:
             catalog = Catalog(db, create=True)
         return scan(roots, catalog, encoder, exclude=exclude, batch_size=batch_size, workers=workers,
-                    max_pixels=max_pixels, progress=progress)
+                    max_pixels=max_pixels, progress=progress, manifest=manifest, path_column=path_column,
+                    id_column=id_column, fetch_options=fetch_options)
     finally:
         if owned and catalog is not None:
             catalog.close()
@@ -180,16 +236,18 @@ def default_workers() -> int:
 def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder, *, exclude: Iterable[str] = (),
          batch_size: int = 64, workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
          progress: Callable[[int, int | None], None] | None = None, max_error_samples: int = 20,
-         wave: int = 20_000) -> ScanReport:
+         wave: int = 20_000, manifest: str | os.PathLike | None = None, path_column: str = "path",
+         id_column: str | None = None, fetch_options: FetchOptions | None = None) -> ScanReport:
     """Scan ``roots`` into ``catalog`` with ``encoder``; incremental and resumable.
 
     ``progress(done, total)`` is called after each batch (``total`` is None while discovery is
     still running: it is then only known to be at least ``done``). Raises ``KeyboardInterrupt`` after
     recording the run as interrupted (everything committed so far stays).
     """
-    roots = [os.path.abspath(os.fspath(r)) for r in roots]
+    roots = [os.fspath(r) if is_remote(os.fspath(r)) else os.path.abspath(os.fspath(r)) for r in roots]
+    fetch_options = fetch_options or FetchOptions()
     catalog.bind_model(encoder.name, encoder.dim)
-    run_id = catalog.begin_run(encoder.name, roots)
+    run_id = catalog.begin_run(encoder.name, roots + ([os.path.abspath(manifest)] if manifest is not None else []))
     report = ScanReport(run_id=run_id, model=encoder.name)
     t0 = time.perf_counter()
     workers = default_workers() if workers is None else workers
@@ -199,16 +257,18 @@ def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder,
         if progress:
             progress(0, None)
         # Discovery feeds waves of at most `wave` files, so memory stays bounded on any collection.
-        for wave_candidates, finished in _waves(discover(roots, exclude=exclude), wave, report):
+        inputs = list_inputs(roots, manifest=manifest, path_column=path_column, id_column=id_column, exclude=exclude)
+        for wave_candidates, finished in _waves(inputs, wave, report):
             t_disc = time.perf_counter()
-            todo = _changed(wave_candidates, catalog, run_id, report)
+            todo = _changed(wave_candidates, catalog, run_id, report, fetch_options)
             report.times.discover += time.perf_counter() - t_disc
             total += len(todo)
             if progress:
                 progress(done, total if finished else None)
             t_wait = time.perf_counter()
             for batch in iter_decoded(todo, size=encoder.input_size, resize=encoder.resize, max_pixels=max_pixels,
-                                      batch_size=batch_size, workers=min(workers, max(0, len(todo) // 4))):
+                                      batch_size=batch_size, workers=min(workers, max(0, len(todo) // 4)),
+                                      fetch_options=fetch_options):
                 report.times.decode_wait += time.perf_counter() - t_wait
                 _process_batch(batch, catalog, encoder, run_id, report, max_error_samples)
                 done += len(batch)
@@ -218,7 +278,7 @@ def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder,
         if progress:
             progress(done, total)
         t_store = time.perf_counter()
-        report.missing = catalog.mark_missing(roots, run_id)
+        report.missing = catalog.mark_missing([r for r in roots if not is_remote(r)], run_id)
         report.times.store += time.perf_counter() - t_store
         t_index = time.perf_counter()
         from .index import load_index
@@ -251,25 +311,53 @@ def _waves(candidates: Iterable[Candidate], size: int, report: ScanReport):
     yield chunk, True
 
 
-def _changed(candidates: list[Candidate], catalog: Catalog, run_id: int, report: ScanReport) -> list[Candidate]:
-    """Drop files the catalog already has unchanged (same size and mtime, status ok); mark them seen."""
-    known = catalog.file_states_for(c.path for c in candidates)
+def _changed(candidates: list[Candidate], catalog: Catalog, run_id: int, report: ScanReport,
+             fetch_options: FetchOptions | None = None) -> list[Candidate]:
+    """Drop files the catalog already has unchanged (same size and mtime, status ok); mark them seen.
+
+    A URL is unchanged when the catalog has it ``ok`` with a version and its current size and version
+    (HEAD / object metadata, fetched ``fetch_options.concurrency`` at a time) are the same.
+    """
+    local = [c for c in candidates if not is_remote(c.path)]
+    known = catalog.file_states_for(c.path for c in local)
+    remote_unchanged = _unchanged_urls([c for c in candidates if is_remote(c.path)], catalog, fetch_options)
     todo, unchanged, links = [], [], []
     for cand in candidates:
         if cand.link_of is not None:  # the same file under another scanned path: recorded, never decoded
-            links.append(FileRecord(cand.path, cand.size, cand.mtime_ns, status="link", error=f"same file as {cand.link_of}"))
+            links.append(FileRecord(cand.path, cand.size, cand.mtime_ns, status="link", error=f"same file as {cand.link_of}",
+                                    item_id=cand.item_id))
+            continue
+        if cand.path in remote_unchanged:
+            unchanged.append(cand)
             continue
         state = known.get(cand.path)
         if cand.error is None and state and state[0] == cand.size and state[1] == cand.mtime_ns and state[2] == "ok":
-            unchanged.append(cand.path)
+            unchanged.append(cand)
         else:
             todo.append(cand)
-    catalog.touch(unchanged, run_id)
+    catalog.touch([c.path for c in unchanged], run_id)
+    if any(c.item_id is not None for c in unchanged):
+        catalog.set_item_ids((c.path, c.item_id) for c in unchanged if c.item_id is not None)
     if links:
         catalog.record_batch(links, {}, run_id, report.model)
     report.unchanged += len(unchanged)
     report.links += len(links)
     return todo
+
+
+def _unchanged_urls(candidates: list[Candidate], catalog: Catalog, fetch_options: FetchOptions | None) -> set[str]:
+    if not candidates:
+        return set()
+    fetch_options = fetch_options or FetchOptions()
+    states = catalog.url_states_for(c.path for c in candidates)
+    check = [c.path for c in candidates if (st := states.get(c.path)) and st[2] == "ok" and st[1]]
+    if not check:
+        return set()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, fetch_options.concurrency), thread_name_prefix="embeddr-stat") as pool:
+        now = dict(zip(check, pool.map(lambda u: stat(u, fetch_options), check)))
+    return {u for u, cur in now.items() if cur is not None and cur[1] == states[u][1] and cur[0] in (None, states[u][0])}
 
 
 def _process_batch(batch: list[Decoded], catalog: Catalog, encoder: Encoder, run_id: int, report: ScanReport,

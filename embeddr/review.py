@@ -39,6 +39,7 @@ from pathlib import Path
 
 from .catalog import Catalog, FileRow, opened
 from .decode import load_image
+from .sources import FetchError, FetchOptions, fetch, is_remote
 from .dupes import DuplicateReport, Group
 from .errors import DecodeError, ReviewError
 from .fsutil import common_root
@@ -86,7 +87,13 @@ def _make_thumb(paths: Sequence[str], target: Path, size: int) -> Thumb:
     error = "no file"
     for path in paths:  # any copy with these bytes will do
         try:
-            image, _ = load_image(path, min_side=size)
+            data = None
+            if is_remote(path):  # a URL from a manifest scan: fetched again for its thumbnail
+                data = fetch(path, FetchOptions(retries=1)).data
+            image, _ = load_image(path, min_side=size, data=data)
+        except FetchError as exc:
+            error = exc.reason
+            continue
         except DecodeError as exc:
             error = exc.reason
             continue
@@ -139,6 +146,8 @@ def _common_root(report: DuplicateReport) -> str:
 
 
 def _uri(path: str) -> str:
+    if path.lower().startswith(("http://", "https://")):
+        return path
     try:
         return Path(path).as_uri()
     except ValueError:
@@ -159,7 +168,7 @@ def group_payload(group: Group, decision, thumbs: dict[str, Thumb], score: Calla
         thumb = thumbs.get(_thumb_key(m), Thumb(None, "no thumbnail"))
         rel = os.path.relpath(m.path, root) if root else m.path
         out.append({
-            "path": m.path, "rel": rel, "uri": _uri(m.path), "role": role,
+            "path": m.path, "rel": rel, "uri": _uri(m.path), "role": role, "item_id": m.item_id,
             "size": m.size, "size_h": human_bytes(m.size), "width": m.width, "height": m.height,
             "format": m.format or "?",
             "score": None if canonical is None or m.path == canonical else _round(score(canonical, m.path)),

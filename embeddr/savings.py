@@ -102,10 +102,17 @@ def savings(report: DuplicateReport, decisions: list[Decision], *, roots: list[s
     known = {p for p, _ in files}  # duplicates missing from the file list still count
     files += [(p, s) for p, s in dup_size.items() if p not in known]
     if roots:
-        folder = _folder_of(list(roots))
+        local_folder = _folder_of(list(roots))
     else:
-        common = common_root(p for p, _ in files)
-        folder = _folder_of([common]) if common else (lambda p: (OTHER, ""))
+        common = common_root(p for p, _ in files if "://" not in p)
+        local_folder = _folder_of([common]) if common else (lambda p: (OTHER, ""))
+
+    def folder(path: str) -> tuple[str, str]:  # a URL (manifest scan) counts under its scheme://host
+        if "://" in path:
+            scheme, _, rest = path.partition("://")
+            site = f"{scheme}://{rest.split('/', 1)[0]}"
+            return site, site
+        return local_folder(path)
     agg: dict[tuple[str, str], list[int]] = {}
     for path, size in files:
         key = folder(path)

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 import embeddr
 from embeddr import Catalog
+from embeddr.catalog import SCHEMA_VERSION
 from embeddr.bench import apply_family
 from embeddr.cli import app
 from embeddr.encoders import load_encoder
@@ -441,9 +442,9 @@ def test_a_version_1_catalog_is_migrated_in_place(tmp_path):
     conn.commit()
     conn.close()
     with Catalog(db) as catalog:
-        assert catalog.get_meta("schema_version") == "2"
+        assert catalog.get_meta("schema_version") == str(SCHEMA_VERSION)
         row = catalog.get_file("/a.jpg")
-        assert row.width == 10 and row.content_width is None
+        assert row.width == 10 and row.content_width is None and row.item_id is None
 
 
 def test_approximate_search_finds_the_exact_pairs_on_a_synthetic_catalog(tmp_path):

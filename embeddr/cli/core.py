@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from .. import api
+from ..errors import EmbeddrError
 from ..decode import DEFAULT_MAX_PIXELS
 from ..output import human_bytes, render
 from .common import (DEFAULT_DB_PATH, CheckpointOpt, DbOpt, DeviceOpt, FormatOpt, ModelOpt, OutputOpt, PrecisionOpt,
@@ -46,7 +47,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def scan(
-        paths: Annotated[list[Path], typer.Argument(help="Folders (walked recursively) and files to scan.")],
+        paths: Annotated[Optional[list[str]], typer.Argument(help="Folders (walked recursively), files and URLs (http(s)://, s3://, gs://) to scan.", show_default=False)] = None,
         db: DbOpt = DEFAULT_DB_PATH,
         model: ModelOpt = None,
         device: DeviceOpt = "auto",
@@ -58,6 +59,14 @@ def register(app: typer.Typer) -> None:
         max_pixels: Annotated[int, typer.Option("--max-pixels", min=0, help="Decompression-bomb guard: refuse images with more pixels (0 = no limit).")] = DEFAULT_MAX_PIXELS,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print the scan report as JSON on stdout.")] = False,
+        manifest: Annotated[Optional[Path], typer.Option("--manifest", help="A product feed to scan: CSV or Parquet, one row per image (path or URL).")] = None,
+        path_column: Annotated[str, typer.Option("--path-column", help="--manifest column with the path or URL.")] = "path",
+        id_column: Annotated[Optional[str], typer.Option("--id-column", help="--manifest column with the item's id (SKU...), carried into every result.")] = None,
+        fetch_timeout: Annotated[float, typer.Option("--fetch-timeout", min=0.01, help="URLs: seconds without progress before a request times out.")] = 30.0,
+        fetch_retries: Annotated[int, typer.Option("--fetch-retries", min=0, help="URLs: further attempts after a timeout, connection error, 429 or 5xx (exponential back-off).")] = 3,
+        fetch_concurrency: Annotated[int, typer.Option("--fetch-concurrency", min=1, help="URLs: fetches in flight at once.")] = 16,
+        max_fetch_mb: Annotated[float, typer.Option("--max-fetch-mb", min=0.001, help="URLs: larger downloads are refused (per-file error).")] = 64.0,
+        ray: Annotated[Optional[str], typer.Option("--ray", help="Run the scan on a Ray cluster: local (start one here), auto (the cluster this machine belongs to) or ray://HOST:PORT. Needs pip install 'embeddr[ray]'.")] = None,
     ):
         """Scan images into the catalog: hash, decode, embed, index. Incremental and resumable.
 
@@ -65,8 +74,17 @@ def register(app: typer.Typer) -> None:
         files gone from disk drop out of results. Files with the same bytes are embedded once.
         Unreadable files are recorded with the reason and the scan goes on.
 
+        Inputs can also be URLs and a product feed (--manifest feed.csv --path-column image_url
+        --id-column sku): the id is carried into dupes, check and the review report; a URL is fetched
+        again on a rescan only when its ETag/Last-Modified or size changed. --ray runs the same scan
+        as a Ray Data job (README: Scaling out).
+
         Example: embeddr scan ~/photos --db photos.db --model sscd-distilled --exclude '*.tmp'
         """
+        from ..sources import FetchOptions
+
+        fetch_options = FetchOptions(timeout=fetch_timeout, retries=fetch_retries, concurrency=fetch_concurrency,
+                                     max_bytes=int(max_fetch_mb * (1 << 20)))
         bar = _progress_bar() if not quiet else None
         task = bar.add_task("scan", total=None) if bar is not None else None
 
@@ -78,9 +96,10 @@ def register(app: typer.Typer) -> None:
         progress = show if bar is not None else None
 
         try:
-            report = api.scan(paths, db=db, model=model, device=device, precision=precision, checkpoint=checkpoint,
+            report = api.scan(paths or [], db=db, model=model, device=device, precision=precision, checkpoint=checkpoint,
                               exclude=exclude or (), batch_size=batch_size, workers=workers,
-                              max_pixels=max_pixels or None, progress=progress)
+                              max_pixels=max_pixels or None, progress=progress, manifest=manifest,
+                              path_column=path_column, id_column=id_column, fetch_options=fetch_options, ray=ray)
         finally:
             if bar is not None:
                 bar.stop()
@@ -100,23 +119,35 @@ def register(app: typer.Typer) -> None:
         missed_by: Annotated[Optional[str], typer.Option("--missed-by", help="Only the near pairs this hash (phash or dhash) at its default threshold does NOT find: what only the embedding catches.")] = None,
         max_groups: Annotated[int, typer.Option("--max-groups", min=0, help="Table only: show at most this many groups (0 = all). JSON and CSV always list everything.")] = 200,
         approximate: Annotated[bool, typer.Option("--approximate", help="IVF search instead of exact: for millions of images; much faster, may miss a few pairs (docs/benchmarks.md).")] = False,
+        ray: Annotated[Optional[str], typer.Option("--ray", help="Run the pair search as Ray tasks over blocks of the index: local, auto or ray://HOST:PORT (same report as the local search).")] = None,
     ):
         """List duplicate groups and every pair at or above the threshold.
 
         Pairs of identical bytes are kind 'exact' (score 1.0); others are 'near'. Groups never chain
         unrelated images: two groups merge only if all their members are similar (README: grouping).
         JSON has model, threshold, groups (members: path, size, width, height) and pairs (a, b, score, kind);
-        CSV lists the pairs with header a,b,score,kind. Paths are absolute.
+        CSV lists the pairs with header a,b,score,kind (plus a_id,b_id after a --manifest scan with ids);
+        --format parquet --output F.parquet writes the pairs as Parquet (a, b, score, kind, a_id, b_id, group).
+        Paths are absolute.
 
         --missed-by phash lists only the pairs pHash would miss (an audit of what hashes cannot find).
 
         Example: embeddr dupes --db photos.db --format json --output dupes.json
         """
-        fmt = check_format(fmt)
+        fmt = check_format(fmt, ("table", "json", "csv", "parquet"))
+        if fmt == "parquet" and output is None:
+            raise EmbeddrError("--format parquet writes a binary file: give --output FILE.parquet")
         if missed_by:
             report = api.missed_by(db, missed_by, threshold=threshold, score=score, model=model)
         else:
-            report = api.find_duplicates(db, threshold=threshold, score=score, model=model, approximate=approximate)
+            report = api.find_duplicates(db, threshold=threshold, score=score, model=model, approximate=approximate, ray=ray)
+        if fmt == "parquet":
+            from ..output import to_parquet
+
+            output.parent.mkdir(parents=True, exist_ok=True)
+            to_parquet(report, output)
+            err_console.print(f"wrote {output}", highlight=False)
+            return
         emit(render(report, fmt, max_groups=max_groups or None), output)
 
     @app.command()

@@ -49,7 +49,8 @@ def render_check(gate: Gate, results: list[CheckResult], fmt: str) -> str:
             lines.append(f"ERROR      {r.path}: {r.error}")
         elif r.duplicate:
             lines.append(f"DUPLICATE  {r.path}{added}")
-            lines += [f"  {m.kind:<6} {m.score:.4f}  {m.path}" for m in r.matches]
+            lines += [f"  {m.kind:<6} {m.score:.4f}  {m.path}" + (f"  [{m.item_id}]" if m.item_id is not None else "")
+                      for m in r.matches]
             if r.n_matches > len(r.matches):
                 lines.append(f"  ... and {r.n_matches - len(r.matches)} more")
         else:

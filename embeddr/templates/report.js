@@ -112,6 +112,7 @@
     cap.appendChild(el("div", "name", basename(m.rel)));
     var folder = dirname(m.rel);
     if (folder) cap.appendChild(el("div", "folder path", folder));
+    if (m.item_id !== null && m.item_id !== undefined) cap.appendChild(el("div", "itemid", "id " + m.item_id));
     var facts = [m.size_h, (m.width && m.height) ? m.width + "\u00d7" + m.height : "? \u00d7 ?", m.format];
     if (m.score !== null && m.score !== undefined) facts.push("score " + num(m.score));
     cap.appendChild(el("div", "facts", facts.join(" \u00b7 ")));

@@ -1,0 +1,55 @@
+"""Connecting to Ray (``--ray ADDRESS``); imported only when a command asks for Ray.
+
+``ADDRESS``: ``local`` (start a Ray instance on this machine for the job), ``auto`` (the cluster
+this machine belongs to, started with ``ray start``), ``ray://host:port`` (Ray Client) or the
+``host:port`` of a head node's GCS.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+
+from .errors import EmbeddrError
+
+
+def import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise EmbeddrError('--ray needs Ray Data: pip install "embeddr[ray]"') from None
+    return ray
+
+
+@contextmanager
+def connected(address: str, *, quiet: bool = True):
+    """Ray, connected to ``address`` for the duration of the block (disconnected after, if we connected)."""
+    ray = import_ray()
+    if ray.is_initialized():  # the caller (a notebook, a test) already connected: use that
+        yield ray
+        return
+    kwargs = dict(logging_level=logging.WARNING, log_to_driver=not quiet)
+    # workers import embeddr: make the driver's copy importable there (a cluster's workers need it installed)
+    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}}
+    try:
+        if address == "local":
+            ray.init(include_dashboard=False, runtime_env=env, **kwargs)
+        else:
+            ray.init(address=address, runtime_env=env, **kwargs)
+    except Exception as exc:
+        raise EmbeddrError(f"--ray {address}: cannot connect to Ray ({type(exc).__name__}: {exc})") from None
+    try:
+        if quiet:
+            ray.data.DataContext.get_current().enable_progress_bars = False
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def cluster_resources(ray) -> tuple[float, float]:
+    """(CPUs, GPUs) of the cluster."""
+    res = ray.cluster_resources()
+    return float(res.get("CPU", 0)), float(res.get("GPU", 0))
