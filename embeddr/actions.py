@@ -238,19 +238,20 @@ def _open_catalog(catalog: Catalog | str | os.PathLike | None) -> tuple[Catalog 
 
 
 def apply(steps: Sequence[Step], catalog: Catalog | str | os.PathLike | None, journal_path: str | os.PathLike | None,
-          *, yes: bool = False, really_delete: bool = False) -> ApplyResult:
+          *, yes: bool = False, really_delete: bool = False, action: str | None = None) -> ApplyResult:
     """Run ``steps`` (from :func:`plan`). A dry run (every outcome ``planned``) unless ``yes``.
 
     ``catalog``: acted-on files get status ``moved``/``linked``/``deleted`` there, so later
     ``dupes`` and ``apply`` no longer list them. ``journal_path``: a new file (an existing
-    non-empty journal is refused: one apply per journal).
+    non-empty journal is refused: one apply per journal). ``action``: the plan's action (needed
+    to report it when there are no steps). With no steps nothing is written: no journal.
     """
-    actions = {s.action for s in steps}
+    actions = {s.action for s in steps} | ({action} if action else set())
     if len(actions) > 1:
         raise PolicyError(f"a plan has one action, not {sorted(actions)}")
     action = actions.pop() if actions else "report"
-    if not yes or action == "report":
-        return ApplyResult(action, True, [Outcome(s, "planned") for s in steps])
+    if not yes or action == "report" or not steps:
+        return ApplyResult(action, not yes or action == "report", [Outcome(s, "planned") for s in steps])
     if action == "delete" and not really_delete:
         raise PolicyError("--action delete also needs --really-delete (originals go to the journal's trash folder, "
                           "and are gone for good once you empty it)")
@@ -404,6 +405,8 @@ def undo(journal_path: str | os.PathLike, *, catalog: Catalog | str | os.PathLik
     and is idempotent. The undo is journaled in the same file. Files restored get status ``ok``
     again in the catalog (``catalog``, else the journal's ``db`` when it still exists).
     """
+    if journal_path is None:
+        raise JournalError("no journal to undo: the apply acted on nothing (ApplyResult.journal is None)")
     journal_path = Path(os.path.abspath(journal_path))
     records = read_journal(journal_path)
     if not records:
@@ -426,7 +429,9 @@ def undo(journal_path: str | os.PathLike, *, catalog: Catalog | str | os.PathLik
                 results.append({"path": rec["path"], "result": result})
                 if cat is not None and result in ("restored", "in place"):
                     row = cat.get_file(rec["path"])
-                    if row is not None and row.status in ACTED_STATUSES:
+                    # acted on, or marked missing by a scan that ran meanwhile: the same bytes are back
+                    if row is not None and (row.status in ACTED_STATUSES
+                                            or (row.status == "missing" and row.hash == rec["hash"])):
                         cat.set_status(rec["path"], "ok", None)
             _prune_empty(begin.get("quarantine"))
             _prune_empty(begin.get("trash"))

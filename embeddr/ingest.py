@@ -51,6 +51,7 @@ from .fsutil import atomic_write
 from .index import index_path, load_index, max_id, write_atomic
 from .match import EPS
 from .pipeline import decode_one
+from .presets import score_and_threshold
 
 DEFAULT_MAX_MATCHES = 20  # matches reported per item (the best ones); the count of all is in n_matches
 _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
@@ -277,10 +278,11 @@ class Gate:
             self.catalog.close()
             raise
         self.db = self.catalog.path
-        self.threshold = self.preset.threshold.value if threshold is None else float(threshold)
-        self.score = score or self.preset.score
-        if self.score not in ("raw", "normalized"):
-            raise EmbeddrError(f"score {self.score!r} is not one of raw, normalized")
+        try:
+            self.score, self.threshold = score_and_threshold(self.preset, score, threshold)
+        except BaseException:
+            self.catalog.close()
+            raise
         self.store = Path(store) if store is not None else self.db.with_name(self.db.name + ".uploads")
         self.max_pixels, self.max_matches, self.batch_size = max_pixels, max_matches, max(1, batch_size)
         self._lock = RWLock()

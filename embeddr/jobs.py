@@ -34,7 +34,7 @@ from .index import index_path
 from .pipeline import ScanReport, scan_into
 from .plots import histograms, pr_curves
 from .policy import Policy, decide
-from .presets import DEFAULT_MODEL, Preset
+from .presets import DEFAULT_MODEL, Preset, score_and_threshold
 from .savings import savings
 
 CatalogLike = str | os.PathLike | Catalog
@@ -94,6 +94,7 @@ def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = N
         engine = ray_search(ray)
     with opened(db) as catalog:
         preset = catalog_preset(catalog, model)
+        score, threshold = score_and_threshold(preset, score, threshold)
         return _find_duplicates(catalog, preset, threshold=threshold, score=score, approximate=approximate, engine=engine)
 
 
@@ -163,9 +164,9 @@ def apply_duplicates(db: CatalogLike | os.PathLike, *, action: str = "report", p
         report = find_duplicates(cat, threshold=threshold, score=score)
         decisions = decide(report, policy)
         steps = actions.plan(decisions, action, quarantine=quarantine)
-        if yes and action != "report" and journal is None:
+        if yes and action != "report" and steps and journal is None:
             journal = actions.default_journal_path(cat.path)
-        result = actions.apply(steps, cat, journal, yes=yes, really_delete=really_delete)
+        result = actions.apply(steps, cat, journal, yes=yes, really_delete=really_delete, action=action)
     finally:
         if owned and cat is not None:
             cat.close()

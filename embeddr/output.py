@@ -15,11 +15,12 @@ from .fsutil import common_root
 
 
 def human_bytes(n: int | None) -> str:
+    """Binary units, named as such: 1 KiB = 1024 bytes, 1 MiB = 2^20, 1 GiB = 2^30."""
     if n is None:
         return "?"
     value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"  # pragma: no cover
@@ -70,7 +71,7 @@ def to_parquet(report: DuplicateReport, path: str | os.PathLike) -> None:
 
 
 def to_table(report: DuplicateReport, *, width: int | None = None, max_groups: int | None = None) -> str:
-    console = Console(file=io.StringIO(), width=width or 120, record=True, color_system=None)
+    console = Console(file=io.StringIO(), width=width or 120, record=True, color_system=None, markup=False, highlight=False)
     dup_files = sum(len(g.members) - 1 for g in report.groups)
     console.print(
         f"model {report.model} · score {report.score} · threshold {report.threshold:g} · "

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import PresetNotFound
+from .errors import EmbeddrError, PresetNotFound
 
 BACKENDS = ("onnx", "open_clip", "torchscript", "phash", "dhash")
 SCORES = ("raw", "normalized")
@@ -127,3 +127,26 @@ def get_preset(name: str) -> Preset:
     if name not in presets:
         raise PresetNotFound(f"model preset {name!r} not found; available: {', '.join(sorted(presets))}")
     return presets[name]
+
+
+def score_and_threshold(preset: Preset, score: str | None = None, threshold: float | None = None) -> tuple[str, float]:
+    """The score to use (default the preset's) and the threshold (default the preset's calibrated one).
+
+    The calibrated threshold belongs to the preset's own score: asking for another score without a
+    ``threshold`` is an error that names the fix, never a silent reuse of a threshold on the wrong scale.
+    ``normalised`` is accepted as the spelling of ``normalized``; any other unknown score is an error.
+    """
+    score = "normalized" if score == "normalised" else (score or preset.score)
+    if score not in SCORES:
+        raise EmbeddrError(f"score {score!r} is not one of {', '.join(SCORES)}")
+    if threshold is None:
+        if score != preset.score:
+            raise EmbeddrError(
+                f"{preset.name}'s calibrated threshold {preset.threshold.value:g} is for its {preset.score} score, not "
+                f"{score}: pass a threshold for {score} scores too (--threshold T; `embeddr tune` picks one), "
+                f"or leave out --score")
+        return score, preset.threshold.value
+    threshold = float(threshold)
+    if not 0.0 < threshold <= 1.0:
+        raise EmbeddrError(f"threshold {threshold:g} is outside (0, 1]: scores are cosine similarities (1 = the same picture)")
+    return score, threshold

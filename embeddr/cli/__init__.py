@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import typer
 
+from .. import __version__
 from . import act, core, ingest, quality, review
+from .common import EmbeddrGroup
 
 app = typer.Typer(
+    cls=EmbeddrGroup,
     name="embeddr",
     help="Find near-duplicate images with deep embeddings: scan folders into a catalog, list duplicate groups, "
     "act on them safely, and check new files at ingest.\n\nExample: embeddr scan photos/ && embeddr dupes",
@@ -20,6 +23,24 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"embeddr {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Find near-duplicate images with deep embeddings: scan folders into a catalog, list duplicate groups,
+    act on them safely, and check new files at ingest.
+
+    Example: embeddr scan photos/ && embeddr dupes
+    """
+
 
 for module in (core, quality, act, ingest, review):
     module.register(app)

@@ -14,27 +14,15 @@ from rich.table import Table
 from .. import actions, api
 from ..fsutil import common_root
 from ..output import human_bytes
-from ..policy import RULES, Policy
 from ..savings import money
-from .common import DEFAULT_DB_PATH, DbOpt, ThresholdOpt, check_format, emit, err_console, handle_errors, to_json
+from .common import (DEFAULT_DB_PATH, Action, CurrencyOpt, DbOpt, FmtOpt, KeepInOpt, PolicyOpt, PreferOpt, PriceOpt,
+                     RuleOpt, ThresholdOpt, build_policy, check_format, emit, handle_errors, say, to_json, value_of)
 
-ActionOpt = Annotated[str, typer.Option("--action", "-a", help="report (list only), move (to --quarantine), hardlink, symlink or delete (to the journal's trash).")]
-PolicyOpt = Annotated[Optional[Path], typer.Option("--policy", help="TOML file with [policy] rules = [...], keep_in = [...], prefer = [...].")]
-RuleOpt = Annotated[Optional[list[str]], typer.Option("--rule", "-r", help=f"Retention rule, in order; repeatable; replaces the policy file's rules. One of: {', '.join(RULES)}.")]
-KeepInOpt = Annotated[Optional[list[Path]], typer.Option("--keep-in", help="Protected reference folder: its files are kept (canonical first) and never touched; repeatable.")]
-PreferOpt = Annotated[Optional[list[Path]], typer.Option("--prefer", help="Preferred folder: its copies win (the 'prefer' rule, put first unless --rule/--policy place it); repeatable, earlier wins.")]
-PriceOpt = Annotated[float, typer.Option("--price-per-gb", min=0, help="Storage price per GB-month (GB = 2^30 bytes) for the savings.")]
-CurrencyOpt = Annotated[str, typer.Option("--currency", help="Currency of --price-per-gb.")]
-FmtOpt = Annotated[str, typer.Option("--format", "-f", help="table or json.")]
-
-
-def _policy(policy_file: Path | None, rules: list[str] | None, keep_in: list[Path] | None, prefer: list[Path] | None) -> Policy:
-    base = Policy.from_toml(policy_file) if policy_file else Policy()
-    return base.with_overrides(rules=rules or None, keep_in=keep_in or (), prefer=prefer or ())
+ActionOpt = Annotated[Action, typer.Option("--action", "-a", help="report (list only), move (to --quarantine), hardlink, symlink or delete (to the journal's trash).")]
 
 
 def _console() -> Console:
-    return Console(file=io.StringIO(), width=140, record=True, color_system=None)
+    return Console(file=io.StringIO(), width=140, record=True, color_system=None, markup=False, highlight=False)
 
 
 def _rel(path: str, root: str) -> str:
@@ -61,6 +49,8 @@ def render_apply(result: actions.ApplyResult) -> str:
     mode = "dry run: nothing touched (add --yes to act)" if result.dry_run else "applied"
     if result.action == "report":
         mode = "report only: nothing touched"
+    elif not result.outcomes:
+        mode = "nothing to do: no duplicate copy to act on (no journal written)"
     console.print(f"action {result.action} · {mode} · model {result.extra.get('model')} · threshold "
                   f"{result.extra.get('threshold', 0):g} · {len(groups)} groups · rules {', '.join(result.extra.get('policy', {}).get('rules', []))}")
     outcome_of = {o.step.path: o for o in result.outcomes}
@@ -122,14 +112,14 @@ def register(app: typer.Typer) -> None:
         Example: embeddr apply --db photos.db --action move --quarantine ~/dupes --keep-in ~/photos/masters --yes
         """
         fmt = check_format(fmt, ("table", "json"))
-        pol = _policy(policy, rule, keep_in, prefer)
-        result = api.apply_duplicates(db, action=action, policy=pol, quarantine=quarantine, journal=journal, yes=yes,
+        pol = build_policy(policy, rule, keep_in, prefer)
+        result = api.apply_duplicates(db, action=value_of(action), policy=pol, quarantine=quarantine, journal=journal, yes=yes,
                                           really_delete=really_delete, threshold=threshold, price_per_gb_month=price,
                                           currency=currency)
         emit(to_json(result.as_dict()) if fmt == "json" else render_apply(result), None)
         failed = result.counts.get("failed", 0)
         if failed:
-            err_console.print(f"{failed} act(s) failed; the journal says which; `embeddr undo {result.journal}` restores", highlight=False)
+            say(f"{failed} act(s) failed; the journal says which; `embeddr undo {result.journal}` restores")
             raise typer.Exit(1)
 
     @app.command("undo")
@@ -141,8 +131,10 @@ def register(app: typer.Typer) -> None:
     ):
         """Put back every file an apply touched, newest first, content verified by hash, mtime restored.
 
-        Works after a crash mid-apply and is harmless to run twice. Restored files count again in
-        the catalog. A file whose path now holds other content is left alone and reported.
+        Works after a crash mid-apply and is harmless to run twice. Restored files are marked ok
+        again in the catalog the journal names (or --db), so dupes and apply list them at once, also
+        when a scan ran in between; a file the catalog no longer knows is picked up by the next scan.
+        A file whose path now holds other content is left alone and reported.
 
         Example: embeddr undo embeddr-journal-20250101T120000Z.jsonl
         """
@@ -179,7 +171,7 @@ def register(app: typer.Typer) -> None:
         Example: embeddr savings --db photos.db --price-per-gb 0.02 --currency EUR --format json
         """
         fmt = check_format(fmt, ("table", "json"))
-        pol = _policy(policy, rule, keep_in, prefer)
+        pol = build_policy(policy, rule, keep_in, prefer)
         result = api.apply_duplicates(db, action="report", policy=pol, threshold=threshold,
                                           price_per_gb_month=price, currency=currency)
         sv = result.extra["savings"]

@@ -13,8 +13,9 @@ from .. import api
 from ..errors import EmbeddrError
 from ..decode import DEFAULT_MAX_PIXELS
 from ..output import human_bytes, render
-from .common import (DEFAULT_DB_PATH, CheckpointOpt, DbOpt, DeviceOpt, FormatOpt, ModelOpt, OutputOpt, PrecisionOpt,
-                     ThresholdOpt, check_format, emit, err_console, handle_errors, to_json)
+from .common import (DEFAULT_DB_PATH, CheckpointOpt, DbOpt, DeviceOpt, FormatOpt, Hash, ModelOpt, OutputOpt, PrecisionOpt,
+                     ScoreOpt, ThresholdOpt, check_format, emit, err_console, handle_errors, print_error, say, score_name, to_json,
+                     value_of)
 
 
 class RateColumn(ProgressColumn):
@@ -32,15 +33,23 @@ def print_scan_summary(report) -> None:
     d = report.as_dict()
     rate = f", {d['images_per_second']} img/s" if d["images_per_second"] else ""
     links = f"{report.links} links to files scanned under another path, " if report.links else ""
-    err_console.print(
+    say(
         f"scanned {report.seen} images with {report.model}: {report.processed} new or changed "
         f"({report.encoded} embedded, {report.exact_reused} exact copies reused), {report.unchanged} unchanged, "
-        f"{links}{report.missing} gone, {report.errors} errors in {report.seconds:.1f}s{rate}", highlight=False)
+        f"{links}{report.missing} gone, {report.errors} errors in {report.seconds:.1f}s{rate}")
     if report.errors:
-        err_console.print(f"{report.errors} file(s) could not be read (scan went on); e.g.:", highlight=False)
+        say(f"{report.errors} file(s) could not be read (scan went on); e.g.:")
         for path, error in report.error_samples[:10]:
-            err_console.print(f"  {path}: {error}", highlight=False, soft_wrap=True)
-        err_console.print("all errors: embeddr info --errors", highlight=False)
+            say(f"  {path}: {error}")
+        say("all errors: embeddr info --errors")
+
+
+EXIT_NOTHING_READ = 1  # `embeddr scan`: files were found, but not one of them could be read
+
+
+def nothing_read(report) -> bool:
+    """Every file this scan tried failed, and none was already in the catalog unchanged."""
+    return report.errors > 0 and report.errors == report.processed and not report.unchanged and not report.links
 
 
 def register(app: typer.Typer) -> None:
@@ -96,7 +105,7 @@ def register(app: typer.Typer) -> None:
         progress = show if bar is not None else None
 
         try:
-            report = api.scan(paths or [], db=db, model=model, device=device, precision=precision, checkpoint=checkpoint,
+            report = api.scan(paths or [], db=db, model=model, device=device, precision=value_of(precision), checkpoint=checkpoint,
                               exclude=exclude or (), batch_size=batch_size, workers=workers,
                               max_pixels=max_pixels or None, progress=progress, manifest=manifest,
                               path_column=path_column, id_column=id_column, fetch_options=fetch_options, ray=ray)
@@ -106,17 +115,21 @@ def register(app: typer.Typer) -> None:
         print_scan_summary(report)
         if json_out:
             emit(to_json(report.as_dict()), None)
+        if nothing_read(report):
+            print_error(f"none of the {report.errors} file(s) found could be read (reasons above); the catalog holds "
+                        "no image from this run")
+            raise typer.Exit(EXIT_NOTHING_READ)
 
     @app.command()
     @handle_errors
     def dupes(
         db: DbOpt = DEFAULT_DB_PATH,
         threshold: ThresholdOpt = None,
-        score: Annotated[Optional[str], typer.Option("--score", help="raw (cosine) or normalized (neighbourhood-corrected). Default: the preset's.")] = None,
+        score: ScoreOpt = None,
         fmt: FormatOpt = "table",
         output: OutputOpt = None,
         model: ModelOpt = None,
-        missed_by: Annotated[Optional[str], typer.Option("--missed-by", help="Only the near pairs this hash (phash or dhash) at its default threshold does NOT find: what only the embedding catches.")] = None,
+        missed_by: Annotated[Optional[Hash], typer.Option("--missed-by", help="Only the near pairs this hash (phash or dhash) at its default threshold does NOT find: what only the embedding catches.")] = None,
         max_groups: Annotated[int, typer.Option("--max-groups", min=0, help="Table only: show at most this many groups (0 = all). JSON and CSV always list everything.")] = 200,
         approximate: Annotated[bool, typer.Option("--approximate", help="IVF search instead of exact: for millions of images; much faster, may miss a few pairs (docs/benchmarks.md).")] = False,
         ray: Annotated[Optional[str], typer.Option("--ray", help="Run the pair search as Ray tasks over blocks of the index: local, auto or ray://HOST:PORT (same report as the local search).")] = None,
@@ -137,8 +150,9 @@ def register(app: typer.Typer) -> None:
         fmt = check_format(fmt, ("table", "json", "csv", "parquet"))
         if fmt == "parquet" and output is None:
             raise EmbeddrError("--format parquet writes a binary file: give --output FILE.parquet")
+        score = score_name(score)
         if missed_by:
-            report = api.missed_by(db, missed_by, threshold=threshold, score=score, model=model)
+            report = api.missed_by(db, value_of(missed_by), threshold=threshold, score=score, model=model)
         else:
             report = api.find_duplicates(db, threshold=threshold, score=score, model=model, approximate=approximate, ray=ray)
         if fmt == "parquet":
@@ -146,7 +160,7 @@ def register(app: typer.Typer) -> None:
 
             output.parent.mkdir(parents=True, exist_ok=True)
             to_parquet(report, output)
-            err_console.print(f"wrote {output}", highlight=False)
+            say(f"wrote {output}")
             return
         emit(render(report, fmt, max_groups=max_groups or None), output)
 
@@ -228,8 +242,8 @@ def register(app: typer.Typer) -> None:
 
         images = make_demo(folder)
         db = folder / "embeddr.db"
-        err_console.print(f"wrote {images} example images to {folder / 'images'}", highlight=False)
+        say(f"wrote {images} example images to {folder / 'images'}")
         report = api.scan([folder / "images"], db=db, model=model, workers=0)
         print_scan_summary(report)
         emit(render(api.find_duplicates(db), "table"), None)
-        err_console.print(f"next: embeddr dupes --db {db} --format json", highlight=False)
+        say(f"next: embeddr dupes --db {db} --format json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,9 +12,10 @@ import typer
 
 from ..ingest import CheckResult, Gate, collect
 from .common import (DEFAULT_DB_PATH, DbOpt, DeviceOpt, FormatOpt, ModelOpt, OutputOpt, PrecisionOpt, ThresholdOpt,
-                     check_format, emit, err_console, handle_errors, to_json)
+                     check_format, emit, handle_errors, say, to_json, value_of)
 
 EXIT_UNIQUE, EXIT_DUPLICATE, EXIT_ERROR = 0, 1, 2
+LogLevel = Enum("LogLevel", {n: n for n in ("critical", "error", "warning", "info", "debug")}, type=str)
 
 
 def exit_code(results: list[CheckResult]) -> int:
@@ -87,7 +89,7 @@ def register(app: typer.Typer) -> None:
         fmt = check_format(fmt)
         if add and add_all:
             raise typer.BadParameter("use --add or --add-all, not both")
-        with Gate(db, model=model, threshold=threshold, device=device, precision=precision) as gate:
+        with Gate(db, model=model, threshold=threshold, device=device, precision=value_of(precision)) as gate:
             items = collect(paths, exclude=exclude or ())
             results = gate.add(items, only_new=not add_all) if (add or add_all) else gate.check(items)
             emit(render_check(gate, results, fmt), output)
@@ -99,14 +101,14 @@ def register(app: typer.Typer) -> None:
         db: DbOpt = DEFAULT_DB_PATH,
         host: Annotated[str, typer.Option("--host", help="Address to bind. The service has no authentication: keep it on loopback or behind a proxy.")] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port (0: a free one, printed at start).")] = 8000,
-        max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest request body accepted (MiB); larger ones get 413.")] = 50.0,
+        max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest request body accepted, in MiB (2^20 bytes, despite the option's name); larger ones get 413.")] = 50.0,
         store: Annotated[Optional[Path], typer.Option("--store", help="Folder where added uploads are kept as <sha256><ext>. Default: DB.uploads/ beside the catalog.")] = None,
         threshold: ThresholdOpt = None,
         model: ModelOpt = None,
         device: DeviceOpt = "auto",
         precision: PrecisionOpt = "auto",
         micro_batch: Annotated[Optional[bool], typer.Option("--micro-batch/--no-micro-batch", help="Encode concurrent requests together. Default: on when the model runs on a CUDA GPU.")] = None,
-        log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+        log_level: Annotated[LogLevel, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
     ):
         """Serve the ingest gate over HTTP: POST /check, POST /add, GET /health, GET /stats, docs at /docs.
 
@@ -120,7 +122,7 @@ def register(app: typer.Typer) -> None:
         from ..server import serve as run_server
 
         if host not in ("127.0.0.1", "localhost", "::1"):
-            err_console.print(f"warning: binding {host}: the service has no authentication", highlight=False)
-        with Gate(db, model=model, threshold=threshold, device=device, precision=precision, store=store,
+            say(f"warning: binding {host}: the service has no authentication")
+        with Gate(db, model=model, threshold=threshold, device=device, precision=value_of(precision), store=store,
                   micro_batch=micro_batch) as gate:
-            run_server(gate, host=host, port=port, max_upload_mb=max_upload_mb, log_level=log_level)
+            run_server(gate, host=host, port=port, max_upload_mb=max_upload_mb, log_level=value_of(log_level))

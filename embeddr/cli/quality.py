@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import CheckpointOpt, DeviceOpt, emit, err_console, handle_errors, to_json
+from .common import CheckpointOpt, DeviceOpt, ThresholdOpt, emit, handle_errors, say, to_json
 
 
 def register(app: typer.Typer) -> None:
@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         truth: Annotated[Path, typer.Argument(help="A truth.csv from `embeddr bench make`.")],
         model: Annotated[str, typer.Option("--model", "-m", help="Detector: a preset (see `embeddr models`), a .onnx/TorchScript file.")] = "sscd-distilled",
         baselines: Annotated[str, typer.Option("--baselines", help="Comma-separated presets measured in the same run ('' for none).")] = "phash,dhash",
-        threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Operating threshold of --model. Default: its preset's.")] = None,
+        threshold: ThresholdOpt = None,
         out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.md, report.json, pr_curves.png, histograms.png.")] = Path("eval-report"),
         k: Annotated[int, typer.Option("--k", min=1, help="Nearest non-duplicates scored per file (hard negatives).")] = 30,
         device: DeviceOpt = "auto",
@@ -72,16 +72,16 @@ def register(app: typer.Typer) -> None:
         detectors = [model] + [b.strip() for b in baselines.split(",") if b.strip()]
         report = evaluate(truth, detectors, threshold=threshold, workdir=workdir or out / "catalogs", k=k, workers=workers,
                           device=device, checkpoint=checkpoint,
-                          progress=lambda msg: err_console.print(msg, highlight=False))
+                          progress=say)
         paths = write_report(report, out)
         emit(to_json(report.as_dict()) if json_out else markdown(report), None)
-        err_console.print("wrote " + ", ".join(str(p) for p in paths.values()), highlight=False)
+        say("wrote " + ", ".join(str(p) for p in paths.values()))
 
     @app.command()
     @handle_errors
     def tune(
         folder: Annotated[Path, typer.Argument(help="Your collection (images, walked recursively).")],
-        precision: Annotated[float, typer.Option("--precision", "-p", help="Target precision over pairs.")] = 0.99,
+        precision: Annotated[float, typer.Option("--precision", "-p", min=0.0, max=1.0, help="Target precision over pairs, in (0, 1].")] = 0.99,
         model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model preset. Default: sscd-distilled.")] = None,
         sample: Annotated[int, typer.Option("--sample", "-n", min=1, help="Images that get derived duplicates (the rest, up to --negatives, are non-duplicates).")] = 200,
         negatives: Annotated[int, typer.Option("--negatives", min=0, help="At most this many other images used as non-duplicates.")] = 2000,

@@ -11,14 +11,13 @@ import typer
 from rich.console import Console
 
 # the retention-policy and price options are shared with `embeddr apply` (same names, same meaning)
-from .act import CurrencyOpt, KeepInOpt, PolicyOpt, PreferOpt, PriceOpt, RuleOpt
-from .act import _policy as build_policy
 from .act import savings_table as _savings_table
-from .common import DEFAULT_DB_PATH, DbOpt, OutputOpt, ThresholdOpt, check_format, emit, err_console, handle_errors, to_json
+from .common import (DEFAULT_DB_PATH, CurrencyOpt, DbOpt, KeepInOpt, OutputOpt, PolicyOpt, PreferOpt, PriceOpt,
+                     RuleOpt, ThresholdOpt, TableOrJson, build_policy, check_format, emit, handle_errors, say, to_json)
 
 
 def savings_table(savings: dict, width: int = 120) -> str:
-    console = Console(file=io.StringIO(), width=width, record=True, color_system=None)
+    console = Console(file=io.StringIO(), width=width, record=True, color_system=None, markup=False, highlight=False)
     _savings_table(savings, console)
     return console.export_text()
 
@@ -36,7 +35,7 @@ def register(app: typer.Typer) -> None:
         rule: RuleOpt = None,
         price_per_gb: PriceOpt = 0.023,
         currency: CurrencyOpt = "USD",
-        fmt: Annotated[str, typer.Option("--format", "-f", help="What to print: table (savings) or json (groups, decisions, savings).")] = "table",
+        fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="What to print: table (savings) or json (groups, decisions, savings).")] = "table",
         output: OutputOpt = None,
         thumb_size: Annotated[int, typer.Option("--thumb-size", min=16, help="Long side of the thumbnails, in pixels.")] = 256,
         page_size: Annotated[int, typer.Option("--page-size", min=1, help="Groups per page of the HTML report.")] = 50,
@@ -66,13 +65,12 @@ def register(app: typer.Typer) -> None:
             emit(savings_table(result.savings), output)
         if result.html is not None:
             h = result.html
-            err_console.print(f"wrote {h.index} ({h.groups} groups on {h.pages} page(s), {h.thumbnails} thumbnails"
-                              + (f", {h.thumbnail_errors} files without preview" if h.thumbnail_errors else "") + ")",
-                              highlight=False, soft_wrap=True)
+            say(f"wrote {h.index} ({h.groups} groups on {h.pages} page(s), {h.thumbnails} thumbnails"
+                + (f", {h.thumbnail_errors} files without preview" if h.thumbnail_errors else "") + ")")
             if open_:
                 webbrowser.open(h.index.resolve().as_uri())
         elif open_:
-            err_console.print("--open needs --html OUT", highlight=False)
+            say("--open needs --html OUT")
 
     verdicts = typer.Typer(name="verdicts", help="Reviewer verdicts (not a duplicate) that every later dupes and apply honour.\n\nExample: embeddr verdicts import verdicts.json --db photos.db",
                            no_args_is_help=True, rich_markup_mode=None)
@@ -94,7 +92,7 @@ def register(app: typer.Typer) -> None:
         from ..review import import_verdicts
 
         n = import_verdicts(db, file)
-        err_console.print(f"imported {n} not-duplicate pair(s) from {file} into {db}", highlight=False, soft_wrap=True)
+        say(f"imported {n} not-duplicate pair(s) from {file} into {db}")
 
     @verdicts.command("list")
     @handle_errors

@@ -65,6 +65,10 @@ def load_encoder(model: str | Preset = "sscd-distilled", *, device: str = "auto"
         from .hashes import HashEncoder
 
         return HashEncoder(preset=preset, device="cpu", precision="fp32")
+    if preset.backend == "open_clip":
+        from .torch_models import check_open_clip_weights
+
+        check_open_clip_weights(preset, checkpoint)  # offline and not cached: fail before importing torch
     dev = select_device(device)
     prec = select_precision(dev, precision)
     if preset.backend == "onnx":

@@ -111,7 +111,47 @@ def _register_config(architecture: str) -> str:
     return architecture
 
 
+def _alnum(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def maybe_cached(tag: str) -> bool:
+    """Whether the Hugging Face cache holds a model repo that could be ``tag``'s weights.
+
+    open_clip names its hub repos after the pretrained tag (``laion2b_s34b_b79k`` ->
+    ``laion/CLIP-ViT-B-32-laion2B-s34B-b79K``), so a repo whose name contains the tag's letters and
+    digits may be it. Cheap: no open_clip import (several seconds), only a directory listing.
+    """
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover
+        return True  # cannot tell: let open_clip look
+    cache = Path(constants.HF_HUB_CACHE)
+    want = _alnum(tag)
+    try:
+        return any(want in _alnum(entry.name) for entry in cache.iterdir() if entry.name.startswith("models--"))
+    except OSError:
+        return False
+
+
+def _offline_error(preset: Preset, arch: str, tag: str | None, reason: str) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"cannot get the weights of {preset.name} ({arch}, pretrained={tag}) from the Hugging Face hub "
+        f"or its cache: {reason}. Download them once where the hub is reachable (they are then cached), "
+        f"or pass --checkpoint PATH to a local open_clip checkpoint, or use one of the {OFFLINE_HINT}")
+
+
+def check_open_clip_weights(preset: Preset, checkpoint: str | os.PathLike | None) -> None:
+    """Fail at once, before torch and open_clip are imported (seconds), when the weights cannot be had:
+    no --checkpoint, the hub unreachable, and nothing like them in the local Hugging Face cache."""
+    if (checkpoint is None and not preset.weights.random_init and preset.weights.pretrained
+            and not maybe_cached(preset.weights.pretrained) and not hub_reachable()):
+        raise _offline_error(preset, preset.architecture or "?", preset.weights.pretrained,
+                             "the hub is unreachable (offline?) and they are not in the local cache")
+
+
 def build_open_clip(preset: Preset, *, checkpoint: str | os.PathLike | None, device: str, precision: str) -> OpenClipEncoder:
+    check_open_clip_weights(preset, checkpoint)
     import open_clip
 
     if not preset.architecture:
@@ -139,11 +179,7 @@ def build_open_clip(preset: Preset, *, checkpoint: str | os.PathLike | None, dev
                 reason = "the hub is unreachable (offline?) and they are not in the local cache"
             else:
                 reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            raise ModelUnavailable(
-                f"cannot get the weights of {preset.name} ({arch}, pretrained={tag}) from the Hugging Face hub "
-                f"or its cache: {reason}. Download them once where the hub is reachable (they are then cached), "
-                f"or pass --checkpoint PATH to a local open_clip checkpoint, or use one of the {OFFLINE_HINT}"
-            ) from None
+            raise _offline_error(preset, arch, tag, reason) from None
     return OpenClipEncoder(preset, model, device, precision)
 
 
