@@ -382,15 +382,19 @@ class Catalog:
 
     # -- verdicts --------------------------------------------------------------------------
     def add_verdicts(self, pairs: Iterable[tuple[str, str, str]], source: str = "") -> int:
+        """Store verdicts; returns how many pairs were new or changed their verdict (the same verdict
+        again changes nothing, not even its source)."""
         now = time.time()
         rows = [(min(a, b), max(a, b), v, source, now) for a, b, v in pairs]
         with self.conn:
+            before = self.conn.total_changes
             self.conn.executemany(
                 "INSERT INTO verdicts (a, b, verdict, source, created) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(a, b) DO UPDATE SET verdict=excluded.verdict, source=excluded.source, created=excluded.created",
+                "ON CONFLICT(a, b) DO UPDATE SET verdict=excluded.verdict, source=excluded.source, created=excluded.created "
+                "WHERE verdicts.verdict != excluded.verdict",
                 rows,
             )
-        return len(rows)
+            return self.conn.total_changes - before
 
     def not_duplicate_pairs(self) -> set[tuple[str, str]]:
         return {(r[0], r[1]) for r in self.conn.execute("SELECT a, b FROM verdicts WHERE verdict = 'not_duplicate'")}

@@ -179,12 +179,12 @@ def fit(image: Image.Image, size: int, mode: str) -> np.ndarray:
     """Resize an RGB image for a model; returns a uint8 (size, size, 3) array.
 
     ``squash``: resize to size x size ignoring aspect (keeps all content: best for copy detection);
-    ``shortest``: shortest side to ``size`` then centre crop (CLIP's preprocessing);
+    ``shortest`` (also spelt ``center_crop``): shortest side to ``size`` then centre crop (CLIP's preprocessing);
     ``pad``: fit inside and pad with white.
     """
     if mode == "squash":
         out = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    elif mode == "shortest":
+    elif mode in ("shortest", "center_crop"):
         w, h = image.size
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
@@ -194,5 +194,5 @@ def fit(image: Image.Image, size: int, mode: str) -> np.ndarray:
     elif mode == "pad":
         out = ImageOps.pad(image, (size, size), color=(255, 255, 255))
     else:
-        raise ValueError(f"unknown resize mode {mode!r}; use squash, shortest or pad")
+        raise ValueError(f"unknown resize mode {mode!r}; use squash, shortest (center_crop) or pad")
     return np.asarray(out, dtype=np.uint8)

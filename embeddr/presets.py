@@ -21,6 +21,8 @@ from .errors import EmbeddrError, PresetNotFound
 BACKENDS = ("onnx", "open_clip", "torchscript", "phash", "dhash")
 SCORES = ("raw", "normalized")
 DEFAULT_MODEL = "sscd-distilled"  # the model of a new catalog
+# embeddr.decode.fit: squash (ignore aspect), shortest = center_crop (shortest side, then centre crop), pad (white)
+RESIZE_MODES = ("squash", "shortest", "center_crop", "pad")
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class Preset:
     weights: Weights
     threshold: Threshold
     architecture: str | None = None  # open_clip model name, e.g. "ViT-B-32"
-    resize: str = "squash"  # "squash" (ignore aspect) or "center_crop" or "shortest"
+    resize: str = "squash"  # one of RESIZE_MODES (see embeddr.decode.fit)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     score: str = "raw"  # default score: "raw" cosine or "normalized" (see embeddr.normalize)
@@ -90,6 +92,8 @@ def parse_preset(data: dict[str, Any], source_file: str = "<dict>") -> Preset:
         raise PresetNotFound(f"{source_file}: backend {preset.backend!r} is not one of {BACKENDS}")
     if preset.score not in SCORES:
         raise PresetNotFound(f"{source_file}: score {preset.score!r} is not one of {SCORES}")
+    if preset.resize not in RESIZE_MODES:
+        raise PresetNotFound(f"{source_file}: resize {preset.resize!r} is not one of {RESIZE_MODES}")
     return preset
 
 

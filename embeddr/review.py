@@ -360,15 +360,29 @@ def read_verdicts(path: str | os.PathLike) -> list[tuple[str, str, str]]:
     return out
 
 
-def import_verdicts(catalog: Catalog | str | os.PathLike, path: str | os.PathLike) -> int:
-    """Store the verdicts of a ``verdicts.json`` file in the catalog (open or a path); returns how many pairs.
+@dataclass(frozen=True)
+class VerdictImport:
+    """What an import stored: ``new`` pairs (or pairs whose verdict changed), ``already`` present as they are."""
+
+    new: int
+    already: int
+
+    @property
+    def total(self) -> int:
+        return self.new + self.already
+
+
+def import_verdicts(catalog: Catalog | str | os.PathLike, path: str | os.PathLike) -> VerdictImport:
+    """Store the verdicts of a ``verdicts.json`` file in the catalog (open or a path).
 
     The whole file is validated first (nothing is stored from an invalid file). Pairs are stored
-    with the smaller path first; importing the same file again changes nothing.
+    with the smaller path first; importing the same file again changes nothing (``new`` is 0).
     """
     triples = read_verdicts(path)
+    distinct = len({(min(a, b), max(a, b)) for a, b, _ in triples})
     with opened(catalog) as cat:
-        return cat.add_verdicts(triples, source=f"file:{Path(path).resolve()}")
+        new = cat.add_verdicts(triples, source=f"file:{Path(path).resolve()}")
+    return VerdictImport(new=new, already=distinct - new)
 
 
 def list_verdicts(catalog: Catalog | str | os.PathLike) -> list[dict]:

@@ -16,6 +16,27 @@ REALIMAGES = Path(os.environ.get("EMBEDDR_REALIMAGES", REPO.parent / "shared" / 
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "immunohistochemistry", "camera", "coins", "moon")
 
 
+REQUIRE_ALL = os.environ.get("EMBEDDR_REQUIRE_ALL", "") not in ("", "0")
+
+
+def need(module: str, reason: str = ""):
+    """``pytest.importorskip``, except that under EMBEDDR_REQUIRE_ALL=1 (CI) a missing module fails the
+    test: CI must run every test, not hide one behind a skip."""
+    if REQUIRE_ALL:
+        import importlib
+
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=reason or None)
+
+
+def skip_unless(condition: bool, reason: str) -> None:
+    """Skip when ``condition`` is false; under EMBEDDR_REQUIRE_ALL=1 (CI) fail instead."""
+    if not condition:
+        if REQUIRE_ALL:
+            pytest.fail(f"required in CI (EMBEDDR_REQUIRE_ALL=1): {reason}")
+        pytest.skip(reason)
+
+
 def _skimage_array(name: str) -> np.ndarray:
     skdata = pytest.importorskip("skimage.data")
     return getattr(skdata, name)()

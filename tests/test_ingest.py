@@ -137,13 +137,37 @@ def test_model_mismatch_and_missing_catalog_refused(world, tmp_path, runner):
 
 
 def test_concurrent_checks_with_micro_batching(world, encoder):
-    with Gate(world["db"], encoder=encoder, micro_batch=True, max_wait_ms=20) as gate:
+    """Requests that arrive while the encoder is busy are encoded together in ONE call, and each
+    caller still gets its own results. Deterministic: the first encoder call is held until the other
+    eleven requests are queued (no timing). Fails when micro-batching is off or batches nothing."""
+    with Gate(world["db"], encoder=encoder, micro_batch=True, max_wait_ms=0) as gate:
         want = {p: [m.as_dict() for m in gate.check([world[p]])[0].matches] for p in ("crop", "unrelated", "copy")}
-        with ThreadPoolExecutor(6) as pool:
-            got = list(pool.map(lambda p: (p, gate.check([world[p]])[0]), ["crop", "unrelated", "copy"] * 4))
-        for p, r in got:
+        assert gate.batcher is not None
+        gate.batcher.batches = []
+        held = GatedEncoder(encoder.encode)
+        gate.batcher.encode_fn = held
+        queued = threading.Semaphore(0)
+        submit = gate.batcher.submit
+
+        def counting_submit(batch):
+            fut = submit(batch)
+            queued.release()
+            return fut
+
+        gate.batcher.submit = counting_submit
+        jobs = ["crop", "unrelated", "copy"] * 4
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            first = pool.submit(lambda: gate.check([world[jobs[0]]])[0])
+            assert held.entered.wait(60)  # the worker is inside the first encoder call
+            rest = [pool.submit(lambda p=p: gate.check([world[p]])[0]) for p in jobs[1:]]
+            for _ in range(len(jobs)):  # the first request and the 11 others are all in the batcher
+                assert queued.acquire(timeout=60)
+            held.release.set()
+            got = [first.result(60), *(f.result(60) for f in rest)]
+        for p, r in zip(jobs, got):
             assert _close(r.matches, want[p]), (p, r.matches)
-        assert sum(gate.batcher.batches) == 3 + 12
+        assert held.calls == [1, len(jobs) - 1]  # the eleven waiting requests went through the encoder at once
+        assert gate.batcher.batches == [1, len(jobs) - 1]
 
 
 def _close(matches, want) -> bool:
@@ -153,17 +177,18 @@ def _close(matches, want) -> bool:
 
 # -- micro-batcher and lock: deterministic, no timing ---------------------------------------------
 class GatedEncoder:
-    """encode = x * 2 summed per image; the first call blocks until released (so others queue up)."""
+    """encode = ``fn`` (default: x * 2 summed per image); the first call blocks until released (so others queue up)."""
 
-    def __init__(self):
+    def __init__(self, fn=None):
         self.entered, self.release, self.calls = threading.Event(), threading.Event(), []
+        self.fn = fn or (lambda batch: batch.reshape(len(batch), -1).sum(axis=1, keepdims=True).astype(np.float32) * 2)
 
     def __call__(self, batch):
         self.calls.append(len(batch))
         if len(self.calls) == 1:
             self.entered.set()
-            assert self.release.wait(30)
-        return batch.reshape(len(batch), -1).sum(axis=1, keepdims=True).astype(np.float32) * 2
+            assert self.release.wait(60)
+        return self.fn(batch)
 
 
 def test_micro_batcher_groups_queued_requests_and_splits_results():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, save_photo
+from conftest import REPO, save_photo, skip_unless
 from embeddr import api
 from embeddr.catalog import Catalog, FileRow
 from embeddr.cli import app
@@ -168,7 +168,11 @@ def test_verdicts_round_trip_dupes_and_apply(db, tmp_path, runner):
 
     res = runner.invoke(app, ["verdicts", "import", str(vfile), "--db", str(db)])
     assert res.exit_code == 0, res.output
-    assert import_verdicts(db, vfile) == 5  # importing again is harmless
+    assert "imported 5 new not-duplicate pair(s)" in res.output
+    again = import_verdicts(db, vfile)  # importing again is harmless, and says so
+    assert (again.new, again.already) == (0, 5)
+    res = runner.invoke(app, ["verdicts", "import", str(vfile), "--db", str(db)])
+    assert "imported 0 new not-duplicate pair(s)" in res.output and "(5 already present)" in res.output
     with Catalog(db) as cat:
         assert cat.not_duplicate_pairs() == pairs
     listed = list_verdicts(db)
@@ -242,8 +246,7 @@ def _checker():
 
 def test_report_renders_in_headless_chromium(db, tmp_path):
     checker = _checker()
-    if checker.find_chromium() is None:
-        pytest.skip("no Chromium binary (apt-get install chromium)")
+    skip_unless(checker.find_chromium() is not None, "no Chromium binary (apt-get install chromium)")
     out = tmp_path / "rep"
     result = review(db, html_dir=out, page_size=3)
     shot = tmp_path / "shot.png"
@@ -265,7 +268,7 @@ def test_report_renders_in_headless_chromium(db, tmp_path):
     other = next(m.path for m in second.members if m.path != result_decision(result, second.id).canonical.path)
     expected |= verdict_pairs([m.path for m in second.members], [other])
     assert {(v["a"], v["b"]) for v in exported["verdicts"]} == expected
-    assert import_verdicts(db, vfile) == len(expected)
+    assert import_verdicts(db, vfile).new == len(expected)
     regrouped = [{m.path for m in g.members} for g in api.find_duplicates(db).groups]
     assert not any(s & {m.path for m in first.members} for s in regrouped)
 

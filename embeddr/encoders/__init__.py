@@ -17,6 +17,8 @@ from ..errors import CatalogError, ModelUnavailable
 from ..presets import Preset, Threshold, Weights, get_preset
 from .base import Encoder, l2_normalize
 
+TORCHSCRIPT_INPUT_SIZE = 288  # a user TorchScript file does not say its input size: SSCD's 288 (README: models)
+
 __all__ = ["Encoder", "catalog_preset", "l2_normalize", "load_encoder", "resolve_preset"]
 
 
@@ -26,17 +28,18 @@ def resolve_preset(model: str | Preset) -> Preset:
         return model
     path = Path(model)
     if path.suffix.lower() == ".onnx" and path.is_file():
-        from .onnx import onnx_output_dim
+        from .onnx import onnx_shape
 
+        dim, size = onnx_shape(path)  # the graph's fixed input size, else 224
         return Preset(
             name=str(path.resolve()), backend="onnx", description=f"user ONNX model {path.name}",
-            dim=onnx_output_dim(path), input_size=224, weights=Weights(),
+            dim=dim, input_size=size, weights=Weights(),
             threshold=Threshold(0.7, "provisional: user model, not calibrated; run `embeddr tune`", provisional=True),
         )
     if path.suffix.lower() in (".pt", ".pth", ".torchscript") and path.is_file():
         return Preset(
             name=str(path.resolve()), backend="torchscript", description=f"user TorchScript model {path.name}",
-            dim=0, input_size=288, weights=Weights(),
+            dim=0, input_size=TORCHSCRIPT_INPUT_SIZE, weights=Weights(),
             threshold=Threshold(0.7, "provisional: user model, not calibrated; run `embeddr tune`", provisional=True),
         )
     return get_preset(model)

@@ -73,11 +73,29 @@ class OnnxEncoder(Encoder):
         return self.session.run(None, {self.input_name: x})[0]
 
 
-def onnx_output_dim(model_path: Path) -> int:
+DEFAULT_USER_INPUT_SIZE = 224  # a user .onnx file whose graph leaves the image size open
+
+
+def onnx_shape(model_path: Path) -> tuple[int, int]:
+    """(embedding dimension, input image size) of a user .onnx file, read from its graph.
+
+    The input size is the graph's fixed height (float NCHW ``[N, 3, H, W]`` or uint8 NHWC
+    ``[N, H, W, 3]``); a graph that takes any size gets :data:`DEFAULT_USER_INPUT_SIZE`.
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     dim = session.get_outputs()[0].shape[-1]
     if not isinstance(dim, int):
         raise ModelUnavailable(f"{model_path}: cannot tell the embedding dimension from the graph (output shape {session.get_outputs()[0].shape})")
-    return dim
+    inp = session.get_inputs()[0]
+    shape = list(inp.shape)
+    size = None
+    if len(shape) == 4:
+        height = shape[1] if inp.type == "tensor(uint8)" else shape[2]
+        size = height if isinstance(height, int) and height > 0 else None
+    return dim, size or DEFAULT_USER_INPUT_SIZE
+
+
+def onnx_output_dim(model_path: Path) -> int:
+    return onnx_shape(model_path)[0]
