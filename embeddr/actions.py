@@ -18,8 +18,12 @@ Safety
 ------
 * A canonical or protected (``keep_in``) file is never acted on, and a step is never planned
   for a file that is canonical or protected in any group.
-* Before the duplicates of a group are touched, the canonical must still exist as a regular file
-  whose content hash matches the catalog: the last copy of a picture is never removed.
+* Right before EACH duplicate is touched, its canonical must still exist as a regular file whose
+  content hash matches the catalog: the last copy of a picture is never removed, also when another
+  process (or another apply) moved the canonical meanwhile. A file that vanished between plan and
+  act is skipped and reported, never a crash.
+* One writer at a time: ``apply --yes`` and ``undo`` hold the catalog's writer lock
+  (:mod:`embeddr.lock`) from planning to the end, so two applies never plan on the same state.
 * Before each duplicate is touched, its content hash must match the catalog; a changed, missing
   or linked file is skipped and reported (an outcome with status ``skipped`` and the reason).
 * Every act is journaled (:mod:`embeddr.journal`), fsynced, BEFORE it happens; the original bytes
@@ -45,7 +49,8 @@ from .decode import content_hash
 from .discover import IGNORE_MARKER
 from .errors import JournalError, PolicyError
 from .fsutil import atomic_write, common_root as _common_root, is_under
-from .journal import JOURNAL_VERSION, Journal, read_journal, trash_dir
+from .journal import JOURNAL_VERSION, Journal, read_journal_lines, trash_dir, validate
+from .lock import writer
 from .policy import Decision
 
 ACTIONS = ("report", "move", "hardlink", "symlink", "delete")
@@ -238,7 +243,8 @@ def _open_catalog(catalog: Catalog | str | os.PathLike | None) -> tuple[Catalog 
 
 
 def apply(steps: Sequence[Step], catalog: Catalog | str | os.PathLike | None, journal_path: str | os.PathLike | None,
-          *, yes: bool = False, really_delete: bool = False, action: str | None = None) -> ApplyResult:
+          *, yes: bool = False, really_delete: bool = False, action: str | None = None,
+          wait: bool = False) -> ApplyResult:
     """Run ``steps`` (from :func:`plan`). A dry run (every outcome ``planned``) unless ``yes``.
 
     ``catalog``: acted-on files get status ``moved``/``linked``/``deleted`` there, so later
@@ -258,6 +264,12 @@ def apply(steps: Sequence[Step], catalog: Catalog | str | os.PathLike | None, jo
     if journal_path is None:
         raise JournalError("acting needs a journal path")
     journal_path = Path(os.path.abspath(journal_path))
+    lock_on = catalog.path if isinstance(catalog, Catalog) else (catalog if catalog is not None else journal_path)
+    with writer(lock_on, wait=wait):
+        return _apply(steps, catalog, journal_path, action)
+
+
+def _apply(steps: Sequence[Step], catalog, journal_path: Path, action: str) -> ApplyResult:
     if journal_path.exists() and journal_path.stat().st_size > 0:
         raise JournalError(f"{journal_path} already exists: each apply writes a new journal (choose another --journal)")
     trash = trash_dir(journal_path)
@@ -267,15 +279,17 @@ def apply(steps: Sequence[Step], catalog: Catalog | str | os.PathLike | None, jo
     try:
         with Journal(journal_path) as journal:
             for folder in (quarantine, trash if action in ("delete", "hardlink", "symlink") else None):
-                _mark_ignored(folder)
+                try:
+                    _mark_ignored(folder)
+                except OSError as exc:
+                    raise JournalError(f"{folder}: cannot create it ({exc.strerror or exc}); nothing was done") from None
             journal.write({"type": "begin", "version": JOURNAL_VERSION, "action": action,
                            "db": str(cat.path.resolve()) if cat is not None else None, "trash": str(trash),
-                           "quarantine": quarantine, "created": time.time(), "steps": len(steps)})
-            canon_ok: dict[str, str | None] = {}
+                           "quarantine": quarantine, "created": time.time(), "steps": len(steps),
+                           "roots": sorted({os.path.dirname(os.path.normpath(s.path)) for s in steps})})
             for n, step in enumerate(steps, start=1):
-                if step.canonical not in canon_ok:
-                    canon_ok[step.canonical] = _check_canonical(step)
-                why = canon_ok[step.canonical] or _check_duplicate(step)
+                # checked right before each act (not once per group): the canonical must still be there
+                why = _check_canonical(step) or _check_duplicate(step)
                 if why:
                     journal.write({"type": "skip", "path": step.path, "reason": why})
                     outcomes.append(Outcome(step, "skipped", why))
@@ -289,7 +303,12 @@ def apply(steps: Sequence[Step], catalog: Catalog | str | os.PathLike | None, jo
 
 
 def _act(n: int, step: Step, journal: Journal, trash: Path, cat: Catalog | None) -> Outcome:
-    st = os.stat(step.path)
+    try:
+        st = os.stat(step.path)
+    except OSError as exc:  # vanished between the check and now
+        why = f"file is gone since the scan ({exc.strerror or exc})"
+        journal.write({"type": "skip", "path": step.path, "reason": why})
+        return Outcome(step, "skipped", why)
     if step.action == "move":
         dest = step.dest
     else:
@@ -369,9 +388,15 @@ def _restore_one(rec: dict) -> str:
         atomic_write(path, lambda tmp: shutil.copy2(dest, tmp), tmp=partial)
         os.unlink(dest)
     try:
-        os.chmod(path, stat.S_IMODE(rec["mode"]))
-        os.utime(path, ns=(rec["mtime_ns"], rec["mtime_ns"]))
-    except (OSError, KeyError, TypeError):
+        current = stat.S_IMODE(os.lstat(path).st_mode)
+        if isinstance(rec.get("mode"), int):
+            # never more than the file has now (its own bytes, moved back) nor than the journal says
+            wanted = current & stat.S_IMODE(rec["mode"])
+            if wanted != current:
+                os.chmod(path, wanted)
+        if isinstance(rec.get("mtime_ns"), int):
+            os.utime(path, ns=(rec["mtime_ns"], rec["mtime_ns"]))
+    except OSError:
         pass
     if _hash_or_none(path) != want:
         return f"conflict: {path} restored but its hash differs"
@@ -398,26 +423,47 @@ def _prune_empty(folder: str | None) -> None:
             pass
 
 
-def undo(journal_path: str | os.PathLike, *, catalog: Catalog | str | os.PathLike | None = None) -> UndoResult:
+def undo(journal_path: str | os.PathLike, *, catalog: Catalog | str | os.PathLike | None = None,
+         wait: bool = False) -> UndoResult:
     """Put every file the journal's apply touched back at its path (newest act first), content verified.
 
     Works after a crash mid-apply (an intent without done: the state is read from the filesystem)
     and is idempotent. The undo is journaled in the same file. Files restored get status ``ok``
     again in the catalog (``catalog``, else the journal's ``db`` when it still exists).
+
+    The journal is validated first (:func:`embeddr.journal.validate`): an edited journal that points
+    outside the apply's folders, quarantine and trash is refused before anything is touched.
+    Holds the writer lock of the journal and of its catalog.
     """
     if journal_path is None:
         raise JournalError("no journal to undo: the apply acted on nothing (ApplyResult.journal is None)")
     journal_path = Path(os.path.abspath(journal_path))
-    records = read_journal(journal_path)
-    if not records:
-        raise JournalError(f"{journal_path}: empty journal, nothing to undo")
+    with writer(journal_path, wait=wait):
+        lines = read_journal_lines(journal_path)
+        if not lines:
+            raise JournalError(f"{journal_path}: empty journal, nothing to undo")
+        validate(journal_path, lines)
+        begin = lines[0][1]
+        if catalog is None and isinstance(begin.get("db"), str) and os.path.isfile(begin["db"]):
+            catalog = begin["db"]
+        if catalog is None:
+            return _undo(journal_path, lines, None)
+        with writer(catalog.path if isinstance(catalog, Catalog) else catalog, wait=wait):
+            return _undo(journal_path, lines, catalog)
+
+
+def _undo(journal_path: Path, lines: list[tuple[int, dict]], catalog) -> UndoResult:
+    records = [r for _, r in lines]
     begin = records[0]
     intents = sorted((r for r in records if r["type"] == "intent"), key=lambda r: r["id"], reverse=True)
-    if catalog is None and begin.get("db") and os.path.exists(begin["db"]):
-        catalog = begin["db"]
     cat, opened = _open_catalog(catalog)
     results: list[dict] = []
     try:
+        if begin.get("roots") is None and cat is not None:  # older journals: the catalog vouches for the paths
+            for line, rec in lines:
+                if rec.get("type") == "intent" and cat.get_file(rec["path"]) is None:
+                    raise JournalError(f"{journal_path}:{line}: {rec['path']} is not in the catalog {cat.path}; "
+                                       "refusing to undo an edited journal")
         with Journal(journal_path) as journal:
             journal.write({"type": "undo-begin", "intents": len(intents)})
             for rec in intents:

@@ -21,6 +21,7 @@ import json
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,6 +138,38 @@ MIGRATIONS = {
 }
 
 
+def to_db(path: str) -> str | bytes:
+    """A path as stored in the catalog: the text itself, or (file names that are not valid UTF-8, held by
+    Python as surrogate escapes) its exact bytes as a BLOB, so every name round-trips losslessly."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def from_db(value) -> str:
+    """Inverse of :func:`to_db`."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def shown(path: str) -> str:
+    """A path for people: bytes that are not UTF-8 appear as ``\\xNN`` escapes (never a crash on output)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _row(row) -> "FileRow":
+    d = dict(row)
+    d["path"] = from_db(d["path"])
+    return FileRow(**d)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
+
+
 def _vec_to_blob(v: np.ndarray) -> bytes:
     return np.ascontiguousarray(v, dtype=np.float32).tobytes()
 
@@ -146,24 +179,69 @@ class Catalog:
 
     def __init__(self, path: str | os.PathLike = DEFAULT_DB, *, create: bool = True):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise CatalogError(f"{self.path}: is a folder, not a catalog file (give --db a file name, e.g. {self.path / DEFAULT_DB})")
         if not create and not self.path.exists():
             raise CatalogError(f"no catalog at {self.path}: run `embeddr scan DIR --db {self.path}` first")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise CatalogError(f"{self.path}: cannot open the catalog ({_reason(exc)})") from None
         self.conn.row_factory = sqlite3.Row
         try:
+            tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and not ({"meta", "files"} <= tables and self._meta_raw("schema_version") is not None):
+                raise CatalogError(f"{self.path}: an SQLite database that is not an embeddr catalog "
+                                   f"(tables {', '.join(sorted(tables)[:5])}); refusing to add tables to it: "
+                                   "choose another --db")
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
-            fresh = self.conn.execute("SELECT name FROM sqlite_master WHERE name = 'files'").fetchone() is None
-            if not fresh:
+            if tables:
                 self._migrate()
             self.conn.executescript(_SCHEMA)
             self._init_meta()
             version = int(self.get_meta("schema_version", "0"))
+        except CatalogError:
+            self.conn.close()
+            raise
+        except sqlite3.OperationalError as exc:  # disk full, read-only folder, I/O error
+            self.conn.close()
+            raise CatalogError(f"{self.path}: cannot open the catalog for writing ({_reason(exc)})") from None
         except sqlite3.DatabaseError as exc:
-            raise CatalogError(f"{self.path}: not an embeddr catalog ({exc})") from None
+            self.conn.close()
+            raise CatalogError(f"{self.path}: not an embeddr catalog ({_reason(exc)})") from None
         if version > SCHEMA_VERSION:
+            self.conn.close()
             raise CatalogError(f"{self.path}: schema version {version} is newer than this embeddr ({SCHEMA_VERSION}); upgrade embeddr")
+        try:
+            self._check_dim()
+        except CatalogError:
+            self.conn.close()
+            raise
+
+    def _meta_raw(self, key: str) -> str | None:
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.DatabaseError:
+            return None
+        return row[0] if row else None
+
+    def _check_dim(self) -> None:
+        """The meta table's ``dim`` must match the stored vectors (a damaged or hand-edited catalog is refused)."""
+        raw = self._meta_raw("dim")
+        if raw is None:
+            return
+        try:
+            dim = int(raw)
+            if dim <= 0:
+                raise ValueError
+        except ValueError:
+            raise CatalogError(f"{self.path}: meta 'dim' is {raw!r}, not a positive integer: the catalog is damaged") from None
+        row = self.conn.execute("SELECT length(vec) FROM vectors LIMIT 1").fetchone()
+        if row is not None and row[0] != dim * 4:
+            raise CatalogError(f"{self.path}: meta 'dim' says {dim} but the stored vectors have {row[0] // 4} values: "
+                               "the catalog is damaged (restore it, or scan into a new --db)")
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
@@ -196,6 +274,21 @@ class Catalog:
     def _init_meta(self) -> None:
         with self.conn:
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('catalog_id', ?)", (uuid.uuid4().hex,))
+
+    @property
+    def catalog_id(self) -> str | None:
+        """A random id fixed when the catalog was created: files derived from it (the index) carry it."""
+        return self.get_meta("catalog_id")
+
+    @contextmanager
+    def writing(self):
+        """A write transaction; a full disk or an unwritable catalog is a :class:`CatalogError` naming the file."""
+        try:
+            with self.conn:
+                yield self.conn
+        except sqlite3.OperationalError as exc:
+            raise CatalogError(f"{self.path}: cannot write the catalog ({_reason(exc)}); the last batch was not stored") from None
 
     # -- meta and model ----------------------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:
@@ -203,7 +296,7 @@ class Catalog:
         return row[0] if row else default
 
     def set_meta(self, key: str, value: str) -> None:
-        with self.conn:
+        with self.writing():
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     @property
@@ -220,9 +313,12 @@ class Catalog:
         """Fix the catalog's model, or refuse a different one with a clear error."""
         current = self.model
         if current is None:
-            with self.conn:
+            with self.writing():
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('model', ?)", (name,))
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
+        elif current == name and self.dim is not None and self.dim != dim:
+            raise CatalogError(f"{self.path}: meta 'dim' is {self.dim} but model {name} makes {dim}-d vectors: "
+                               "the catalog is damaged (restore it, or scan into a new --db)")
         elif current != name:
             raise ModelMismatch(
                 f"{self.path} was built with model {current!r}, not {name!r}: vectors of different models "
@@ -231,7 +327,7 @@ class Catalog:
 
     # -- runs ------------------------------------------------------------------------------
     def begin_run(self, model: str, roots: Iterable[str], kind: str = "scan") -> int:
-        with self.conn:
+        with self.writing():
             cur = self.conn.execute(
                 "INSERT INTO runs (kind, model, roots, started) VALUES (?, ?, ?, ?)",
                 (kind, model, json.dumps([str(r) for r in roots]), time.time()),
@@ -239,7 +335,7 @@ class Catalog:
         return int(cur.lastrowid)
 
     def finish_run(self, run_id: int, status: str, stats: dict) -> None:
-        with self.conn:
+        with self.writing():
             self.conn.execute("UPDATE runs SET finished = ?, status = ?, stats = ? WHERE id = ?",
                               (time.time(), status, json.dumps(stats), run_id))
 
@@ -255,7 +351,7 @@ class Catalog:
         for i in range(0, len(paths), 500):
             chunk = paths[i : i + 500]
             q = f"SELECT path, size, mtime_ns, status, hash FROM files WHERE path IN ({','.join('?' * len(chunk))})"
-            out.update({r[0]: (r[1], r[2], r[3], r[4]) for r in self.conn.execute(q, chunk)})
+            out.update({from_db(r[0]): (r[1], r[2], r[3], r[4]) for r in self.conn.execute(q, [to_db(p) for p in chunk])})
         return out
 
     def hashes_with_vectors(self, hashes: Iterable[str]) -> set[str]:
@@ -270,7 +366,7 @@ class Catalog:
     def record_batch(self, records: Iterable[FileRecord], vectors: dict[str, np.ndarray], run_id: int | None, model: str) -> None:
         """Store a batch of file records and new vectors in ONE transaction (all or nothing)."""
         now = time.time()
-        with self.conn:
+        with self.writing():
             self.conn.executemany(
                 "INSERT OR IGNORE INTO vectors (hash, model, vec) VALUES (?, ?, ?)",
                 [(h, model, _vec_to_blob(v)) for h, v in vectors.items()],
@@ -284,7 +380,8 @@ class Catalog:
                      error=excluded.error, last_run=excluded.last_run, updated=excluded.updated,
                      content_width=excluded.content_width, content_height=excluded.content_height,
                      item_id=excluded.item_id, etag=excluded.etag""",
-                [(r.path, r.size, r.mtime_ns, r.hash, r.width, r.height, r.format, r.status, r.error, run_id, run_id, now,
+                [(to_db(r.path), r.size, r.mtime_ns, r.hash, r.width, r.height, r.format, r.status,
+                  shown(r.error) if r.error else r.error, run_id, run_id, now,
                   r.content_width, r.content_height, r.item_id, r.etag) for r in records],
             )
 
@@ -307,32 +404,50 @@ class Catalog:
     def touch(self, paths: Iterable[str], run_id: int) -> None:
         """Mark unchanged files as seen by ``run_id`` (no decode, no encode)."""
         paths = list(paths)
-        with self.conn:
-            self.conn.executemany("UPDATE files SET last_run = ? WHERE path = ?", [(run_id, p) for p in paths])
+        with self.writing():
+            self.conn.executemany("UPDATE files SET last_run = ? WHERE path = ?", [(run_id, to_db(p)) for p in paths])
 
-    def mark_missing(self, roots: Iterable[str], run_id: int) -> int:
-        """Files under ``roots`` that ``run_id`` did not see are gone: they drop out of results."""
+    def mark_missing(self, roots: Iterable[str], run_id: int, *, unwalked: Iterable[str] = ()) -> int:
+        """Files under ``roots`` that ``run_id`` did not see are gone: they drop out of results.
+
+        Only files under the folders this scan walked count: files under ``unwalked`` (folders it
+        could not list) keep their status, and so do files a later run has seen (``last_run`` above
+        ``run_id``: another scan of the same catalog, e.g. one that waited for the lock).
+        """
         n = 0
-        with self.conn:
+        skip = [os.path.abspath(u).rstrip(os.sep) + os.sep for u in unwalked]
+        with self.writing():
             for root in roots:
                 root = os.path.abspath(root)
-                if os.path.isfile(root):
+                if not os.path.isdir(root):
                     continue
                 prefix = root.rstrip(os.sep) + os.sep
-                cur = self.conn.execute(
-                    "UPDATE files SET status = 'missing', updated = ? WHERE status != 'missing' AND substr(path, 1, ?) = ? AND (last_run IS NULL OR last_run != ?)",
-                    (time.time(), len(prefix), prefix, run_id),
-                )
-                n += cur.rowcount
+                for pre in (prefix, os.fsencode(prefix)):  # text paths, then the BLOB ones (not UTF-8)
+                    where = ("status != 'missing' AND substr(path, 1, ?) = ? "
+                             "AND (last_run IS NULL OR last_run < ?)")
+                    args: list = [len(pre), pre, run_id]
+                    for u in skip:
+                        u_pre = u if isinstance(pre, str) else os.fsencode(u)
+                        where += " AND substr(path, 1, ?) != ?"
+                        args += [len(u_pre), u_pre]
+                    cur = self.conn.execute(f"UPDATE files SET status = 'missing', updated = ? WHERE {where}", [time.time(), *args])
+                    n += cur.rowcount
         return n
 
+    def interrupt_stale_runs(self) -> int:
+        """Runs still marked ``running`` whose process is gone (call with the writer lock held): ``interrupted``."""
+        with self.writing():
+            return self.conn.execute("UPDATE runs SET status = 'interrupted', finished = COALESCE(finished, ?) "
+                                     "WHERE status = 'running'", (time.time(),)).rowcount
+
     def set_status(self, path: str, status: str, error: str | None = None) -> None:
-        with self.conn:
-            self.conn.execute("UPDATE files SET status = ?, error = ?, updated = ? WHERE path = ?", (status, error, time.time(), path))
+        with self.writing():
+            self.conn.execute("UPDATE files SET status = ?, error = ?, updated = ? WHERE path = ?",
+                              (status, shown(error) if error else error, time.time(), to_db(path)))
 
     def get_file(self, path: str) -> FileRow | None:
-        row = self.conn.execute(f"SELECT {_FILE_COLS} FROM files WHERE path = ?", (str(path),)).fetchone()
-        return FileRow(**dict(row)) if row else None
+        row = self.conn.execute(f"SELECT {_FILE_COLS} FROM files WHERE path = ?", (to_db(str(path)),)).fetchone()
+        return _row(row) if row else None
 
     def files(self, status: str | None = "ok") -> Iterator[FileRow]:
         if status is None:
@@ -340,7 +455,7 @@ class Catalog:
         else:
             cur = self.conn.execute(f"SELECT {_FILE_COLS} FROM files WHERE status = ? ORDER BY path", (status,))
         for row in cur:
-            yield FileRow(**dict(row))
+            yield _row(row)
 
     def errors(self) -> list[FileRow]:
         return list(self.files("error"))
@@ -386,7 +501,7 @@ class Catalog:
         again changes nothing, not even its source)."""
         now = time.time()
         rows = [(min(a, b), max(a, b), v, source, now) for a, b, v in pairs]
-        with self.conn:
+        with self.writing():
             before = self.conn.total_changes
             self.conn.executemany(
                 "INSERT INTO verdicts (a, b, verdict, source, created) VALUES (?, ?, ?, ?, ?) "
@@ -397,7 +512,15 @@ class Catalog:
             return self.conn.total_changes - before
 
     def not_duplicate_pairs(self) -> set[tuple[str, str]]:
-        return {(r[0], r[1]) for r in self.conn.execute("SELECT a, b FROM verdicts WHERE verdict = 'not_duplicate'")}
+        """The not-duplicate verdicts between files that are ``ok`` now (driven by the files, through the
+        verdicts' (a, b) index: a million stored verdicts cost nothing when few concern live files)."""
+        return {(r[0], r[1]) for r in self.conn.execute(
+            "SELECT v.a, v.b FROM files f CROSS JOIN verdicts v ON v.a = f.path CROSS JOIN files g ON g.path = v.b "
+            "WHERE f.status = 'ok' AND g.status = 'ok' AND v.verdict = 'not_duplicate'")}
+
+    def known_paths(self, paths: Iterable[str]) -> set[str]:
+        """Those of ``paths`` the catalog has a row for (any status)."""
+        return set(self.file_states_for(paths))
 
     def verdicts(self) -> list[dict]:
         """Every stored verdict: a, b (a < b), verdict, source, created (epoch seconds), oldest first."""

@@ -3,8 +3,13 @@
 Handles what real collections contain: EXIF orientation, alpha (flattened on white),
 palette and CMYK images, 16-bit and float greyscale, the first frame of animated and
 multipage files. JPEGs are decoded in draft mode (DCT scaling) at no less than the size
-the model needs, which makes decoding large photos several times faster. Pillow's
-decompression-bomb guard stays on, with a configurable pixel limit.
+the model needs, which makes decoding large photos several times faster.
+
+Pixel budget (``--max-pixels``, default :data:`DEFAULT_MAX_PIXELS`): the width and height are
+read from the file's header, and an image whose decode would allocate more pixels than the
+budget is refused BEFORE any pixel is allocated (a 540 KB PNG can declare 13,300 x 13,300
+pixels: 3.5 GB once decoded). For JPEGs the budget applies to the draft (reduced) decode, so
+large camera JPEGs still scan. Pillow's own limit is replaced by this one.
 """
 
 from __future__ import annotations
@@ -12,16 +17,18 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import warnings
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
+from .discover import not_regular
 from .errors import DecodeError
 
-DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's default bomb limit (2x MAX_IMAGE_PIXELS)
+DEFAULT_MAX_PIXELS = 64_000_000  # pixels one decode may allocate (--max-pixels): about 192 MB as RGB
 HASH_CHUNK = 1 << 20
+_OPEN_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS is process-wide: set it around open only
 
 try:  # HEIF/AVIF when the optional plugin is installed
     from pillow_heif import register_heif_opener  # type: ignore
@@ -68,13 +75,30 @@ def content_size(image: Image.Image, width: int, height: int) -> tuple[int, int]
     return max(1, round(width * bw / w)), max(1, round(height * bh / h))
 
 
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
 def content_hash(path: str | os.PathLike) -> str:
-    """SHA-256 of the file's bytes (hex): the identity of exact duplicates."""
+    """SHA-256 of the file's bytes (hex): the identity of exact duplicates.
+
+    Only regular files are read (a FIFO or a device named ``.jpg`` raises ``OSError`` instead of
+    blocking or reading forever)."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open(path, "rb", opener=_open_nonblocking) as fh:
+        why = not_regular(os.fstat(fh.fileno()).st_mode)
+        if why:
+            raise OSError(0, why)
         while chunk := fh.read(HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def bomb_message(w: int, h: int, limit: int, reduced: tuple[int, int] | None = None) -> str:
+    at = f" (decoded at {reduced[0]}x{reduced[1]})" if reduced and reduced != (w, h) else ""
+    n = reduced[0] * reduced[1] if reduced else w * h
+    return (f"decompression bomb guard: image is {w}x{h}{at} = {n:,} pixels to decode, over the --max-pixels budget of {limit:,} "
+            f"(about {n * 3 / 1e6:,.0f} MB as RGB); raise --max-pixels to allow it")
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -105,47 +129,52 @@ def load_image(path: str, *, min_side: int | None = None, max_pixels: int | None
     """Open ``path`` (or decode ``data``, the bytes fetched for the URL ``path``) and return ``(rgb_image, meta)``.
 
     ``min_side``: the smallest side the caller needs; JPEGs are draft-decoded to no less.
-    ``max_pixels``: refuse images with more pixels (decompression-bomb guard); ``None`` or 0 disables.
+    ``max_pixels``: the pixel budget (``--max-pixels``): refuse, before decoding, an image whose decode
+    would allocate more pixels (for JPEGs: the reduced draft decode); ``None`` or 0 disables.
     Raises :class:`DecodeError` naming the file and the reason.
     """
-    try:
-        size = os.stat(path).st_size if data is None else len(data)
-    except FileNotFoundError:
-        raise DecodeError(path, "file not found (or a broken symlink)") from None
-    except OSError as exc:
-        raise DecodeError(path, f"cannot stat: {exc.strerror or exc}") from None
+    if data is None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise DecodeError(path, "file not found (or a broken symlink)") from None
+        except OSError as exc:
+            raise DecodeError(path, f"cannot stat: {exc.strerror or exc}") from None
+        why = not_regular(st.st_mode)
+        if why:
+            raise DecodeError(path, why)
+        size = st.st_size
+    else:
+        size = len(data)
     if size == 0:
         raise DecodeError(path, "empty file (0 bytes)")
     limit = max_pixels or None
-    previous_limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = limit
+        with _OPEN_LOCK:  # reads the header only; the budget below replaces Pillow's guard
+            previous_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
             try:
                 im = Image.open(path if data is None else io.BytesIO(data))
-            finally:  # the limit is per call: leave Pillow's process-wide setting as it was
+            finally:
                 Image.MAX_IMAGE_PIXELS = previous_limit
     except PermissionError:
         raise DecodeError(path, "permission denied") from None
     except UnidentifiedImageError:
         raise DecodeError(path, "not a recognised image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError(path, f"decompression bomb guard: {exc}; raise --max-pixels to allow it") from None
     except OSError as exc:
         raise DecodeError(path, f"cannot open: {exc}") from None
     try:
         with im:
             w, h = im.size
-            if limit and w * h > limit:
-                raise DecodeError(path, f"decompression bomb guard: {w}x{h} = {w * h} pixels exceeds the limit of {limit}; raise --max-pixels to allow it")
+            if min_side and im.format == "JPEG":
+                im.draft("RGB", (min_side, min_side))  # DCT scaling: only the reduced size is allocated
+            if limit and im.size[0] * im.size[1] > limit:
+                raise DecodeError(path, bomb_message(w, h, limit, im.size))
             fmt = im.format or "unknown"
             try:
                 im.seek(0)  # first frame of animated / multipage files
             except EOFError:
                 pass
-            if min_side and fmt == "JPEG":
-                im.draft("RGB", (min_side, min_side))
             exif_orientation = 1
             try:
                 exif_orientation = int(im.getexif().get(0x0112, 1))
@@ -166,8 +195,8 @@ def load_image(path: str, *, min_side: int | None = None, max_pixels: int | None
                                   content_height=content[1] if content else None)
     except DecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError(path, f"decompression bomb guard: {exc}") from None
+    except Image.DecompressionBombError:
+        raise DecodeError(path, bomb_message(*im.size, limit or 0) if limit else "image too large for Pillow's own guard") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError) as exc:
         reason = str(exc) or type(exc).__name__
         if "truncated" in reason.lower():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,19 @@ _MAGIC = (
     b"qoif",
     b"\x00\x00\x00\x0cjP  ",  # JPEG 2000
 )
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def not_regular(mode: int) -> str | None:
+    """Why a file of this ``st_mode`` is not read as an image (None: a regular file)."""
+    return None if stat.S_ISREG(mode) else f"not a regular file: {_kind(mode)}"
 
 
 IGNORE_MARKER = ".embeddr-ignore"  # a folder holding this file is not scanned (quarantine, trash, ...)
@@ -80,11 +94,11 @@ def discover(roots: Iterable[str | os.PathLike], *, exclude: Iterable[str] = (),
     roots = [os.path.abspath(os.fspath(r)) for r in roots]
     seen = _Seen(tuple(r.rstrip(os.sep) + os.sep for r in roots if os.path.isdir(r)))
     for root in roots:
-        if os.path.isfile(root) or (os.path.islink(root) and not os.path.exists(root)):
-            yield from _one(root, seen, named=True)  # a file named on purpose is always checked
-            continue
         if not os.path.isdir(root):
-            yield Candidate(root, error="no such file or folder")
+            if os.path.lexists(root):  # a file (or FIFO, device, broken link) named on purpose is always checked
+                yield from _one(root, seen, named=True)
+            else:
+                yield Candidate(root, error="no such file or folder")
             continue
         visited: set[tuple[int, int]] = set()
         stack = [root]
@@ -159,7 +173,9 @@ def _one(path: str, seen: _Seen, named: bool = False) -> Iterator[Candidate]:
         if has_ext:
             yield Candidate(path, error=f"cannot stat: {exc.strerror or exc}")
         return
-    if not os.path.isfile(path):
+    if not stat.S_ISREG(st.st_mode):  # FIFO, socket, device (or a link to one): reported, never opened
+        if has_ext:
+            yield Candidate(path, error=not_regular(st.st_mode))
         return
     if has_ext or sniff(path):
         yield Candidate(path, size=st.st_size, mtime_ns=st.st_mtime_ns, link_of=seen.link_of(path, st))

@@ -46,3 +46,7 @@ class ReviewError(EmbeddrError):
 
 class JournalError(EmbeddrError):
     """An action journal that cannot be written, read or undone."""
+
+
+class CatalogBusy(CatalogError):
+    """Another process is writing to the catalog (its writer lock is held)."""

@@ -42,17 +42,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog, FileRecord
+from .catalog import Catalog, FileRecord, from_db
 from .decode import DEFAULT_MAX_PIXELS
 from .discover import Candidate, discover
 from .encoders import catalog_preset, load_encoder
+from .errors import CatalogError, EmbeddrError
 from .fsutil import atomic_write
 from .index import index_path, load_index, max_id, write_atomic
+from .lock import writer
 from .match import EPS
 from .pipeline import decode_one
 from .presets import score_and_threshold
 
 DEFAULT_MAX_MATCHES = 20  # matches reported per item (the best ones); the count of all is in n_matches
+DEFAULT_MAX_DECODES = max(1, min(4, os.cpu_count() or 1))  # concurrent decodes in one gate (memory bound)
 _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
         "MPO": ".jpg", "HEIF": ".heic", "AVIF": ".avif", "ICO": ".ico", "PPM": ".ppm", "JPEG2000": ".jp2"}
 
@@ -266,8 +269,13 @@ class Gate:
                  device: str = "auto", precision: str = "auto", checkpoint: str | os.PathLike | None = None,
                  store: str | os.PathLike | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  max_matches: int = DEFAULT_MAX_MATCHES, batch_size: int = 32, micro_batch: bool | None = None,
-                 max_wait_ms: float = 5.0, score: str | None = None, encoder=None):
+                 max_wait_ms: float = 5.0, score: str | None = None, encoder=None,
+                 max_decodes: int = DEFAULT_MAX_DECODES, wait: bool | float = False):
         self.catalog = Catalog(db, create=False)
+        st = os.stat(self.catalog.path)
+        self._identity = (st.st_dev, st.st_ino, self.catalog.catalog_id)
+        self._decodes = threading.BoundedSemaphore(max(1, int(max_decodes)))
+        self.wait = wait  # for the writer lock: False refuse, True wait, seconds: wait at most
         try:
             self.preset = catalog_preset(self.catalog, model)  # no model yet / mismatch: raises
             if encoder is not None and encoder.name != self.preset.name:
@@ -317,8 +325,26 @@ class Gate:
         return self.preset.name
 
     # -- public API ---------------------------------------------------------------------------
+    def alive(self) -> str | None:
+        """Why the catalog this gate serves is no longer there (deleted, replaced), or None when it is."""
+        try:
+            st = os.stat(self.db)
+        except FileNotFoundError:
+            return f"the catalog {self.db} was deleted while serving; restart with a catalog"
+        except OSError as exc:
+            return f"the catalog {self.db} cannot be read ({exc.strerror or exc})"
+        if (st.st_dev, st.st_ino) != self._identity[:2]:
+            return f"the catalog {self.db} was replaced by another file while serving; restart to serve it"
+        return None
+
+    def _ensure_alive(self) -> None:
+        why = self.alive()
+        if why:
+            raise CatalogError(why)
+
     def check(self, items: Iterable[Item]) -> list[CheckResult]:
         """Exact and near matches of each item in the catalog; adds nothing."""
+        self._ensure_alive()
         results: list[CheckResult] = []
         for chunk in _chunks(list(items), self.batch_size):
             prepared = self._prepare(chunk)
@@ -337,13 +363,15 @@ class Gate:
         in one transaction. ``strict``: all items are one batch, and if any of them cannot be read,
         nothing is added (the HTTP service's all-or-nothing request)."""
         items = list(items)
+        self._ensure_alive()
         results: list[CheckResult] = []
         for chunk in ([items] if strict else _chunks(items, self.batch_size)):
             prepared = self._prepare(chunk, keep_bytes=True)
             if strict and any(p.result.status == "error" for p in prepared):
                 results += [p.result for p in prepared]
                 break
-            with self._lock.write():
+            with self._lock.write(), writer(self.db, wait=self.wait):
+                self._ensure_alive()  # never commit into a catalog that is gone: the caller hears of it
                 self._sync_locked()
                 accepted: list[_Prepared] = []
                 for p in prepared:
@@ -358,6 +386,7 @@ class Gate:
         return results
 
     def stats(self) -> dict:
+        self._ensure_alive()
         with self._lock.read():
             stats = self._reader_catalog_stats()
             stats.update({"index_vectors": int(self.index.ntotal), "threshold": self.threshold, "score": self.score,
@@ -415,23 +444,24 @@ class Gate:
         size, resize = self.encoder.input_size, self.encoder.resize
         if isinstance(item, Upload):
             name = item.name or "upload"
-            suffix = Path(name).suffix.lower()[:10]
-            fd, tmp = tempfile.mkstemp(prefix="embeddr-upload-", suffix=suffix)
+            fd, tmp = tempfile.mkstemp(prefix="embeddr-upload-")  # never the client's name or extension
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(item.data)
-                decoded = decode_one(Candidate(tmp, len(item.data), None), size, resize, self.max_pixels)
+                with self._decodes:
+                    decoded = decode_one(Candidate(tmp, len(item.data), None), size, resize, self.max_pixels)
             finally:
                 os.unlink(tmp)
             rec = decoded.record
             if rec.status != "ok":
                 return _Prepared(CheckResult(name, "error", rec.error, rec.hash)), None
-            ext = _EXT.get(rec.format, suffix or ".img")
+            ext = extension_of(rec.format)  # the DETECTED format's, never the client's
             stored = str((self.store / f"{rec.hash}{ext}").resolve())  # where it is kept if added
             return (_Prepared(CheckResult(name, hash=rec.hash), replace(rec, path=stored),
                               data=item.data if keep_bytes else None, ext=ext), decoded.pixels)
         cand = item if isinstance(item, Candidate) else _candidate(item)
-        decoded = decode_one(cand, size, resize, self.max_pixels)
+        with self._decodes:
+            decoded = decode_one(cand, size, resize, self.max_pixels)
         rec = decoded.record
         if rec.status != "ok":
             return _Prepared(CheckResult(cand.path, "error", rec.error, rec.hash)), None
@@ -440,7 +470,7 @@ class Gate:
     def _match(self, p: _Prepared, conn: sqlite3.Connection, earlier: Sequence[_Prepared] = ()) -> None:
         """Fill ``p.result.matches``: exact (same hash) then near (index, then ``earlier`` items of this call)."""
         h = p.result.hash
-        exact = [Match(r[0], 1.0, "exact", r[1]) for r in
+        exact = [Match(from_db(r[0]), 1.0, "exact", r[1]) for r in
                  conn.execute("SELECT path, item_id FROM files WHERE hash = ? AND status = 'ok' ORDER BY path", (h,))]
         near: list[Match] = []
         if self.index.ntotal:
@@ -454,7 +484,7 @@ class Gate:
                 rows = conn.execute(
                     f"SELECT v.id, f.path, f.item_id FROM vectors v JOIN files f ON f.hash = v.hash "
                     f"WHERE f.status = 'ok' AND v.hash != ? AND v.id IN ({','.join('?' * len(chunk))})", [h, *chunk])
-                near += [Match(path, score_of[vid], "near", item_id) for vid, path, item_id in rows]
+                near += [Match(from_db(path), score_of[vid], "near", item_id) for vid, path, item_id in rows]
         for q in earlier:  # items accepted earlier in this call
             path = q.result.stored or q.record.path
             if q.result.hash == h:
@@ -513,7 +543,7 @@ class Gate:
         if self._live is not None:
             self._live = self._live_ids()
         if changed and save:
-            write_atomic(self.index, index_path(self.catalog))
+            write_atomic(self.index, index_path(self.catalog), self.catalog)
 
 
     def _live_ids(self) -> set[int]:
@@ -545,6 +575,23 @@ class Gate:
     def _own_id(self, content_hash: str | None) -> int:
         row = self._reader().execute("SELECT id FROM vectors WHERE hash = ?", (content_hash,)).fetchone()
         return int(row[0]) if row else -1
+
+
+_PIL_EXT: dict[str, str] = {}
+
+
+def extension_of(fmt: str | None) -> str:
+    """The file extension uploads of Pillow format ``fmt`` are stored under (``.bin`` when unknown)."""
+    if fmt in _EXT:
+        return _EXT[fmt]
+    if not _PIL_EXT:
+        from PIL import Image
+
+        for ext, f in sorted(Image.registered_extensions().items()):
+            if f not in _PIL_EXT or ext == "." + f.lower():  # .tga for TGA, not .icb
+                _PIL_EXT[f] = ext
+    ext = _PIL_EXT.get(fmt or "", ".bin")
+    return ext if ext.isascii() and ext[1:].isalnum() else ".bin"
 
 
 def _chunks(items: list, n: int) -> Iterable[list]:

@@ -31,6 +31,7 @@ from .errors import EmbeddrError, PolicyError
 from .evaluate import EvalError, score_benchmark
 from .metrics import threshold_for_precision
 from .index import index_path
+from .lock import is_free, writer
 from .pipeline import ScanReport, scan_into
 from .plots import histograms, pr_curves
 from .policy import Policy, decide
@@ -45,7 +46,7 @@ def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, mo
          exclude: Iterable[str] = (), batch_size: int = 64, workers: int | None = None,
          max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: Callable[[int, int], None] | None = None,
          encoder=None, manifest: str | os.PathLike | None = None, path_column: str = "path",
-         id_column: str | None = None, fetch_options=None, ray: str | None = None) -> ScanReport:
+         id_column: str | None = None, fetch_options=None, ray: str | None = None, wait: bool = False) -> ScanReport:
     """Scan folders, files and URLs (and a manifest's rows) into the catalog ``db`` (created if needed);
     incremental and resumable.
 
@@ -72,7 +73,7 @@ def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, mo
     return scan_into(roots, db=db, model=model, device=device, precision=precision, checkpoint=checkpoint,
                      exclude=exclude, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
                      progress=progress, encoder=encoder, manifest=manifest, path_column=path_column,
-                     id_column=id_column, fetch_options=fetch_options, run=run)
+                     id_column=id_column, fetch_options=fetch_options, run=run, wait=wait)
 
 
 def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = None, score: str | None = None,
@@ -147,13 +148,26 @@ def missed_report(report: DuplicateReport, baseline: str = "phash", *, threshold
 def apply_duplicates(db: CatalogLike | os.PathLike, *, action: str = "report", policy=None,
                      quarantine: str | os.PathLike | None = None, journal: str | os.PathLike | None = None,
                      yes: bool = False, really_delete: bool = False, threshold: float | None = None,
-                     score: str | None = None, price_per_gb_month: float = 0.023, currency: str = "USD") -> actions.ApplyResult:
+                     score: str | None = None, price_per_gb_month: float = 0.023, currency: str = "USD",
+                     wait: bool = False) -> actions.ApplyResult:
     """Find duplicates, decide canonicals by ``policy``, plan ``action`` and apply it (dry run unless ``yes``).
 
     The result's ``extra`` holds the policy, each group's decision with its reason, and the savings
     (:func:`embeddr.savings.savings`). ``journal`` defaults to :func:`embeddr.actions.default_journal_path`.
+    Acting (``yes``) holds the catalog's writer lock from planning to the end, so two applies never
+    plan on the same state (``wait``: wait for another writer instead of refusing).
     """
-    policy = policy or Policy()
+    kwargs = dict(action=action, policy=policy or Policy(), quarantine=quarantine, journal=journal, yes=yes,
+                  really_delete=really_delete, threshold=threshold, score=score,
+                  price_per_gb_month=price_per_gb_month, currency=currency)
+    if yes and action != "report":
+        with writer(db.path if isinstance(db, Catalog) else db, wait=wait):
+            return _apply_duplicates(db, **kwargs)
+    return _apply_duplicates(db, **kwargs)
+
+
+def _apply_duplicates(db, *, action, policy, quarantine, journal, yes, really_delete, threshold, score,
+                      price_per_gb_month, currency) -> actions.ApplyResult:
     if action not in actions.ACTIONS:
         raise PolicyError(f"unknown action {action!r}; valid actions: {', '.join(actions.ACTIONS)}")
     if action == "delete" and yes and not really_delete:
@@ -255,6 +269,10 @@ def info(db: CatalogLike = DEFAULT_DB) -> dict:
         stats["index_file"] = str(path) if path.exists() else None
         stats["index_bytes"] = path.stat().st_size if path.exists() else 0
         stats["runs"] = catalog.runs(5)
+        if is_free(catalog.path):  # no writer alive: a run still 'running' died (kill -9, power loss)
+            for run in stats["runs"]:
+                if run["status"] == "running":
+                    run["status"] = "interrupted"
         stats["error_files"] = [{"path": r.path, "error": r.error} for r in catalog.errors()]
         if catalog.model:
             preset = resolve_preset(catalog.model)

@@ -1,17 +1,36 @@
 """The scan pipeline: discover -> (hash + decode in worker processes) -> encode -> catalog.
 
-Memory is bounded: the decode workers hand over fixed-size uint8 arrays a batch at a time
-(a torch DataLoader with ``prefetch_factor`` batches in flight per worker), and each batch is
-committed to the catalog in one transaction before the next is taken, so an interrupted scan
-(Ctrl-C, kill -9, power loss) resumes after the last committed batch.
+Memory is bounded: the decode workers (a process pool, at most two batches in flight per
+worker) hand over fixed-size uint8 arrays a batch at a time, and each batch is committed to the
+catalog in one transaction before the next is taken, so an interrupted scan (Ctrl-C, kill -9,
+power loss) resumes after the last committed batch.
+
+Workers die with the scan (``PR_SET_PDEATHSIG`` on Linux, and a thread watching the parent
+everywhere): a killed scan leaves no orphans. A worker that dies (the OOM killer, a crashing
+decoder) costs its batch, not the scan: the pool is recreated, the batches that were in flight
+are decoded again one at a time, and the one that kills a worker again is recorded as per-file
+errors ("decode worker died").
+
+A local file is read twice (hash, then decode): its size, mtime and inode are compared before
+and after, and a file rewritten meanwhile is read again (or, if it keeps changing, recorded as
+an error), so a record never has the size of one version and the hash of another.
+
+One writer at a time: :func:`scan_into` holds the catalog's writer lock (:mod:`embeddr.lock`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import signal
+import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -19,9 +38,10 @@ import numpy as np
 
 from .catalog import Catalog, FileRecord
 from .decode import DEFAULT_MAX_PIXELS, content_hash, fit, load_image
-from .discover import Candidate
+from .discover import Candidate, not_regular
 from .encoders.base import Encoder
-from .errors import DecodeError, EmbeddrError
+from .errors import CatalogError, DecodeError, EmbeddrError
+from .lock import writer
 from .presets import DEFAULT_MODEL, Preset
 from .sources import FetchError, FetchOptions, fetch, is_remote, list_inputs, manifest_rows, stat
 
@@ -54,9 +74,10 @@ class ScanReport:
     seconds: float = 0.0
     times: StageTimes = field(default_factory=StageTimes)
     error_samples: list[tuple[str, str]] = field(default_factory=list)
+    unwalked: list[str] = field(default_factory=list)  # folders that could not be listed
 
     def as_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("times", "error_samples")}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("times", "error_samples", "unwalked")}
         d["times"] = self.times.as_dict()
         d["error_samples"] = [{"path": p, "error": e} for p, e in self.error_samples]
         d["images_per_second"] = round(self.processed / self.seconds, 2) if self.seconds else None
@@ -87,44 +108,174 @@ class DecodeDataset:
 
 
 def decode_one(c: Candidate, size: int, resize: str, max_pixels: int | None,
-               fetch_options: FetchOptions | None = None) -> Decoded:
-    """Hash and decode one input (reading a URL's bytes first); failures become the record's error."""
-    remote = is_remote(c.path)
+               fetch_options: FetchOptions | None = None, attempts: int = 3) -> Decoded:
+    """Hash and decode one input (reading a URL's bytes first); failures become the record's error.
 
+    A local file is stat'ed before and after it is read; if it changed meanwhile it is read again
+    (at most ``attempts`` times), so the record's size, mtime and hash are of one version."""
+    if c.error:
+        return Decoded(FileRecord(c.path, c.size or None, c.mtime_ns or None, None, status="error", error=c.error,
+                                  item_id=c.item_id))
+    if is_remote(c.path):
+        return _decode_remote(c, size, resize, max_pixels, fetch_options)
+
+    def failed(error: str, digest: str | None = None, st: os.stat_result | None = None) -> Decoded:
+        sz, mt = (st.st_size, st.st_mtime_ns) if st is not None else (c.size or None, c.mtime_ns or None)
+        return Decoded(FileRecord(c.path, sz, mt, digest, status="error", error=error, item_id=c.item_id))
+
+    for _ in range(attempts):
+        try:
+            before = os.stat(c.path)
+        except FileNotFoundError:
+            return failed("file is gone (deleted or renamed during the scan)")
+        except OSError as exc:
+            return failed(f"cannot stat: {exc.strerror or exc}")
+        why = not_regular(before.st_mode)
+        if why:
+            return failed(why, st=before)
+        result = _read_local(c, before, size, resize, max_pixels, failed)
+        try:
+            after = os.stat(c.path)
+        except OSError:
+            return failed("file is gone (deleted or renamed during the scan)")
+        if _same_version(before, after):
+            return result
+    return failed(f"file changed while it was being read ({attempts} tries); scan again once it is written")
+
+
+def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ino, a.st_dev) == (b.st_size, b.st_mtime_ns, b.st_ino, b.st_dev)
+
+
+def _read_local(c: Candidate, st: os.stat_result, size: int, resize: str, max_pixels: int | None, failed) -> Decoded:
+    try:
+        digest = content_hash(c.path)
+    except OSError as exc:
+        return failed(f"cannot read: {exc.strerror or exc}", st=st)
+    try:
+        image, meta = load_image(c.path, min_side=size, max_pixels=max_pixels)
+        pixels = fit(image, size, resize)
+    except DecodeError as exc:
+        return failed(exc.reason, digest, st)
+    except Exception as exc:  # a decoder bug must not stop the scan: record it against the file
+        return failed(f"cannot decode: {type(exc).__name__}: {exc}", digest, st)
+    return Decoded(FileRecord(c.path, st.st_size, st.st_mtime_ns, digest, meta.width, meta.height, meta.format,
+                              content_width=meta.content_width, content_height=meta.content_height,
+                              item_id=c.item_id), pixels)
+
+
+def _decode_remote(c: Candidate, size: int, resize: str, max_pixels: int | None,
+                   fetch_options: FetchOptions | None) -> Decoded:
     def failed(error: str, digest: str | None = None, size: int | None = None, etag: str | None = None) -> Decoded:
         return Decoded(FileRecord(c.path, size or c.size or None, c.mtime_ns or None, digest, status="error", error=error,
                                   item_id=c.item_id, etag=etag))
 
-    if c.error:
-        return failed(c.error)
-    data = etag = None
-    if remote:
-        try:
-            got = fetch(c.path, fetch_options or FetchOptions())
-        except FetchError as exc:
-            return failed(exc.reason)
-        data, etag = got.data, got.etag
-        digest = hashlib.sha256(data).hexdigest()
-    else:
-        try:
-            digest = content_hash(c.path)
-        except OSError as exc:
-            return failed(f"cannot read: {exc.strerror or exc}")
-    n_bytes = len(data) if remote else c.size
+    try:
+        got = fetch(c.path, fetch_options or FetchOptions())
+    except FetchError as exc:
+        return failed(exc.reason)
+    data, etag = got.data, got.etag
+    digest = hashlib.sha256(data).hexdigest()
     try:
         image, meta = load_image(c.path, min_side=size, max_pixels=max_pixels, data=data)
         pixels = fit(image, size, resize)
     except DecodeError as exc:
-        return failed(exc.reason, digest, n_bytes, etag)
+        return failed(exc.reason, digest, len(data), etag)
     except Exception as exc:  # a decoder bug must not stop the scan: record it against the file
-        return failed(f"cannot decode: {type(exc).__name__}: {exc}", digest, n_bytes, etag)
-    return Decoded(FileRecord(c.path, n_bytes, None if remote else c.mtime_ns, digest, meta.width, meta.height, meta.format,
+        return failed(f"cannot decode: {type(exc).__name__}: {exc}", digest, len(data), etag)
+    return Decoded(FileRecord(c.path, len(data), None, digest, meta.width, meta.height, meta.format,
                               content_width=meta.content_width, content_height=meta.content_height,
                               item_id=c.item_id, etag=etag), pixels)
 
 
-def _collate(batch: list[Decoded]) -> list[Decoded]:
-    return batch
+def decode_batch(items: Sequence[Candidate], size: int, resize: str, max_pixels: int | None,
+                 fetch_options: FetchOptions | None = None) -> list[Decoded]:
+    return [decode_one(c, size, resize, max_pixels, fetch_options) for c in items]
+
+
+WORKER_DIED = "decode worker died while decoding this batch (killed, or out of memory?); scan again to retry"
+
+
+def _worker_init(parent: int) -> None:
+    """In each decode worker: die with the parent, leave Ctrl-C to it, drop inherited catalog locks."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover
+            pass
+    if os.getppid() != parent:  # the parent died before the line above ran
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from . import lock
+
+    for fd, _depth in list(lock._HELD.values()):  # the lock must go when the parent goes, not when we do
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    lock._HELD.clear()
+
+    def watch() -> None:  # other platforms (and belt and braces): poll the parent
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="embeddr-parent-watch", daemon=True).start()
+
+
+def _new_pool(workers: int) -> ProcessPoolExecutor:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork") if os.name == "posix" else None
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
+
+
+def _pool_batches(batches: list[list[Candidate]], args: tuple, workers: int):
+    """Decode ``batches`` in a process pool, in order; a dead worker costs its batch, not the scan."""
+    pool = _new_pool(workers)
+    pending = deque(batches)
+    inflight: deque = deque()
+    try:
+        while pending or inflight:
+            broken = False
+            while pending and len(inflight) < 2 * workers:
+                try:
+                    fut = pool.submit(decode_batch, pending[0], *args)
+                except BrokenProcessPool:
+                    broken = True
+                    break
+                inflight.append((pending.popleft(), fut))
+            if not broken:
+                try:
+                    out = inflight[0][1].result()
+                except BrokenProcessPool:
+                    broken = True
+                else:
+                    inflight.popleft()
+                    yield out
+                    continue
+            # A worker died. Which batch killed it is unknown: each batch that was in flight (and did not
+            # finish) is decoded again alone in a fresh pool; one that breaks that pool too is the culprit.
+            suspects = list(inflight)
+            inflight.clear()
+            pool.shutdown(wait=False, cancel_futures=True)
+            pool = _new_pool(workers)
+            for b, fut in suspects:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    yield fut.result()
+                    continue
+                try:
+                    got = pool.submit(decode_batch, b, *args).result()
+                except BrokenProcessPool:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = _new_pool(workers)
+                    got = [Decoded(FileRecord(c.path, c.size or None, c.mtime_ns or None, status="error",
+                                              error=WORKER_DIED, item_id=c.item_id)) for c in b]
+                yield got
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def iter_decoded(items: Sequence[Candidate], *, size: int, resize: str, max_pixels: int | None,
@@ -153,11 +304,8 @@ def iter_decoded(items: Sequence[Candidate], *, size: int, resize: str, max_pixe
         for start in range(0, len(items), batch_size):
             yield [dataset[i] for i in range(start, min(start + batch_size, len(items)))]
         return
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                        prefetch_factor=2, persistent_workers=False, multiprocessing_context="fork" if os.name == "posix" else None)
-    yield from loader
+    batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    yield from _pool_batches(batches, (size, resize, max_pixels, fetch_options), workers)
 
 
 def encoder_threads(workers: int | None) -> int:
@@ -178,7 +326,7 @@ def scan_into(roots: Iterable[str | os.PathLike], *, db: Catalog | str | os.Path
               progress: Callable[[int, int | None], None] | None = None, encoder: Encoder | None = None,
               manifest: str | os.PathLike | None = None, path_column: str = "path", id_column: str | None = None,
               fetch_options: FetchOptions | None = None,
-              run: Callable[[list, Catalog, Preset], ScanReport] | None = None) -> ScanReport:
+              run: Callable[[list, Catalog, Preset], ScanReport] | None = None, wait: bool = False) -> ScanReport:
     """Scan ``roots`` (folders, files, URLs) and a ``manifest``'s rows into the catalog ``db`` (an open
     catalog, or a path: created if needed).
 
@@ -191,9 +339,10 @@ def scan_into(roots: Iterable[str | os.PathLike], *, db: Catalog | str | os.Path
     A failed start (missing root, unknown model, weights that cannot be loaded, a model that is not
     the catalog's) raises before anything is written: a new catalog is only created once its
     encoder is loaded, so no empty catalog is left behind to bind a later scan to another model.
-    """
-    from .encoders import load_encoder, resolve_preset
 
+    Holds the catalog's writer lock (:mod:`embeddr.lock`) throughout: another writer makes it fail
+    at once with :class:`~embeddr.errors.CatalogBusy`, or wait for it with ``wait=True``.
+    """
     roots = list(roots)
     missing = [str(r) for r in roots if not is_remote(os.fspath(r)) and not os.path.lexists(r)]
     if missing:
@@ -202,6 +351,15 @@ def scan_into(roots: Iterable[str | os.PathLike], *, db: Catalog | str | os.Path
         raise EmbeddrError("nothing to scan: give folders, files or URLs, or --manifest FILE")
     if manifest is not None:
         next(iter(manifest_rows(manifest, path_column, id_column)), None)  # a bad manifest fails before anything is created
+    with writer(db.path if isinstance(db, Catalog) else db, wait=wait):
+        return _scan_into(roots, db, model, device, precision, checkpoint, exclude, batch_size, workers, max_pixels,
+                          progress, encoder, manifest, path_column, id_column, fetch_options, run)
+
+
+def _scan_into(roots, db, model, device, precision, checkpoint, exclude, batch_size, workers, max_pixels, progress,
+               encoder, manifest, path_column, id_column, fetch_options, run) -> ScanReport:
+    from .encoders import load_encoder, resolve_preset
+
     if isinstance(db, Catalog):
         catalog, owned = db, False
     elif os.path.exists(db):
@@ -209,6 +367,8 @@ def scan_into(roots: Iterable[str | os.PathLike], *, db: Catalog | str | os.Path
     else:
         catalog, owned = None, True  # created once the encoder is loaded
     try:
+        if catalog is not None:
+            catalog.interrupt_stale_runs()  # we hold the lock: a run still 'running' died with its process
         if encoder is None:
             preset = resolve_preset(model or (catalog.model if catalog is not None else None) or DEFAULT_MODEL)
             if catalog is not None and catalog.model is not None:
@@ -278,7 +438,7 @@ def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder,
         if progress:
             progress(done, total)
         t_store = time.perf_counter()
-        report.missing = catalog.mark_missing([r for r in roots if not is_remote(r)], run_id)
+        report.missing = catalog.mark_missing([r for r in roots if not is_remote(r)], run_id, unwalked=report.unwalked)
         report.times.store += time.perf_counter() - t_store
         t_index = time.perf_counter()
         from .index import load_index
@@ -291,7 +451,11 @@ def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder,
         raise
     finally:
         report.seconds = time.perf_counter() - t0
-        catalog.finish_run(run_id, status, report.as_dict())
+        try:
+            catalog.finish_run(run_id, status, report.as_dict())
+        except CatalogError:
+            if status == "done":
+                raise  # else the error on its way out says more than this one
     return report
 
 
@@ -301,6 +465,8 @@ def _waves(candidates: Iterable[Candidate], size: int, report: ScanReport):
     t = time.perf_counter()  # the walk itself runs inside this loop: count it as the discover stage
     for cand in candidates:
         report.seen += 1
+        if cand.error and cand.error.startswith(("cannot read folder", "cannot list folder")):
+            report.unwalked.append(cand.path)  # its files are not "gone": this scan did not look
         chunk.append(cand)
         if len(chunk) >= size:
             report.times.discover += time.perf_counter() - t

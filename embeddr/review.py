@@ -282,7 +282,7 @@ def write_html_report_details(report: DuplicateReport, decisions, savings: dict 
 
     db_path = str(Path(db).resolve()) if db is not None else ""
     meta = {
-        "db": db_path, "model": report.model, "threshold": report.threshold, "score": report.score,
+        "db": db_path, "catalog_id": _catalog_id(db), "model": report.model, "threshold": report.threshold, "score": report.score,
         "groups": len(groups), "pages": n_pages, "page_size": page_size, "root": root,
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
     }
@@ -327,17 +327,44 @@ def verdict_pairs(group_paths: Sequence[str], marked_members: Iterable[str] = ()
     return out
 
 
-def read_verdicts(path: str | os.PathLike) -> list[tuple[str, str, str]]:
-    """Validate a ``verdicts.json`` file; returns ``(a, b, verdict)`` triples. Raises :class:`ReviewError`."""
-    path = Path(path)
+MAX_VERDICTS_BYTES = 64 << 20  # a verdicts file larger than this is refused before it is parsed
+MAX_PATH_BYTES = 4096  # PATH_MAX: a longer "path" names no file
+
+
+def _catalog_id(db) -> str | None:
+    if db is None or isinstance(db, Catalog):
+        return db.catalog_id if isinstance(db, Catalog) else None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with Catalog(db, create=False) as cat:
+            return cat.catalog_id
+    except Exception:  # noqa: BLE001 - the report is still useful without it
+        return None
+
+
+def _load_verdicts_json(path: Path) -> dict:
+    try:
+        size = path.stat().st_size
     except FileNotFoundError:
         raise ReviewError(f"{path}: no such verdicts file") from None
+    except OSError as exc:
+        raise ReviewError(f"{path}: cannot read verdicts file ({exc.strerror or exc})") from None
+    if size > MAX_VERDICTS_BYTES:
+        raise ReviewError(f"{path}: {size:,} bytes is more than a verdicts file can be ({MAX_VERDICTS_BYTES:,}); "
+                          "not imported")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ReviewError(f"{path}: cannot read verdicts file ({exc})") from None
     except json.JSONDecodeError as exc:
         raise ReviewError(f"{path}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise ReviewError(f"{path}: JSON nested too deeply to be a verdicts file; not imported") from None
+
+
+def read_verdicts(path: str | os.PathLike) -> list[tuple[str, str, str]]:
+    """Validate a ``verdicts.json`` file; returns ``(a, b, verdict)`` triples. Raises :class:`ReviewError`."""
+    path = Path(path)
+    data = _load_verdicts_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("verdicts"), list):
         raise ReviewError(f"{path}: expected an object with a \"verdicts\" list, "
                           "as written by the HTML report's Download verdicts button")
@@ -362,27 +389,68 @@ def read_verdicts(path: str | os.PathLike) -> list[tuple[str, str, str]]:
 
 @dataclass(frozen=True)
 class VerdictImport:
-    """What an import stored: ``new`` pairs (or pairs whose verdict changed), ``already`` present as they are."""
+    """What an import stored: ``new`` pairs (or pairs whose verdict changed), ``already`` present as they
+    are, and the pairs ``rejected`` (count per reason)."""
 
     new: int
     already: int
+    rejected: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return self.new + self.already
 
 
-def import_verdicts(catalog: Catalog | str | os.PathLike, path: str | os.PathLike) -> VerdictImport:
+def _path_problem(p: str) -> str | None:
+    if "\x00" in p:
+        return "with a NUL byte in a path"
+    try:
+        raw = p.encode("utf-8")
+    except UnicodeEncodeError:
+        return "with a path that is not valid Unicode"
+    if len(raw) > MAX_PATH_BYTES:
+        return "with a path longer than any file name can be"
+    if not os.path.isabs(p):
+        return "with a relative path"
+    return None
+
+
+def import_verdicts(catalog: Catalog | str | os.PathLike, path: str | os.PathLike, *, wait: bool = False) -> VerdictImport:
     """Store the verdicts of a ``verdicts.json`` file in the catalog (open or a path).
 
-    The whole file is validated first (nothing is stored from an invalid file). Pairs are stored
-    with the smaller path first; importing the same file again changes nothing (``new`` is 0).
+    The file's shape is validated first (nothing is stored from an invalid file). A file made from
+    another catalog (its ``catalog_id``) is refused. Pairs naming a path this catalog has no file
+    for, or a path no file can have (NUL, not Unicode, longer than PATH_MAX, relative), are
+    rejected and counted, not stored (all rejected: a :class:`ReviewError`). Pairs are stored with
+    the smaller path first; importing the same file again changes nothing (``new`` is 0). Holds
+    the catalog's writer lock.
     """
+    from .lock import writer
+
     triples = read_verdicts(path)
-    distinct = len({(min(a, b), max(a, b)) for a, b, _ in triples})
-    with opened(catalog) as cat:
-        new = cat.add_verdicts(triples, source=f"file:{Path(path).resolve()}")
-    return VerdictImport(new=new, already=distinct - new)
+    made_for = _load_verdicts_json(Path(path)).get("catalog_id") if triples else None
+    with writer(catalog.path if isinstance(catalog, Catalog) else catalog, wait=wait), opened(catalog) as cat:
+        if made_for is not None and made_for != cat.catalog_id:
+            raise ReviewError(f"{path}: made from another catalog (id {made_for}), not {cat.path} "
+                              f"(id {cat.catalog_id}); not imported")
+        rejected: dict[str, int] = {}
+        ok: list[tuple[str, str, str]] = []
+        for a, b, v in triples:
+            why = _path_problem(a) or _path_problem(b)
+            if why:
+                rejected[why] = rejected.get(why, 0) + 1
+            else:
+                ok.append((a, b, v))
+        known = cat.known_paths({p for a, b, _ in ok for p in (a, b)})
+        keep = [(a, b, v) for a, b, v in ok if a in known and b in known]
+        if len(keep) < len(ok):
+            rejected["naming a file this catalog does not have"] = len(ok) - len(keep)
+        if rejected and not keep:
+            why = ", ".join(f"{k} {reason}" for reason, k in sorted(rejected.items()))
+            raise ReviewError(f"{path}: no pair imported: {sum(rejected.values())} rejected ({why})")
+        distinct = len({(min(a, b), max(a, b)) for a, b, _ in keep})
+        new = cat.add_verdicts(keep, source=f"file:{Path(path).resolve()}") if keep else 0
+    return VerdictImport(new=new, already=distinct - new, rejected=rejected)
 
 
 def list_verdicts(catalog: Catalog | str | os.PathLike) -> list[dict]:

@@ -10,7 +10,13 @@ Endpoints (OpenAPI docs at ``/docs``):
 Every error has ONE JSON shape, ``{"error": {"type", "message", "file"}}``, with a status that
 follows the exception: a body over ``--max-upload-mb`` -> 413; a non-image or corrupt upload
 (:class:`~embeddr.errors.DecodeError`) -> 422 and nothing of that request is added; a missing
-``files`` field -> 422; model mismatch -> 409; a broken catalog -> 503; anything else -> 500.
+``files`` field -> 422; model mismatch -> 409; a broken catalog, or one deleted or replaced while
+serving (``/health`` then answers 503 too), or another process holding the catalog's writer lock
+for longer than ``--lock-wait`` seconds -> 503; anything else -> 500.
+
+Uploads are stored under the extension of the format their bytes were decoded as (Pillow's
+format name; ``.bin`` when unknown), never the client's; at most ``max_decodes`` uploads are
+decoded at once, each within the ``--max-pixels`` budget.
 
 The service binds 127.0.0.1 by default and has no authentication: put it behind a proxy
 before exposing it. Requests run in a thread pool; the gate's lock lets checks run in
@@ -215,6 +221,9 @@ def create_app(gate: Gate, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
 
     @app.get("/health", summary="Liveness and the model in use")
     def health():
+        why = gate.alive()
+        if why:  # the catalog was deleted or replaced under the service: not healthy
+            return JSONResponse(error_body("CatalogError", why), status_code=503)
         return {"status": "ok", "model": gate.model, "threshold": gate.threshold, "encoder": gate.encoder.describe(),
                 "index_vectors": int(gate.index.ntotal)}
 

@@ -120,16 +120,17 @@ def test_chmod_000_file(photo_dir, tmp_path):
 def test_fifo_named_jpg_does_not_block(photo_dir, tmp_path):
     fifo = photo_dir / "pipe.jpg"
     os.mkfifo(fifo)
-    assert str(fifo) not in {c.path for c in discover([photo_dir])}
+    found = {c.path: c for c in discover([photo_dir])}
+    assert "FIFO" in found[str(fifo)].error  # reported with the reason, never opened (issue 11, item 12)
     result = {}
     worker = threading.Thread(target=lambda: result.update(r=_scan(photo_dir, tmp_path / "c.db", workers=0)), daemon=True)
     worker.start()
     worker.join(120)  # a guard against a hang, not a timing assertion
     assert not worker.is_alive(), "scan blocked on a FIFO"
     report, rows, _ = result["r"]
-    assert rows.get(str(fifo)) is None or rows[str(fifo)].status == "error"
+    assert rows[str(fifo)].status == "error" and "not a regular file" in rows[str(fifo)].error
     photos = [p for p in photo_dir.glob("*.jpg") if p.is_file()]
-    assert report.errors == 0 and sorted(rows) == sorted(str(p) for p in photos)
+    assert report.errors == 1 and sorted(rows) == sorted([str(fifo), *(str(p) for p in photos)])
 
 
 def test_load_image_errors_name_the_file(tmp_path):

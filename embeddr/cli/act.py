@@ -16,7 +16,8 @@ from ..fsutil import common_root
 from ..output import human_bytes
 from ..savings import money
 from .common import (DEFAULT_DB_PATH, Action, CurrencyOpt, DbOpt, FmtOpt, KeepInOpt, PolicyOpt, PreferOpt, PriceOpt,
-                     RuleOpt, ThresholdOpt, build_policy, check_format, emit, handle_errors, say, to_json, value_of)
+                     RuleOpt, ThresholdOpt, WaitOpt, build_policy, check_format, emit, handle_errors, say, to_json,
+                     value_of)
 
 ActionOpt = Annotated[Action, typer.Option("--action", "-a", help="report (list only), move (to --quarantine), hardlink, symlink or delete (to the journal's trash).")]
 
@@ -99,6 +100,7 @@ def register(app: typer.Typer) -> None:
         fmt: FmtOpt = "table",
         price: PriceOpt = 0.023,
         currency: CurrencyOpt = "USD",
+        wait: WaitOpt = False,
     ):
         """Pick the canonical copy of each duplicate group and act on the other copies, safely.
 
@@ -115,7 +117,7 @@ def register(app: typer.Typer) -> None:
         pol = build_policy(policy, rule, keep_in, prefer)
         result = api.apply_duplicates(db, action=value_of(action), policy=pol, quarantine=quarantine, journal=journal, yes=yes,
                                           really_delete=really_delete, threshold=threshold, price_per_gb_month=price,
-                                          currency=currency)
+                                          currency=currency, wait=wait)
         emit(to_json(result.as_dict()) if fmt == "json" else render_apply(result), None)
         failed = result.counts.get("failed", 0)
         if failed:
@@ -128,6 +130,7 @@ def register(app: typer.Typer) -> None:
         journal: Annotated[Path, typer.Argument(help="Journal written by `embeddr apply --yes`.")],
         db: Annotated[Optional[Path], typer.Option("--db", help="Catalog to mark restored files ok in. Default: the one the journal names.")] = None,
         fmt: FmtOpt = "table",
+        wait: WaitOpt = False,
     ):
         """Put back every file an apply touched, newest first, content verified by hash, mtime restored.
 
@@ -139,7 +142,7 @@ def register(app: typer.Typer) -> None:
         Example: embeddr undo embeddr-journal-20250101T120000Z.jsonl
         """
         fmt = check_format(fmt, ("table", "json"))
-        result = actions.undo(journal, catalog=db)
+        result = actions.undo(journal, catalog=db, wait=wait)
         if fmt == "json":
             emit(to_json(result.as_dict()), None)
         else:

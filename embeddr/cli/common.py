@@ -20,7 +20,9 @@ try:  # typer >= 0.2x carries its own copy of click; older ones use click itself
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as click_exceptions
 
-from ..catalog import DEFAULT_DB
+from rich.markup import escape
+
+from ..catalog import DEFAULT_DB, shown
 from ..errors import EmbeddrError
 from ..fsutil import atomic_write
 from ..policy import RULES, Policy
@@ -118,6 +120,7 @@ ThresholdOpt = Annotated[Optional[float], typer.Option("--threshold", "-t", call
 ScoreOpt = Annotated[Optional[Score], typer.Option("--score", help="raw (cosine) or normalized (neighbourhood-corrected; also spelt normalised). Default: the preset's.")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table, json or csv (dupes also parquet, with --output).")]
 FmtOpt = Annotated[TableOrJson, typer.Option("--format", "-f", help="table or json.")]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="If another embeddr command is writing to the catalog, wait for it to finish instead of refusing.")]
 OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of standard output.")]
 
 # The retention policy and the price: the same options for apply, savings and report.
@@ -173,7 +176,7 @@ def handle_errors(func):
         try:
             return func(*args, **kwargs)
         except EmbeddrError as exc:
-            print_error(str(exc))
+            print_error(shown(str(exc)))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             say("interrupted: everything committed so far is kept; run the same command again to resume")
@@ -191,6 +194,7 @@ def check_format(fmt, allowed: tuple[str, ...] = ("table", "json", "csv")) -> st
 
 def emit(text: str, output: Path | None) -> None:
     """Write ``text`` to ``output`` (atomically) or to stdout."""
+    text = shown(text)  # file names that are not UTF-8 appear as \xNN escapes
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return

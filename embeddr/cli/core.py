@@ -14,8 +14,8 @@ from ..errors import EmbeddrError
 from ..decode import DEFAULT_MAX_PIXELS
 from ..output import human_bytes, render
 from .common import (DEFAULT_DB_PATH, CheckpointOpt, DbOpt, DeviceOpt, FormatOpt, Hash, ModelOpt, OutputOpt, PrecisionOpt,
-                     ScoreOpt, ThresholdOpt, check_format, emit, err_console, handle_errors, print_error, say, score_name, to_json,
-                     value_of)
+                     ScoreOpt, ThresholdOpt, WaitOpt, check_format, emit, err_console, handle_errors, print_error, say,
+                     score_name, to_json, value_of)
 
 
 class RateColumn(ProgressColumn):
@@ -83,7 +83,8 @@ def register(app: typer.Typer) -> None:
         exclude: Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="Glob to skip (relative path or name); repeatable.")] = None,
         batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per encoder batch.")] = 64,
         workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decode worker processes (0 = decode in the main process). Default: CPU count, at most 8.")] = None,
-        max_pixels: Annotated[int, typer.Option("--max-pixels", min=0, help="Decompression-bomb guard: refuse images with more pixels (0 = no limit).")] = DEFAULT_MAX_PIXELS,
+        max_pixels: Annotated[int, typer.Option("--max-pixels", min=0, help="Pixel budget per decode: an image whose decode needs more pixels (read from its header; JPEGs at their reduced draft size) is refused before any is allocated, as a per-file error (0 = no limit).")] = DEFAULT_MAX_PIXELS,
+        wait: WaitOpt = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print the scan report as JSON on stdout.")] = False,
         manifest: Annotated[Optional[Path], typer.Option("--manifest", help="A product feed to scan: CSV or Parquet, one row per image (path or URL).")] = None,
@@ -126,7 +127,8 @@ def register(app: typer.Typer) -> None:
             report = api.scan(paths or [], db=db, model=model, device=device, precision=value_of(precision), checkpoint=checkpoint,
                               exclude=exclude or (), batch_size=batch_size, workers=workers,
                               max_pixels=max_pixels or None, progress=progress, manifest=manifest,
-                              path_column=path_column, id_column=id_column, fetch_options=fetch_options, ray=ray)
+                              path_column=path_column, id_column=id_column, fetch_options=fetch_options, ray=ray,
+                              wait=wait)
         finally:
             if bar is not None:
                 bar.stop()

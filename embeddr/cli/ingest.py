@@ -10,12 +10,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..ingest import CheckResult, Gate, collect
+from ..decode import DEFAULT_MAX_PIXELS
+from ..ingest import DEFAULT_MAX_DECODES, CheckResult, Gate, collect
 from .common import (DEFAULT_DB_PATH, DbOpt, DeviceOpt, FormatOpt, ModelOpt, OutputOpt, PrecisionOpt, ThresholdOpt,
-                     check_format, emit, handle_errors, say, to_json, value_of)
+                     WaitOpt, check_format, emit, handle_errors, say, to_json, value_of)
 
 EXIT_UNIQUE, EXIT_DUPLICATE, EXIT_ERROR = 0, 1, 2
 LogLevel = Enum("LogLevel", {n: n for n in ("critical", "error", "warning", "info", "debug")}, type=str)
+MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=0, help="Pixel budget per decode: larger images are refused before decoding (0 = no limit).")]
 
 
 def exit_code(results: list[CheckResult]) -> int:
@@ -75,6 +77,8 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         precision: PrecisionOpt = "auto",
         exclude: Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="Glob to skip (relative path or name); repeatable.")] = None,
+        max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+        wait: WaitOpt = False,
     ):
         """Check new files against the catalog: exact (same bytes) and near duplicates, without adding them.
 
@@ -89,7 +93,8 @@ def register(app: typer.Typer) -> None:
         fmt = check_format(fmt)
         if add and add_all:
             raise typer.BadParameter("use --add or --add-all, not both")
-        with Gate(db, model=model, threshold=threshold, device=device, precision=value_of(precision)) as gate:
+        with Gate(db, model=model, threshold=threshold, device=device, precision=value_of(precision),
+                  max_pixels=max_pixels or None, wait=wait) as gate:
             items = collect(paths, exclude=exclude or ())
             results = gate.add(items, only_new=not add_all) if (add or add_all) else gate.check(items)
             emit(render_check(gate, results, fmt), output)
@@ -109,6 +114,9 @@ def register(app: typer.Typer) -> None:
         precision: PrecisionOpt = "auto",
         micro_batch: Annotated[Optional[bool], typer.Option("--micro-batch/--no-micro-batch", help="Encode concurrent requests together. Default: on when the model runs on a CUDA GPU.")] = None,
         log_level: Annotated[LogLevel, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+        max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+        max_decodes: Annotated[int, typer.Option("--max-decodes", min=1, help="Uploads decoded at once (each within --max-pixels): bounds the service's memory.")] = DEFAULT_MAX_DECODES,
+        lock_wait: Annotated[float, typer.Option("--lock-wait", min=0, help="Seconds an add waits for another command writing to the catalog (a scan, an apply) before answering 503.")] = 30.0,
     ):
         """Serve the ingest gate over HTTP: POST /check, POST /add, GET /health, GET /stats, docs at /docs.
 
@@ -124,5 +132,5 @@ def register(app: typer.Typer) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             say(f"warning: binding {host}: the service has no authentication")
         with Gate(db, model=model, threshold=threshold, device=device, precision=value_of(precision), store=store,
-                  micro_batch=micro_batch) as gate:
+                  micro_batch=micro_batch, max_pixels=max_pixels or None, max_decodes=max_decodes, wait=lock_wait) as gate:
             run_server(gate, host=host, port=port, max_upload_mb=max_upload_mb, log_level=value_of(log_level))

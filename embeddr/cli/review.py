@@ -13,7 +13,8 @@ from rich.console import Console
 # the retention-policy and price options are shared with `embeddr apply` (same names, same meaning)
 from .act import savings_table as _savings_table
 from .common import (DEFAULT_DB_PATH, CurrencyOpt, DbOpt, KeepInOpt, OutputOpt, PolicyOpt, PreferOpt, PriceOpt,
-                     RuleOpt, ThresholdOpt, TableOrJson, build_policy, check_format, emit, handle_errors, say, to_json)
+                     RuleOpt, ThresholdOpt, TableOrJson, WaitOpt, build_policy, check_format, emit, handle_errors, say,
+                     to_json)
 
 
 def savings_table(savings: dict, width: int = 120) -> str:
@@ -81,6 +82,7 @@ def register(app: typer.Typer) -> None:
     def import_(
         file: Annotated[Path, typer.Argument(help="verdicts.json downloaded from the HTML report.")],
         db: DbOpt = DEFAULT_DB_PATH,
+        wait: WaitOpt = False,
     ):
         """Store the 'not a duplicate' verdicts of a verdicts.json file in the catalog.
 
@@ -92,9 +94,12 @@ def register(app: typer.Typer) -> None:
         """
         from ..review import import_verdicts
 
-        got = import_verdicts(db, file)
+        got = import_verdicts(db, file, wait=wait)
         say(f"imported {got.new} new not-duplicate pair(s) from {file} into {db}"
             + (f" ({got.already} already present)" if got.already else ""))
+        if got.rejected:
+            why = ", ".join(f"{n} {reason}" for reason, n in sorted(got.rejected.items()))
+            say(f"rejected {sum(got.rejected.values())} pair(s): {why}")
 
     @verdicts.command("list")
     @handle_errors

@@ -54,7 +54,11 @@ def catalog_preset(catalog: Catalog, model: str | Preset | None = None) -> Prese
         wanted = resolve_preset(model)
         if wanted.name != name:
             catalog.bind_model(wanted.name, wanted.dim)  # raises ModelMismatch
-    return resolve_preset(name)
+    preset = resolve_preset(name)
+    if catalog.dim is not None and preset.dim != catalog.dim:
+        raise CatalogError(f"{catalog.path}: meta 'dim' is {catalog.dim} but model {name} makes {preset.dim}-d vectors: "
+                           "the catalog is damaged (restore it, or scan into a new --db)")
+    return preset
 
 
 def load_encoder(model: str | Preset = "sscd-distilled", *, device: str = "auto", precision: str = "auto",

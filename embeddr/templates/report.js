@@ -61,7 +61,7 @@
     return out;
   }
   function exportObject() {
-    return { db: meta.db, model: meta.model, threshold: meta.threshold, exported: new Date().toISOString(), verdicts: verdictPairs() };
+    return { db: meta.db, catalog_id: meta.catalog_id, model: meta.model, threshold: meta.threshold, exported: new Date().toISOString(), verdicts: verdictPairs() };
   }
   function updateCounts() {
     var groups = 0, members = 0;
