@@ -137,7 +137,7 @@ def test_1_a_second_apply_is_refused_while_one_runs(library, tmp_path):
     root, db = library
     with held_lock(db) as other:
         with pytest.raises(CatalogBusy, match=r"another embeddr command is writing.*pid %d" % other.pid):
-            actions.apply_duplicates(db, action="move", quarantine=tmp_path / "q", yes=True)
+            api.apply_duplicates(db, action="move", quarantine=tmp_path / "q", yes=True)
     assert all(os.path.exists(p) for g in groups_of(db) for p in g)  # nothing was touched
 
 
@@ -238,7 +238,7 @@ def test_4_undo_twice_after_a_torn_last_line(library, tmp_path):
     root, db = library
     before = {str(p): sha(p) for p in root.rglob("*.jpg")}
     journal = tmp_path / "j.jsonl"
-    actions.apply_duplicates(db, action="move", quarantine=tmp_path / "q", journal=journal, yes=True)
+    api.apply_duplicates(db, action="move", quarantine=tmp_path / "q", journal=journal, yes=True)
     with open(journal, "a") as fh:
         fh.write('{"type": "undo", "id": 3, "pa')  # power cut mid-write
     first = actions.undo(journal)
@@ -337,7 +337,7 @@ def test_6_service_caps_concurrent_decodes(library, encoder, photo_arrays, monke
 def test_7_edited_journal_is_refused_and_modes_never_widen(library, tmp_path):
     root, db = library
     journal = tmp_path / "j.jsonl"
-    actions.apply_duplicates(db, action="move", quarantine=tmp_path / "q", journal=journal, yes=True)
+    api.apply_duplicates(db, action="move", quarantine=tmp_path / "q", journal=journal, yes=True)
     records = read_journal(journal)
     # an arbitrary file elsewhere, and a hand-written record that would move it and make it setuid
     secret = tmp_path / "elsewhere" / "secret.txt"
@@ -365,7 +365,7 @@ def test_7_edited_journal_is_refused_and_modes_never_widen(library, tmp_path):
 def test_7_journal_record_without_path_is_one_error_line(library, tmp_path, runner):
     root, db = library
     journal = tmp_path / "j.jsonl"
-    actions.apply_duplicates(db, action="move", quarantine=tmp_path / "q", journal=journal, yes=True)
+    api.apply_duplicates(db, action="move", quarantine=tmp_path / "q", journal=journal, yes=True)
     records = read_journal(journal)
     for r in records:
         if r["type"] == "intent":
