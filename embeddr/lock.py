@@ -3,7 +3,9 @@
 Every command that changes files or the catalog (``scan``, ``apply``, ``undo``, ``check --add``,
 the service's adds, ``verdicts import``) holds :func:`writer` while it writes. The lock is a
 ``fcntl.flock`` on ``DB.lock``: the kernel releases it when the process ends, however it ends
-(``kill -9`` included), so a stale lock never blocks anyone. The file also says who holds it
+(``kill -9`` included), so a stale lock never blocks anyone. A command that created no catalog
+(a failed start) removes the lock file again; whoever locks checks that the file it locked is still
+the one at ``DB.lock``, so removing it never lets two writers in. The file also says who holds it
 (pid, command, since) so that the second command can name the first one in its message.
 
 ``wait=False`` (the default) refuses at once with :class:`CatalogBusy`; ``wait=True`` (the CLI's
@@ -120,23 +122,27 @@ def writer(db: str | os.PathLike, *, wait: bool | float = False, what: str | Non
 def _os_lock(db, path: Path, key: str, wait: bool | float, what: str | None):
     if os.path.isdir(db):
         raise CatalogError(f"{db}: is a folder, not a catalog file (give --db a file name, e.g. {Path(db) / 'embeddr.db'})")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except IsADirectoryError:
-        raise CatalogError(f"{path}: is a folder, not embeddr's lock file; remove or rename it") from None
-    except OSError as exc:
-        raise CatalogError(f"{path}: cannot create the catalog's lock file ({exc.strerror or exc})") from None
-    try:
+    deadline = None if wait is True else time.monotonic() + float(wait or 0)
+    while True:
+        fd = _open_lock_file(path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if wait is True:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            elif not _poll(fd, float(wait or 0)):
-                raise CatalogBusy(
-                    f"{Path(os.path.abspath(db))}: another embeddr command is writing to this catalog: "
-                    f"{_describe(_read_holder(path))}; wait for it to finish, or add --wait") from None
+            got = _acquire(fd, deadline)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not got:
+            os.close(fd)
+            raise CatalogBusy(
+                f"{Path(os.path.abspath(db))}: another embeddr command is writing to this catalog: "
+                f"{_describe(_read_holder(path))}; wait for it to finish, or add --wait")
+        try:  # the file we locked must still be the lock file (a failed start removes it: see below)
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
         info = {"pid": os.getpid(), "command": what or _command(), "since": time.time()}
         try:
             os.ftruncate(fd, 0)
@@ -150,6 +156,8 @@ def _os_lock(db, path: Path, key: str, wait: bool | float, what: str | None):
             del _HELD[key]
             try:
                 os.ftruncate(fd, 0)
+                if not os.path.lexists(db):  # a failed start created no catalog: leave no lock file either
+                    os.unlink(path)
             except OSError:
                 pass
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -157,8 +165,26 @@ def _os_lock(db, path: Path, key: str, wait: bool | float, what: str | None):
         os.close(fd)
 
 
-def _poll(fd: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
+def _open_lock_file(path: Path) -> int:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except IsADirectoryError:
+        raise CatalogError(f"{path}: is a folder, not embeddr's lock file; remove or rename it") from None
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot create the catalog's lock file ({exc.strerror or exc})") from None
+
+
+def _acquire(fd: int, deadline: float | None) -> bool:
+    """flock ``fd``: at once, else block (``deadline`` None) or poll until ``deadline``."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        pass
+    if deadline is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
     while time.monotonic() < deadline:
         time.sleep(0.05)
         try:
