@@ -354,6 +354,17 @@ class Catalog:
             out.update({from_db(r[0]): (r[1], r[2], r[3], r[4]) for r in self.conn.execute(q, [to_db(p) for p in chunk])})
         return out
 
+    def vectors_for(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        """hash -> stored vector, for the given content hashes that have one."""
+        hashes = list(set(hashes))
+        out: dict[str, np.ndarray] = {}
+        dim = self.dim
+        for i in range(0, len(hashes), 500):
+            chunk = hashes[i : i + 500]
+            q = f"SELECT hash, vec FROM vectors WHERE hash IN ({','.join('?' * len(chunk))})"
+            out.update({r[0]: np.frombuffer(r[1], dtype=np.float32, count=dim) for r in self.conn.execute(q, chunk)})
+        return out
+
     def hashes_with_vectors(self, hashes: Iterable[str]) -> set[str]:
         hashes = list(set(hashes))
         found: set[str] = set()

@@ -215,10 +215,43 @@ def review(db, *, threshold: float | None = None, policy=None, price_per_gb_mont
     return result
 
 
+def _seed_vectors(db: Path, preset: Preset, reuse: CatalogLike | None, paths: Iterable[str | os.PathLike]) -> int:
+    """Put into the new catalog ``db`` the vectors ``reuse`` (a catalog of the same model) already holds for
+    ``paths`` (files it has unchanged: same size and mtime), so the scan that follows does not embed them
+    again. Returns how many vectors were reused (0 when ``reuse`` is absent or of another model)."""
+    if reuse is None or (not isinstance(reuse, Catalog) and not os.path.exists(reuse)):
+        return 0
+    with opened(reuse) as source:
+        if source.model != preset.name:
+            return 0
+        wanted = {}
+        for path in (os.path.abspath(os.fspath(p)) for p in paths):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            wanted[path] = (st.st_size, st.st_mtime_ns)
+        states = source.file_states_for(wanted)
+        hashes = [h for p, (size, mtime, status, h) in states.items() if status == "ok" and h and (size, mtime) == wanted[p]]
+        vectors = source.vectors_for(hashes)
+        dim = source.dim
+    if vectors:
+        with Catalog(db, create=True) as target:
+            target.bind_model(preset.name, dim)
+            target.record_batch([], vectors, None, preset.name)
+    return len(vectors)
+
+
 def tune(folder: str | os.PathLike, *, precision: float = 0.99, model: str | None = None, sample: int = 200,
          per_image: int = 4, negatives: int = 2000, seed: int = 0, pairs: str | os.PathLike | None = None,
-         out: str | os.PathLike | None = None, workers: int | None = None) -> _tune.TuneResult:
-    """The threshold that gives ``precision`` on ``folder`` (see the module docstring)."""
+         out: str | os.PathLike | None = None, workers: int | None = None,
+         reuse: CatalogLike | None = None) -> _tune.TuneResult:
+    """The threshold that gives ``precision`` on ``folder`` (see the module docstring).
+
+    ``reuse``: a catalog of the same model (e.g. the one ``folder`` was scanned into): the vectors it
+    already holds for the folder's unchanged files are used instead of embedding them again (only the
+    derived copies are embedded); ``result.reused`` counts them.
+    """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise EvalError(f"{folder}: not a folder")
@@ -230,6 +263,8 @@ def tune(folder: str | os.PathLike, *, precision: float = 0.99, model: str | Non
         db = Path(tmp) / "tune.db"
         set_aside = 0
         if pairs is not None:
+            labelled = _tune.read_pairs(pairs)
+            reused = _seed_vectors(db, preset, reuse, [*list_images(folder), *{p for a, b, _ in labelled for p in (a, b)}])
             ps = _tune.labelled_pair_scores(folder, Path(pairs), model, workers, db)
             source, n_files = str(pairs), len(ps.rows)
         else:
@@ -243,13 +278,16 @@ def tune(folder: str | os.PathLike, *, precision: float = 0.99, model: str | Non
             bench = Path(out) / "bench" if out is not None else Path(tmp) / "bench"
             truth = make_benchmark(folder, bench, seed=seed, per_image=per_image, doc_pages=0,
                                    sources=[images[i] for i in chosen], distractor_files=rest)
+            # originals and distractors are byte copies of the folder's files: their vectors can be reused
+            reused = _seed_vectors(db, preset, reuse, [*(images[i] for i in chosen), *rest])
             ps, set_aside = _tune.set_aside_existing_duplicates(score_benchmark(truth, model, db=db, workers=workers))
             source, n_files = "derived", len(ps.rows)
     scores = ps.scores(preset.score)
     t, p, r = threshold_for_precision(ps.label, scores, precision, ps.n_positives)
     result = _tune.TuneResult(model=preset.name, score=preset.score, target=precision, threshold=t, precision=round(p, 4),
                         recall=round(r, 4), positives=ps.n_positives, negatives=int((~ps.label).sum()), source=source,
-                        default_threshold=preset.threshold.value, files=n_files, set_aside=set_aside)
+                        default_threshold=preset.threshold.value, files=n_files, set_aside=set_aside,
+                        reused=reused)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -57,6 +57,7 @@ class TuneResult:
     default_threshold: float
     files: int = 0
     set_aside: int = 0  # non-duplicate pairs left out: the folder's own images already look like copies
+    reused: int = 0  # vectors taken from an existing catalog instead of embedding the files again
     plots: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:

@@ -217,3 +217,20 @@ def test_sscd_distilled_shipped_defaults_on_holdout_sample(realimages, tmp_path)
     assert pipe["precision"] >= 0.99, entry["scores"]["normalized"]["at_threshold"]["worst_false_pairs"]
     assert pipe["recall"] >= 0.9
     assert entry["scores"]["normalized"]["at_threshold"]["false_pairs"]["doc_page"] == 0
+
+
+def test_tune_reuses_the_vectors_a_catalog_already_holds(photo_dir, tmp_path):
+    """tune --db: the folder's files the catalog holds unchanged are not embedded again; same result."""
+    from embeddr import api
+    from embeddr.jobs import tune
+
+    db = tmp_path / "photos.db"
+    api.scan([photo_dir], db=db, workers=0)
+    fresh = tune(photo_dir, precision=0.99, sample=4, per_image=2, seed=3, workers=0)
+    again = tune(photo_dir, precision=0.99, sample=4, per_image=2, seed=3, workers=0, reuse=db)
+    assert fresh.reused == 0 and again.reused == len(list(photo_dir.iterdir()))  # 4 originals + 6 others
+    assert again.threshold == pytest.approx(fresh.threshold, abs=1e-5)
+    assert (again.positives, again.negatives) == (fresh.positives, fresh.negatives)
+    other = tmp_path / "phash.db"
+    api.scan([photo_dir], db=other, workers=0, model="phash")
+    assert tune(photo_dir, precision=0.99, sample=2, per_image=1, seed=3, workers=0, reuse=other).reused == 0

@@ -91,6 +91,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the plots (pr_curve.png, histogram.png), tune.json and the derived benchmark.")] = Path("tune-report"),
         workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decode worker processes.")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+        db: Annotated[Path, typer.Option("--db", envvar="EMBEDDR_DB", help="A catalog FOLDER was scanned into: the vectors it holds for unchanged files (same model) are reused instead of embedding them again. Ignored when absent or of another model.")] = Path("embeddr.db"),
     ):
         """Pick the threshold that gives a target precision on your own collection.
 
@@ -105,7 +106,7 @@ def register(app: typer.Typer) -> None:
         from ..api import tune as run_tune
 
         result = run_tune(folder, precision=precision, model=model, sample=sample, per_image=per_image,
-                          negatives=negatives, seed=seed, pairs=pairs, out=out, workers=workers)
+                          negatives=negatives, seed=seed, pairs=pairs, out=out, workers=workers, reuse=db)
         (out / "tune.json").write_text(to_json(result.as_dict()), encoding="utf-8")
         if json_out:
             emit(to_json(result.as_dict()), None)
@@ -120,5 +121,7 @@ def register(app: typer.Typer) -> None:
             f"labels     {result.positives} duplicate pairs, {result.negatives} non-duplicate pairs ({result.source}, {result.files} files)"
             + (f"; {result.set_aside} pairs set aside: your images that already look like copies of each other" if result.set_aside else ""),
             f"plots      {', '.join(result.plots.values())}",
+            f"reused     {result.reused} vectors from {db} (files it holds unchanged were not embedded again)"
+            if result.reused else f"reused     no vectors (no catalog of {result.model} at {db})",
             f"use        embeddr dupes --threshold {result.threshold:.4f}",
         ]), None)
