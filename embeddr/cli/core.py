@@ -101,6 +101,8 @@ def register(app: typer.Typer) -> None:
         Unchanged files (same path, size, mtime) are skipped; changed files are embedded again;
         files gone from disk drop out of results. Files with the same bytes are embedded once.
         Unreadable files are recorded with the reason and the scan goes on.
+        Exit status: 0 scanned (unreadable files are listed), 1 files were found but none could be
+        read, 2 an error before scanning (nothing is created: no catalog is left by a failed start).
 
         Inputs can also be URLs and a product feed (--manifest feed.csv --path-column image_url
         --id-column sku): the id is carried into dupes, check and the review report; a URL is fetched
