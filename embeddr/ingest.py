@@ -46,7 +46,7 @@ from .catalog import Catalog, FileRecord, from_db
 from .decode import DEFAULT_MAX_PIXELS
 from .discover import Candidate, discover
 from .encoders import catalog_preset, load_encoder
-from .errors import CatalogError, EmbeddrError
+from .errors import CatalogError
 from .fsutil import atomic_write
 from .index import index_path, load_index, max_id, write_atomic
 from .lock import writer

@@ -20,7 +20,6 @@ try:  # typer >= 0.2x carries its own copy of click; older ones use click itself
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as click_exceptions
 
-from rich.markup import escape
 
 from ..catalog import DEFAULT_DB, shown
 from ..errors import EmbeddrError
