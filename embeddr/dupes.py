@@ -15,7 +15,6 @@ import numpy as np
 
 from .catalog import Catalog, FileRow
 from .index import load_index, stored
-from .match import approximate_index
 from .presets import Preset
 
 
@@ -123,16 +122,60 @@ class DuplicateReport:
         }
 
 
+def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "auto",
+                  live_ids: np.ndarray | None = None):
+    """The one search path of every command that lists pairs (dupes, apply, report, review), on the search
+    structure kept beside the catalog (:mod:`embeddr.searchindex`): ``(a, b, score, bg, info, index)`` where
+    ``a < b`` are vector ids of the distinct contents whose score (``scorer``) is at or above ``threshold``,
+    ``bg`` the background of each of ``live_ids`` (sorted; default: every live vector), ``info`` what search ran
+    (with the approximate search's sampled recall estimate) and ``index`` the search structure. Vectorised:
+    no Python loop per candidate pair.
+
+    ``search``: ``exact``, ``approximate`` or ``auto`` (exact below :data:`embeddr.search.EXACT_BELOW` vectors,
+    the k-means self-join above).
+    """
+    from . import search as engine
+    from .normalize import EPS, NO_BACKGROUND
+    from .searchindex import open_index
+
+    index = open_index(catalog)
+    if live_ids is None:
+        live_ids = np.sort(np.fromiter(catalog.live_vector_ids().values(), np.int64))
+    rows = index.rows_of(live_ids)
+    k = scorer.neighbours if scorer.normalized else 0
+
+    def neighbours(q: np.ndarray, nn_scores: np.ndarray, nn_rows: np.ndarray) -> np.ndarray:
+        nn_ids = np.where(nn_rows >= 0, index.ids[np.maximum(nn_rows, 0)], -1)
+        return scorer.backgrounds(index.ids[q], None, nn_scores, nn_ids)
+
+    def decide(a: np.ndarray, b: np.ndarray, raw: np.ndarray, per_row: np.ndarray) -> np.ndarray:
+        return scorer.score(raw, per_row[a], per_row[b]) >= threshold - EPS
+
+    if search == "approximate":
+        index = index.with_layout()
+    if len(rows) < 2:
+        z = np.zeros(0, np.int64)
+        return z, z, np.zeros(0, np.float32), np.full(len(rows), NO_BACKGROUND, np.float32), {"search": "exact"}, index
+    result = engine.join(index.vecs, scorer.min_raw(threshold), k, neighbours, decide, rows=rows,
+                         layout=index.layout, method=search)
+    per_row = result.per_row if k else np.full(len(result.per_row), NO_BACKGROUND, np.float32)
+    scores = scorer.score(result.raw, per_row[result.a], per_row[result.b])
+    keep = scores >= threshold - EPS
+    return (index.ids[result.a[keep]], index.ids[result.b[keep]], scores[keep], per_row[rows], dict(result.info),
+            index)
+
+
 def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None = None, score: str | None = None,
                     margin: float | None = None, chunk: int = 2048, approximate: bool = False,
-                    engine=None) -> DuplicateReport:
+                    engine=None, search: str | None = None) -> DuplicateReport:
     """Every pair at or above ``threshold`` among the catalog's ``ok`` files, and their groups.
 
     Files with identical bytes are one node (one vector): matching, scoring and grouping run on distinct
     contents, and the file pairs are expanded only when they are read (:class:`PairList`), so 2,000 identical files cost what one costs.
 
-    ``approximate``: search an IVF index instead of the exact one (:func:`embeddr.match.approximate_index`):
-    much faster on millions of images, may miss a few pairs. ``engine``: another exact search with the
+    ``search``: ``auto`` (default: exact below :data:`embeddr.search.EXACT_BELOW` distinct contents, the
+    approximate k-means self-join with a sampled recall estimate above; :func:`content_pairs`), ``exact`` or
+    ``approximate`` (``approximate=True`` is the same). ``engine``: another exact search with the
     results of :func:`embeddr.normalize.decide`, called as ``engine(stored_ids, stored_vecs, ids, vecs,
     threshold, scorer, live) -> (a, b, score, bg)`` (:func:`embeddr.ray_dupes.ray_search`: Ray tasks).
     """
@@ -150,27 +193,24 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     hash_of = {vid: h for h, vid in vid_of_hash.items()}
     rejected = catalog.not_duplicate_pairs()
 
-    # Query vectors are read straight from the index's storage (no second copy of every vector);
-    # vectors that no current file uses are left out of the queries and of the matches.
-    index = load_index(catalog)
-    stored_ids, stored_vecs = stored(index)
-    live: np.ndarray | None = None  # None: every stored vector is live
-    if len(hash_of) == len(stored_ids):
-        ids, vecs = stored_ids, stored_vecs
-    else:
-        live = np.array(sorted(hash_of), np.int64)
-        keep = np.flatnonzero(np.isin(stored_ids, live))
-        ids, vecs = stored_ids[keep], stored_vecs[keep]
-
-    search_index, search = index, {"search": "exact"}  # `index` stays referenced: stored_vecs is a view into it
-    if len(ids) and approximate:
-        search_index = approximate_index(stored_ids, stored_vecs)
-        search = {"search": "approximate", "nlist": int(search_index.nlist), "nprobe": int(search_index.nprobe)}
-    if engine is not None and not approximate:
+    search = search or ("approximate" if approximate else "auto")
+    ids = np.array(sorted(hash_of), np.int64)
+    if engine is not None and search != "approximate":
+        # Query vectors are read straight from the index's storage (no second copy of every vector);
+        # vectors that no current file uses are left out of the queries and of the matches.
+        index = load_index(catalog)
+        stored_ids, stored_vecs = stored(index)
+        live: np.ndarray | None = None  # None: every stored vector is live
+        if len(ids) == len(stored_ids):
+            vecs = stored_vecs
+        else:
+            live = ids
+            vecs = stored_vecs[np.flatnonzero(np.isin(stored_ids, live))]
         a, b, s, bg = engine(stored_ids, stored_vecs, ids, vecs, threshold, scorer, live)
-        search = {"search": "exact", "engine": getattr(engine, "name", "custom")}
+        search_info = {"search": "exact", "engine": getattr(engine, "name", "custom")}
     else:
-        a, b, s, bg = decide(search_index, ids, vecs, threshold, scorer, live=live, chunk=chunk)
+        a, b, s, bg, search_info, sindex = content_pairs(catalog, scorer, threshold, search=search, live_ids=ids)
+        stored_ids, stored_vecs = sindex.ids, sindex.vecs
 
     # reviewer verdicts are on paths; a content pair is rejected when any of its file pairs is
     rejected_content = {tuple(sorted((row_hash, other))) for row_hash, other in _verdict_hashes(rejected, by_hash)}
@@ -179,7 +219,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     bg_of = dict(zip((hash_of[int(i)] for i in ids), bg.tolist()))
 
     def vector(h: str) -> np.ndarray:
-        return stored_vecs[int(np.searchsorted(stored_ids, vid_of_hash[h]))]
+        return np.asarray(stored_vecs[int(np.searchsorted(stored_ids, vid_of_hash[h]))], np.float32)
 
     def similarity(x: str, y: str) -> float:
         """The pair's score under the scorer in use (the same score as the listed pairs)."""
@@ -211,7 +251,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     for gid, g in enumerate(groups, start=1):
         g.id = gid
     return DuplicateReport(model=preset.name, threshold=threshold, score=score, groups=groups,
-                           pairs=PairList(by_hash, node_pairs, rejected), extra=search, files=files,
+                           pairs=PairList(by_hash, node_pairs, rejected), extra=search_info, files=files,
                            threshold_provenance=preset.threshold.provenance,
                            file_rows=[r for rows in by_hash.values() for r in rows])
 

@@ -299,6 +299,10 @@ class Gate:
         self.index = load_index(self.catalog)
         self._index_top = max_id(self.index)
         self._live: set[int] | None = self._live_ids() if self.score == "normalized" else None
+        self._live_mask = self._mask()
+        from .normalize import Scorer
+
+        self.scorer = Scorer.for_preset(self.preset, self.score)
         if micro_batch is None:
             micro_batch = str(self.encoder.device).startswith("cuda")
         self.batcher = MicroBatcher(self.encoder.encode, max_batch=max(64, batch_size), max_wait_ms=max_wait_ms) if micro_batch else None
@@ -474,10 +478,7 @@ class Gate:
                  conn.execute("SELECT path, item_id FROM files WHERE hash = ? AND status = 'ok' ORDER BY path", (h,))]
         near: list[Match] = []
         if self.index.ntotal:
-            lims, dist, labels = self.index.range_search(np.ascontiguousarray(p.vector[None, :], np.float32), self.threshold - EPS)
-            score_of = {int(lab): min(float(s), 1.0) for lab, s in zip(labels[lims[0]:lims[1]], dist[lims[0]:lims[1]])}
-            if self.score == "normalized":
-                score_of = self._normalize(p, score_of)
+            score_of = self._search(p)
             ids = list(score_of)
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
@@ -490,11 +491,8 @@ class Gate:
             if q.result.hash == h:
                 exact.append(Match(path, 1.0, "exact"))
             else:
-                s = min(float(np.dot(q.vector, p.vector)), 1.0)
-                if self.score == "normalized":
-                    from .normalize import penalty
-
-                    s -= float(penalty(p.bg, q.bg))
+                raw = np.array([np.dot(q.vector, p.vector)], np.float32)
+                s = float(self.scorer.score(raw, np.array([p.bg]), np.array([q.bg]))[0])
                 if s >= self.threshold - EPS:
                     near.append(Match(path, s, "near"))
         near.sort(key=lambda m: (-m.score, m.path))
@@ -542,35 +540,59 @@ class Gate:
             changed = True
         if self._live is not None:
             self._live = self._live_ids()
+        self._live_mask = self._mask()
+        if changed:
+            from .searchindex import update
+
+            try:
+                update(self.catalog)  # the search structure dupes uses grows with the catalog (check --add, serve)
+            except OSError:  # pragma: no cover - read-only folder: dupes reads the catalog instead
+                pass
         if changed and save:
             write_atomic(self.index, index_path(self.catalog), self.catalog)
 
+
+    def _mask(self) -> np.ndarray | None:
+        """Which of the index's stored vectors are live (``None``: all count, raw scores)."""
+        if self._live is None:
+            return None
+        from .index import stored
+
+        ids, _ = stored(self.index)
+        return np.isin(ids, np.fromiter(self._live, np.int64, len(self._live)))
 
     def _live_ids(self) -> set[int]:
         """Vector ids some ``ok`` file uses (the backgrounds of normalised scores ignore the others)."""
         return set(self.catalog.live_vector_ids().values())
 
-    def _normalize(self, p: _Prepared, score_of: dict[int, float]) -> dict[int, float]:
-        """Normalised scores of the raw matches ``score_of`` (vector id -> raw cosine), kept if >= threshold."""
-        from .index import vectors_of
-        from .normalize import DEFAULT_K, EXTRA_NEIGHBOURS, background, background_from_knn, penalty
-        from .match import knn
+    def _search(self, p: _Prepared) -> dict[int, float]:
+        """Scores (vector id -> score >= threshold) of ``p`` against the catalog: the same search and scorer as
+        ``dupes`` (:func:`embeddr.search.query`, exact, over the index's vectors; live vectors only for
+        normalised scores) and the item's own background in ``p.bg``."""
+        from . import search
+        from .index import stored
 
-        live = self._live
+        ids, vecs = stored(self.index)
+        scorer = self.scorer
+        k = scorer.neighbours if scorer.normalized else 0
+        live = self._live_mask
         own = self._own_id(p.result.hash)
-        dead = max(0, self.index.ntotal - len(live)) if live is not None else 0
-        scores, labels = knn(self.index, p.vector[None, :], DEFAULT_K + 1 + EXTRA_NEIGHBOURS + min(dead, 256))
-        p.bg = float(background_from_knn(scores, labels, np.array([own]), DEFAULT_K, live)[0])
-        if not score_of:
+        own_row = int(np.searchsorted(ids, own)) if own >= 0 else -1
+        [(rows, raw, nn_s, nn_r)] = search.query(vecs, p.vector, scorer.min_raw(self.threshold), k, live=live,
+                                                 exclude=np.array([own_row]))
+        if not scorer.normalized:
+            return {int(i): float(x) for i, x in zip(ids[rows].tolist(), raw.tolist())}
+        p.bg = float(scorer.backgrounds(np.array([-1]), None, nn_s[None], np.where(nn_r >= 0, ids[np.maximum(nn_r, 0)], -1)[None])[0])
+        if len(rows) == 0:
             return {}
-        ids = np.array(sorted(score_of), np.int64)
-        bgs = background(self.index, ids, vectors_of(self.index, ids), live=live)
-        out = {}
-        for vid, bg in zip(ids.tolist(), bgs):
-            s = score_of[vid] - float(penalty(p.bg, float(bg)))
-            if s >= self.threshold - EPS:
-                out[vid] = s
-        return out
+        # the partners' own backgrounds (min_raw 2.0: no pairs wanted, only their neighbours)
+        found = search.query(vecs, np.asarray(vecs[rows], np.float32), 2.0, k, live=live, exclude=rows)
+        nn_s = np.stack([f[2] for f in found])
+        nn_ids = np.where(np.stack([f[3] for f in found]) >= 0, ids[np.maximum(np.stack([f[3] for f in found]), 0)], -1)
+        bgs = scorer.backgrounds(ids[rows], None, nn_s, nn_ids)
+        scores = scorer.score(raw, np.float32(p.bg), bgs)
+        keep = scores >= self.threshold - EPS
+        return {int(i): float(x) for i, x in zip(ids[rows][keep].tolist(), scores[keep].tolist())}
 
     def _own_id(self, content_hash: str | None) -> int:
         row = self._reader().execute("SELECT id FROM vectors WHERE hash = ?", (content_hash,)).fetchone()

@@ -77,18 +77,20 @@ def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, mo
 
 
 def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = None, score: str | None = None,
-                    model: str | None = None, approximate: bool = False, ray: str | None = None) -> DuplicateReport:
+                    model: str | None = None, approximate: bool = False, ray: str | None = None,
+                    search: str | None = None) -> DuplicateReport:
     """Duplicate pairs and groups among the catalog's files.
 
     ``threshold``: defaults to the model preset's calibrated value. ``score``: ``raw`` cosine or
-    ``normalized`` (see :mod:`embeddr.normalize`); defaults to the preset's. ``approximate``: an
-    IVF search, much faster on millions of images, that may miss a few pairs. ``ray``: run the exact
+    ``normalized`` (see :mod:`embeddr.normalize`); defaults to the preset's. ``search``: ``auto``
+    (exact below 30,000 distinct images, the approximate k-means self-join above: it reports its estimated
+    recall in the report's JSON), ``exact`` or ``approximate`` (= ``approximate=True``). ``ray``: run the exact
     pair search (and the background statistics) as Ray tasks over tiles of the index on that cluster
     (``local``, ``auto``, ``ray://host:port``; :mod:`embeddr.ray_dupes`); the report is the same.
     """
     engine = None
     if ray is not None:
-        if approximate:
+        if approximate or search == "approximate":
             raise EmbeddrError("--ray runs the exact search; it cannot be combined with --approximate")
         from .ray_dupes import ray_search
 
@@ -96,7 +98,8 @@ def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = N
     with opened(db) as catalog:
         preset = catalog_preset(catalog, model)
         score, threshold = score_and_threshold(preset, score, threshold)
-        return _find_duplicates(catalog, preset, threshold=threshold, score=score, approximate=approximate, engine=engine)
+        return _find_duplicates(catalog, preset, threshold=threshold, score=score, approximate=approximate, engine=engine,
+                                search=search)
 
 
 def missed_by(db: CatalogLike = DEFAULT_DB, baseline: str = "phash", *, threshold: float | None = None,

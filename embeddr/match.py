@@ -21,23 +21,32 @@ EPS = 1e-5  # float32 slack so a score of exactly the threshold counts as "at or
 
 def range_pairs(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, threshold: float, *,
                 chunk: int = 2048, live: set[int] | None = None) -> Iterator[tuple[int, int, float]]:
-    """Yield ``(id_a, id_b, score)`` with ``id_a < id_b`` and ``score >= threshold``.
+    """Yield ``(id_a, id_b, score)`` with ``id_a < id_b`` and ``score >= threshold``, each pair once.
 
     ``ids``/``vecs``: the query vectors (their ids in ``index``). ``live``: ids allowed as
-    matches (vectors no current file uses are skipped); ``None`` allows all.
+    matches (vectors no current file uses are skipped); ``None`` allows all. A pair found from
+    either of its ends counts (an approximate index may find it from one side only), vectorised.
     """
     radius = float(threshold) - EPS
+    A, B, S = [], [], []
+    live_arr = None if live is None else np.fromiter(live, np.int64, len(live))
     for start in range(0, len(ids), chunk):
-        q_ids = ids[start : start + chunk]
+        q_ids = np.asarray(ids[start : start + chunk], np.int64)
         lims, dist, labels = index.range_search(np.ascontiguousarray(vecs[start : start + chunk]), radius)
-        for row, qid in enumerate(q_ids):
-            qid = int(qid)
-            lo, hi = lims[row], lims[row + 1]
-            for lab, score in zip(labels[lo:hi], dist[lo:hi]):
-                lab = int(lab)
-                if lab <= qid or (live is not None and lab not in live):
-                    continue
-                yield qid, lab, min(float(score), 1.0)
+        qid = np.repeat(q_ids, np.diff(lims).astype(np.int64))
+        keep = labels != qid
+        if live_arr is not None:
+            keep &= np.isin(labels, live_arr)
+        A.append(np.minimum(qid, labels)[keep]), B.append(np.maximum(qid, labels)[keep]), S.append(dist[keep])
+    if not A:
+        return
+    a, b, s = np.concatenate(A), np.concatenate(B), np.minimum(np.concatenate(S), 1.0)
+    order = np.lexsort((-s, b, a))
+    a, b, s = a[order], b[order], s[order]
+    first = np.ones(len(a), bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    for x, y, z in zip(a[first].tolist(), b[first].tolist(), s[first].tolist()):
+        yield x, y, z
 
 
 def range_arrays(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, threshold: float, *,

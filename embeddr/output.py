@@ -77,6 +77,12 @@ def to_table(report: DuplicateReport, *, width: int | None = None, max_groups: i
         f"model {report.model} · score {report.score} · threshold {report.threshold:g} · "
         f"{report.files} files · {len(report.groups)} groups · {dup_files} duplicate files · {len(report.pairs)} pairs"
     )
+    if report.extra.get("search") == "approximate":
+        x = report.extra
+        console.print(f"approximate search (k-means self-join, {x.get('nlist')} lists, {x.get('nprobe')} probed): "
+                      f"estimated pair recall {x.get('pair_recall_estimate', float('nan')):.4f}, loose pairs "
+                      f"{x.get('loose_pair_recall_estimate', float('nan')):.4f} (exact check of {x.get('recall_sample_rows')} "
+                      f"files); --search exact for the exact search")
     if not report.groups:
         console.print("no duplicates at this threshold")
         return console.export_text()

@@ -444,6 +444,12 @@ def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder,
         from .index import load_index
 
         load_index(catalog)
+        from .searchindex import update as update_search
+
+        try:
+            update_search(catalog)  # the search structure `dupes` maps, grown incrementally (never rebuilt per command)
+        except OSError:  # pragma: no cover - read-only folder: dupes reads the catalog instead
+            pass
         report.times.index = time.perf_counter() - t_index
         status = "done"
     except KeyboardInterrupt:

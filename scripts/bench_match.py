@@ -1,19 +1,26 @@
 #!/usr/bin/env python3
-"""Time and memory of `embeddr dupes` (match + normalise + group) on a large synthetic catalog.
+"""Time, peak memory and pair recall of `embeddr dupes` (search + score + group) on a large catalog.
 
-    python scripts/bench_match.py --n 100000 [--dim 512] [--dups 0.2] [--score normalized|raw] [--approximate]
+    python scripts/bench_match.py --n 100000 [--source realistic|real|random] [--search auto|exact|approximate]
+                                  [--score normalized|raw] [--check-exact] [--json]
 
-Builds a catalog of N unit vectors without images: random vectors, of which a fraction ``--dups``
-are given a near-copy (cosine ~0.95) and a further looser variant (~0.75), the way a catalogue
-holds thumbnails and crops. Then runs `embeddr.find_duplicates` and reports seconds, peak resident
-memory, pairs found and recall of the planted pairs. Each run is a fresh process, so the peak is the
-run's own. Exact search costs O(N^2 * dim) multiply-adds (chunked: memory stays O(N * dim)).
+Builds a catalog of N vectors without images (``--source realistic``: clusters of varying density,
+look-alike crowds, copies at several similarities, bursts of renditions, see embeddr/synthetic.py;
+``real``: the same structure around real sscd-distilled vectors of ../shared/data/realimages; ``random``:
+uniform random vectors, the easy case) and its search structure (what `scan` keeps beside the catalog,
+timed apart). Then runs `find_duplicates` -- the default decision end to end -- in a fresh process, so
+the peak resident memory is its own. ``--check-exact`` also runs the exact search (another process) and
+reports the share of its pairs found (``pair_recall``) and of those with raw cosine in [0.6, 0.8)
+(``loose_pair_recall``). ``--json`` prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,79 +31,145 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from embeddr.catalog import Catalog, FileRecord  # noqa: E402
-from embeddr.dupes import find_duplicates  # noqa: E402
-from embeddr.presets import get_preset  # noqa: E402
+MODEL = "sscd-distilled"
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+def path_of(i: int) -> str:
+    return f"/synthetic/{i:09d}.jpg"
 
 
-def build(db: Path, n: int, dim: int, dup_fraction: float, seed: int = 0) -> set[tuple[str, str]]:
-    rng = np.random.default_rng(seed)
-    n_base = int(n / (1 + 2 * dup_fraction))
-    n_dup = int(n_base * dup_fraction)
-    planted: set[tuple[str, str]] = set()
+def index_of(paths: np.ndarray) -> np.ndarray:
+    return np.array([int(p[11:20]) for p in paths], np.int64)
+
+
+def real_vectors() -> np.ndarray | None:
+    folder = REPO.parent / "shared" / "data" / "realimages" / "images"
+    if not folder.is_dir():
+        return None
+    import embeddr
+    from embeddr.catalog import Catalog
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "real.db"
+        embeddr.scan([folder], db=db, model=MODEL, device="cpu")
+        with Catalog(db) as catalog:
+            return np.vstack([v for _, v in catalog.vectors_after(0)])
+
+
+def make_vectors(source: str, n: int, dim: int, seed: int) -> np.ndarray:
+    from embeddr.synthetic import realistic, unit
+
+    if source == "random":
+        rng = np.random.default_rng(seed)
+        return np.vstack([unit(rng.standard_normal((min(65536, n - s), dim), dtype=np.float32)) for s in range(0, n, 65536)])
+    if source == "real":
+        seeds = real_vectors()
+        if seeds is None:
+            sys.exit("--source real: ../shared/data/realimages is absent")
+        return realistic(n, seeds.shape[1], seed, seeds=seeds)
+    return realistic(n, dim, seed)
+
+
+def build(db: Path, vecs: np.ndarray) -> float:
+    from embeddr.catalog import Catalog, FileRecord
+    from embeddr.searchindex import update
+
     with Catalog(db) as catalog:
-        catalog.bind_model("sscd-distilled", dim)
-        run = catalog.begin_run("sscd-distilled", ["synthetic"])
-        for start in range(0, n_base, 20000):
-            base = unit(rng.normal(size=(min(20000, n_base - start), dim)))
-            records, vectors = [], {}
-            for i, v in enumerate(base):
-                k = start + i
-                name = f"/synthetic/{k:08d}.jpg"
-                records.append(FileRecord(name, 1000, 0, f"h{k}", 100, 100, "JPEG"))
-                vectors[f"h{k}"] = v
-                if k < n_dup:
-                    for tag, noise in (("copy", 0.33), ("variant", 0.9)):  # cosine ~0.95 and ~0.75
-                        w = unit((v + noise / np.sqrt(dim) * rng.normal(size=dim))[None])[0]
-                        path = f"/synthetic/{k:08d}_{tag}.jpg"
-                        records.append(FileRecord(path, 900, 0, f"h{k}{tag}", 100, 100, "JPEG"))
-                        vectors[f"h{k}{tag}"] = w
-                        if tag == "copy":
-                            planted.add(tuple(sorted((name, path))))
-            catalog.record_batch(records, vectors, run, "sscd-distilled")
+        catalog.bind_model(MODEL, vecs.shape[1])
+        run = catalog.begin_run(MODEL, ["/synthetic"])
+        for s in range(0, len(vecs), 20000):
+            chunk = vecs[s : s + 20000]
+            records = [FileRecord(path_of(s + i), 1000, 0, f"h{s + i}", 100, 100, "JPEG") for i in range(len(chunk))]
+            catalog.record_batch(records, {f"h{s + i}": v for i, v in enumerate(chunk)}, run, MODEL)
         catalog.finish_run(run, "done", {})
-    return planted
+        t = time.perf_counter()
+        update(catalog)  # what the scan does at its end
+        return time.perf_counter() - t
+
+
+def run_dupes(db: str, search: str, score: str, out: str) -> None:
+    """Child process: find_duplicates, its seconds and peak RSS; the near pairs go to ``out`` (npz)."""
+    from embeddr.catalog import Catalog
+    from embeddr.dupes import find_duplicates
+    from embeddr.presets import get_preset
+
+    t = time.perf_counter()
+    with Catalog(db) as catalog:
+        report = find_duplicates(catalog, get_preset(MODEL), score=score, search=search)
+    seconds = time.perf_counter() - t
+    near = [p for p in report.pairs if p.kind == "near"]
+    a = index_of(np.array([p.a for p in near])) if near else np.zeros(0, np.int64)
+    b = index_of(np.array([p.b for p in near])) if near else np.zeros(0, np.int64)
+    np.savez(out, a=a, b=b)
+    info = {k: v for k, v in report.extra.items() if not isinstance(v, (list, dict))}
+    print(json.dumps({"seconds": round(seconds, 2), "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                      "pairs": len(near), "groups": len(report.groups), "files": report.files, "search_info": info}))
+
+
+def child(db: Path, search: str, score: str, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--_child", str(db), "--search", search, "--score", score, "--_out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if res.returncode:
+        sys.exit(f"dupes failed:\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def load_average() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:  # pragma: no cover
+        return "?"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--dups", type=float, default=0.2)
+    ap.add_argument("--source", default="realistic", choices=("realistic", "real", "random"))
+    ap.add_argument("--search", default="auto", choices=("auto", "exact", "approximate"))
     ap.add_argument("--score", default="normalized", choices=("raw", "normalized"))
-    ap.add_argument("--approximate", action="store_true", help="IVF search (dupes --approximate); also runs the exact "
-                    "search afterwards to report the share of its pairs found")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--check-exact", action="store_true", help="also run the exact search and report recall against it")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--_child", help=argparse.SUPPRESS)
+    ap.add_argument("--_out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args._child:
+        run_dupes(args._child, args.search, args.score, args._out)
+        return 0
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "synthetic.db"
+        db = Path(tmp) / "bench.db"
         t = time.perf_counter()
-        planted = build(db, args.n, args.dim, args.dups)
+        vecs = make_vectors(args.source, args.n, args.dim, args.seed)
         build_s = time.perf_counter() - t
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        t = time.perf_counter()
-        with Catalog(db) as catalog:
-            report = find_duplicates(catalog, get_preset("sscd-distilled"), score=args.score, approximate=args.approximate)
-        dupes_s = time.perf_counter() - t
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        n_files = report.files
-        note = ""
-        if args.approximate:
-            t = time.perf_counter()
-            with Catalog(db) as catalog:
-                exact = find_duplicates(catalog, get_preset("sscd-distilled"), score=args.score)
-            exact_pairs = {(p.a, p.b) for p in exact.pairs}
-            share = len(exact_pairs & {(p.a, p.b) for p in report.pairs}) / max(1, len(exact_pairs))
-            note = (f"approximate (nlist {report.extra['nlist']}, nprobe {report.extra['nprobe']}): {share:.4f} of the exact "
-                    f"search's {len(exact_pairs):,} pairs, exact search {time.perf_counter() - t:.1f} s; ")
-    found = {(p.a, p.b) for p in report.pairs}
-    recall = len(planted & found) / max(1, len(planted))
-    vec_mb = n_files * args.dim * 4 / 2**20
-    print(f"| {n_files:,} | {args.score} | {dupes_s:.1f} | {peak:.0f} | {vec_mb:.0f} | {len(report.pairs):,} | "
-          f"{len(report.groups):,} | {recall:.3f} | {note}catalog built in {build_s:.1f} s, RSS before dupes {rss_before:.0f} MiB |")
+        index_s = build(db, vecs)
+        result = {"files": args.n, "source": args.source, "score": args.score, "search": args.search,
+                  "catalog_build_seconds": round(build_s, 1), "search_structure_seconds": round(index_s, 1)}
+        main_run = child(db, args.search, args.score, Path(tmp) / "main.npz")
+        result.update(seconds=main_run["seconds"], peak_rss_mib=main_run["peak_rss_mib"], pairs=main_run["pairs"],
+                      groups=main_run["groups"], search_info=main_run["search_info"])
+        if args.check_exact:
+            ex = child(db, "exact", args.score, Path(tmp) / "exact.npz")
+            got, want = np.load(Path(tmp) / "main.npz"), np.load(Path(tmp) / "exact.npz")
+            key = lambda z: np.minimum(z["a"], z["b"]) * args.n + np.maximum(z["a"], z["b"])  # noqa: E731
+            wk, gk = key(want), key(got)
+            found = np.isin(wk, gk)
+            a, b = np.minimum(want["a"], want["b"]), np.maximum(want["a"], want["b"])
+            raw = np.einsum("ij,ij->i", vecs[a], vecs[b]) if len(a) else np.zeros(0)
+            loose = (raw >= 0.6) & (raw < 0.8)
+            result.update(exact_seconds=ex["seconds"], exact_peak_rss_mib=ex["peak_rss_mib"], exact_pairs=int(len(wk)),
+                          pair_recall=round(float(found.mean()) if len(wk) else 1.0, 5),
+                          loose_pairs=int(loose.sum()),
+                          loose_pair_recall=round(float(found[loose].mean()) if loose.any() else 1.0, 5),
+                          extra_pairs=int((~np.isin(gk, wk)).sum()))
+    result.update(load_average_before=load_before, load_average_after=load_average(),
+                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cpus=os.cpu_count())
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
     return 0
 
 

@@ -10,8 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from .. import api
-from ..errors import EmbeddrError
 from ..decode import DEFAULT_MAX_PIXELS
+from ..errors import EmbeddrError
 from ..output import human_bytes, render
 from .common import (DEFAULT_DB_PATH, CheckpointOpt, DbOpt, DeviceOpt, FormatOpt, Hash, ModelOpt, OutputOpt, PrecisionOpt,
                      ScoreOpt, ThresholdOpt, WaitOpt, check_format, emit, err_console, handle_errors, print_error, say,
@@ -153,8 +153,9 @@ def register(app: typer.Typer) -> None:
         model: ModelOpt = None,
         missed_by: Annotated[Optional[Hash], typer.Option("--missed-by", help="Only the near pairs this hash (phash or dhash) at its default threshold does NOT find: what only the embedding catches.")] = None,
         max_groups: Annotated[int, typer.Option("--max-groups", min=0, help="Table only: show at most this many groups (0 = all). JSON and CSV always list everything.")] = 200,
-        approximate: Annotated[bool, typer.Option("--approximate", help="IVF search instead of exact: for millions of images; much faster, may miss a few pairs (docs/benchmarks.md).")] = False,
+        approximate: Annotated[bool, typer.Option("--approximate", help="Same as --search approximate.")] = False,
         ray: Annotated[Optional[str], typer.Option("--ray", help="Run the pair search as Ray tasks over blocks of the index: local, auto or ray://HOST:PORT (same report as the local search).")] = None,
+        search: Annotated[str, typer.Option("--search", help="auto (exact below 30,000 distinct images, else the approximate k-means self-join, which checks a sample exactly and reports its estimated recall), exact, or approximate.")] = "auto",
     ):
         """List duplicate groups and every pair at or above the threshold.
 
@@ -176,7 +177,10 @@ def register(app: typer.Typer) -> None:
         if missed_by:
             report = api.missed_by(db, value_of(missed_by), threshold=threshold, score=score, model=model)
         else:
-            report = api.find_duplicates(db, threshold=threshold, score=score, model=model, approximate=approximate, ray=ray)
+            if search not in ("auto", "exact", "approximate"):
+                raise EmbeddrError(f"--search {search!r} is not one of auto, exact, approximate")
+            report = api.find_duplicates(db, threshold=threshold, score=score, model=model, ray=ray,
+                                         search="approximate" if approximate else search)
         if fmt == "parquet":
             from ..output import to_parquet
 
