@@ -1,0 +1,224 @@
+"""The search engine every command uses: exact join vs brute force, the approximate k-means self-join against
+exact on realistic vectors, the persisted search structure (incremental, identity-checked), and one set of
+pairs from dupes, check and serve on one catalog."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import save_photo
+
+from embeddr import api, search
+from embeddr.catalog import Catalog, FileRecord
+from embeddr.dupes import find_duplicates
+from embeddr.normalize import Scorer
+from embeddr.presets import get_preset
+from embeddr.searchindex import open_index, search_path, update
+from embeddr.synthetic import realistic
+
+THRESHOLD = 0.592
+
+
+def brute(vecs: np.ndarray, t: float, k: int):
+    S = vecs @ vecs.T
+    np.fill_diagonal(S, -np.inf)
+    a, b = np.nonzero(np.triu(S >= t - search.EPS, 1))
+    order = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    return set(zip(a.tolist(), b.tolist())), np.take_along_axis(S, order, 1)
+
+
+def scorer_fns(scorer: Scorer, threshold: float):
+    def neighbours(q, s, r):
+        return scorer.backgrounds(q, None, s, r)
+
+    def decide(a, b, raw, per_row):
+        return scorer.score(raw, per_row[a], per_row[b]) >= threshold - search.EPS
+
+    return neighbours, decide
+
+
+def test_exact_join_is_brute_force_pairs_and_neighbours():
+    vecs = realistic(1500, 64, seed=1)
+    want, nn = brute(vecs, 0.5, 10)
+    got_nn = {}
+
+    def record(q, s, r):
+        for row, sc in zip(q.tolist(), s):
+            got_nn[row] = sc
+        return np.zeros(len(q), np.float32)
+
+    res = search.exact_join(vecs, 0.5, 10, record, block_elems=1500 * 97)  # many blocks
+    assert set(zip(res.a.tolist(), res.b.tolist())) == want and len(res.a) == len(want)
+    assert (res.a < res.b).all()
+    np.testing.assert_allclose(np.stack([got_nn[i] for i in range(len(vecs))]), nn, atol=1e-5)
+    # a subset of rows: only pairs and neighbours among them
+    rows = np.arange(0, 1500, 3)
+    sub = search.exact_join(vecs, 0.5, 0, rows=rows)
+    assert set(zip(sub.a.tolist(), sub.b.tolist())) == {(a, b) for a, b in want if a % 3 == 0 and b % 3 == 0}
+
+
+def test_cluster_join_matches_exact_on_realistic_vectors():
+    """The approximate self-join on 12k realistic vectors (crowds, loose copies, bursts): every pair it reports
+    is an exact pair (scored the same), it finds >= 99 % of the default decision's pairs, each pair once,
+    and its own sampled estimate says so."""
+    vecs = realistic(12000, 128, seed=2)
+    scorer = Scorer()
+    neighbours, decide = scorer_fns(scorer, THRESHOLD)
+    exact = search.exact_join(vecs, THRESHOLD, scorer.neighbours, neighbours)
+    centroids = search.train_centroids(vecs, len(vecs) // search.LIST_SIZE)
+    probes = search.assign(vecs, centroids)
+    approx = search.join(vecs, THRESHOLD, scorer.neighbours, neighbours, decide, layout=(probes, len(centroids)),
+                         method="approximate")
+    assert approx.info["search"] == "approximate"
+    keys = list(zip(approx.a.tolist(), approx.b.tolist()))
+    assert len(set(keys)) == len(keys) and (approx.a < approx.b).all()
+    e_keep = decide(exact.a, exact.b, exact.raw, exact.per_row)
+    a_keep = decide(approx.a, approx.b, approx.raw, approx.per_row)
+    want = set(zip(exact.a[e_keep].tolist(), exact.b[e_keep].tolist()))
+    got = set(zip(approx.a[a_keep].tolist(), approx.b[a_keep].tolist()))
+    assert len(want) > 500
+    assert len(want & got) >= 0.99 * len(want)
+    assert len(got - want) <= 0.005 * len(want)
+    assert approx.info["pair_recall_estimate"] >= 0.98 and 0 < approx.info["recall_sample_pairs"]
+    # candidate pairs carry the exact raw cosine
+    raw = np.einsum("ij,ij->i", vecs[approx.a], vecs[approx.b])
+    np.testing.assert_allclose(approx.raw, np.minimum(raw, 1.0), atol=1e-5)
+
+
+def test_join_raises_effort_when_estimate_is_short():
+    vecs = realistic(6000, 64, seed=3)
+    centroids = search.train_centroids(vecs, 60)
+    probes = search.assign(vecs, centroids, 8)
+    res = search.join(vecs, 0.6, 0, layout=(probes, 60), method="approximate", nprobe=1, target=1.01)
+    assert [t["nprobe"] for t in res.info["tries"]] == [1, 2, 4, 8]
+
+
+def synthetic_catalog(db: Path, vecs: np.ndarray, start: int = 0) -> None:
+    with Catalog(db) as catalog:
+        catalog.bind_model("sscd-distilled", vecs.shape[1])
+        records = [FileRecord(f"/s/{start + i:06d}.jpg", 1, 0, f"h{start + i}", 10, 10, "JPEG") for i in range(len(vecs))]
+        catalog.record_batch(records, {f"h{start + i}": v for i, v in enumerate(vecs)}, None, "sscd-distilled")
+
+
+def test_dupes_default_search_is_exact_on_a_test_collection(tmp_path):
+    """Below EXACT_BELOW the default search is the exact one (same pairs, same scores); the approximate one finds
+    >= 99 % of them and reports its estimate in the JSON."""
+    vecs = realistic(3000, 64, seed=4)
+    db = tmp_path / "c.db"
+    synthetic_catalog(db, vecs)
+    preset = get_preset("sscd-distilled")
+    with Catalog(db) as catalog:
+        exact = find_duplicates(catalog, preset, search="exact")
+        approx = find_duplicates(catalog, preset, search="approximate")
+        auto = find_duplicates(catalog, preset)
+    as_set = lambda r: {(p.a, p.b, round(p.score, 5)) for p in r.pairs}  # noqa: E731
+    assert len(exact.pairs) > 100
+    assert as_set(auto) == as_set(exact) and auto.as_dict()["search"] == "exact"
+    want, got = {(p.a, p.b) for p in exact.pairs}, {(p.a, p.b) for p in approx.pairs}
+    assert len(want & got) >= 0.99 * len(want)
+    d = approx.as_dict()
+    assert d["search"] == "approximate" and d["pair_recall_estimate"] >= 0.98 and "loose_pair_recall_estimate" in d
+
+
+def test_search_structure_is_kept_grown_and_rebuilt_for_another_catalog(tmp_path, monkeypatch):
+    monkeypatch.setattr(search, "EXACT_BELOW", 1000)  # so a small catalog gets a k-means layout
+    vecs = realistic(2500, 32, seed=5)
+    db = tmp_path / "c.db"
+    synthetic_catalog(db, vecs[:1200])
+    with Catalog(db) as catalog:
+        meta = update(catalog)
+        assert meta["n"] == 1200 and meta["layout"]["trained_n"] == 1200
+        folder = search_path(catalog)
+        stamp = (folder / "meta.json").stat().st_mtime_ns
+        index = open_index(catalog)  # up to date: nothing rewritten
+        assert (folder / "meta.json").stat().st_mtime_ns == stamp and len(index) == 1200
+        gen = meta["layout"]["gen"]
+    synthetic_catalog(db, vecs[1200:2000], start=1200)  # grows: appended and assigned, not retrained
+    with Catalog(db) as catalog:
+        meta = update(catalog)
+        assert meta["n"] == 2000 and meta["layout"]["gen"] == gen
+        index = open_index(catalog)
+        np.testing.assert_array_equal(index.vecs, vecs[:2000])
+        np.testing.assert_array_equal(index.probes[:, 0], search.assign(vecs[:2000], np.fromfile(
+            search_path(catalog) / f"centroids.{gen}.f32", np.float32).reshape(-1, 32))[:, 0])
+    synthetic_catalog(db, vecs[2000:], start=2000)  # more than doubled: a new layout generation
+    with Catalog(db) as catalog:
+        assert update(catalog)["layout"]["gen"] == gen + 1
+        assert not (search_path(catalog) / f"probes.{gen}.i32").exists()
+    # another catalog under the same name: the structure is rebuilt from it, never reused
+    db.unlink()
+    for extra in db.parent.glob("c.db-*"):
+        extra.unlink()
+    synthetic_catalog(db, vecs[:1500][::-1].copy())
+    with Catalog(db) as catalog:
+        index = open_index(catalog)
+        assert len(index) == 1500
+        np.testing.assert_array_equal(index.vecs, vecs[:1500][::-1])
+
+
+@pytest.fixture
+def small_catalog(tmp_path, photo_arrays):
+    """Real photos with crops/recolours, scanned into a catalog; plus the folder."""
+    from PIL import ImageEnhance
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, arr in photo_arrays.items():
+        p = save_photo(arr, folder / f"{name}.jpg")
+        from PIL import Image
+
+        img = Image.open(p)
+        img.crop((10, 10, img.width - 30, img.height - 20)).save(folder / f"{name}_crop.jpg", quality=80)
+        ImageEnhance.Color(img).enhance(0.3).save(folder / f"{name}_grey.png")
+    db = tmp_path / "c.db"
+    api.scan([folder], db=db, device="cpu")
+    return db, folder
+
+
+def test_dupes_check_and_serve_give_the_same_pairs(small_catalog):
+    """One catalog: the near pairs `dupes` lists are exactly the matches `check` (API) and `serve` (HTTP app)
+    report for each file, with the same scores."""
+    from fastapi.testclient import TestClient
+
+    from embeddr.ingest import Gate
+    from embeddr.server import create_app
+
+    db, folder = small_catalog
+    report = api.find_duplicates(db)
+    dupes = {(p.a, p.b): p.score for p in report.pairs if p.kind == "near"}
+    assert len(dupes) >= 5
+    files = sorted(str(p) for p in folder.iterdir())
+    with Gate(db, device="cpu", max_matches=1000) as gate:
+        checked = {}
+        for res in gate.check(files):
+            for m in res.matches:
+                if m.kind == "near":
+                    checked[tuple(sorted((res.path, m.path)))] = m.score
+        client = TestClient(create_app(gate))
+        served = {}
+        for f in files:
+            with open(f, "rb") as fh:
+                r = client.post("/check", files=[("files", (Path(f).name, fh.read(), "application/octet-stream"))])
+            assert r.status_code == 200, r.text
+            for res in r.json()["results"]:
+                for m in res["matches"]:
+                    if m["kind"] == "near":
+                        served[tuple(sorted((f, m["path"])))] = m["score"]
+    assert set(checked) == set(dupes) == set(served)
+    for key, s in dupes.items():
+        assert checked[key] == pytest.approx(s, abs=1e-5) and served[key] == pytest.approx(s, abs=1e-4)
+
+
+def test_search_structure_survives_deletion_and_is_rebuilt(small_catalog):
+    """Real photos: the approximate search gives the exact search's pairs and scores; deleting the search
+    structure changes nothing (it is rebuilt from the catalog)."""
+    db, _ = small_catalog
+    exact = {(p.a, p.b, round(p.score, 5)) for p in api.find_duplicates(db, search="exact").pairs}
+    assert exact == {(p.a, p.b, round(p.score, 5)) for p in api.find_duplicates(db, search="approximate").pairs}
+    before = {(p.a, p.b) for p in api.find_duplicates(db).pairs}
+    with Catalog(db) as catalog:
+        shutil.rmtree(search_path(catalog))
+    assert {(p.a, p.b) for p in api.find_duplicates(db).pairs} == before
