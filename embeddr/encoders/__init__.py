@@ -61,6 +61,12 @@ def catalog_preset(catalog: Catalog, model: str | Preset | None = None) -> Prese
     return preset
 
 
+def _onnx_auto_device() -> str:
+    import onnxruntime as ort
+
+    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+
+
 def load_encoder(model: str | Preset = "sscd-distilled", *, device: str = "auto", precision: str = "auto",
                  checkpoint: str | os.PathLike | None = None, threads: int | None = None) -> Encoder:
     """Build the encoder for ``model`` on ``device`` (auto: cuda -> mps -> cpu).
@@ -76,9 +82,13 @@ def load_encoder(model: str | Preset = "sscd-distilled", *, device: str = "auto"
         from .torch_models import check_open_clip_weights
 
         check_open_clip_weights(preset, checkpoint)  # offline and not cached: fail before importing torch
-    dev = select_device(device)
-    prec = select_precision(dev, precision)
     if preset.backend == "onnx":
+        # onnxruntime, not torch, decides whether CUDA is usable: select_device only checks the name here
+        explicit = (device or "auto").lower() not in ("auto", "")
+        dev = select_device(device, cuda=True, mps=False) if explicit else _onnx_auto_device()
+        if dev == "mps":  # pragma: no cover - select_device refuses it above (mps=False)
+            dev = "cpu"
+        prec = select_precision(dev, precision)
         from .onnx import OnnxEncoder, resolve_package_weights
 
         if checkpoint is not None:
@@ -91,7 +101,10 @@ def load_encoder(model: str | Preset = "sscd-distilled", *, device: str = "auto"
             path = Path(preset.name)
         else:
             raise ModelUnavailable(f"{preset.name}: no ONNX file; pass --checkpoint PATH")
-        return OnnxEncoder(preset, path, device=dev, precision=prec, threads=threads)
+        return OnnxEncoder(preset, path, device=dev, precision=prec, threads=threads, explicit_device=explicit,
+                           explicit_precision=(precision or "auto").lower() != "auto")
+    dev = select_device(device)
+    prec = select_precision(dev, precision)
     if preset.backend == "open_clip":
         from .torch_models import build_open_clip
 

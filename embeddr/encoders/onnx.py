@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..devices import onnx_providers
-from ..errors import ModelUnavailable
+from ..errors import EmbeddrError, ModelUnavailable
 from ..presets import Preset
 from .base import Encoder
 
@@ -39,8 +39,36 @@ def resolve_package_weights(spec: str) -> Path:
     return path
 
 
+def graph_precision(model_bytes: bytes) -> str:
+    """The arithmetic a graph really runs: ``int8`` for a quantised graph (QLinear*/DequantizeLinear/...Integer
+    operators), ``fp16`` when it holds half-precision tensors and casts, else ``fp32``. Read from the serialised
+    graph (operator names are stored as plain strings), so no ``onnx`` package is needed."""
+    if any(op in model_bytes for op in (b"QLinearConv", b"QLinearMatMul", b"DequantizeLinear", b"MatMulInteger", b"ConvInteger")):
+        return "int8"
+    return "fp16" if b"embeddr-fp16" in model_bytes else "fp32"
+
+
+def to_fp16(model_path: Path) -> bytes:
+    """The graph converted to float16 inside (inputs and outputs keep their types), for the CUDA provider."""
+    try:
+        import onnx
+        from onnxconverter_common import float16
+    except ImportError:
+        raise EmbeddrError("--precision fp16 for an ONNX model needs onnx and onnxconverter-common: "
+                           "pip install 'embeddr[gpu]' (or use --precision fp32)") from None
+    model = float16.convert_float_to_float16(onnx.load(str(model_path)), keep_io_types=True)
+    model.producer_name = "embeddr-fp16"
+    return model.SerializeToString()
+
+
 class OnnxEncoder(Encoder):
-    def __init__(self, preset: Preset, model_path: Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
+    """onnxruntime session. ``device`` and ``precision`` are what the session really uses: an explicit ``cuda``
+    that onnxruntime cannot honour (no onnxruntime-gpu, or its CUDA libraries fail to load) is an error, never a
+    silent fall-back; ``auto`` falls back to the CPU and says so. ``precision`` is the graph's own (``int8`` for
+    quantised SSCD); ``fp16`` is produced by converting the graph, on CUDA only."""
+
+    def __init__(self, preset: Preset, model_path: Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
+                 *, explicit_device: bool = False, explicit_precision: bool = False):
         super().__init__(preset=preset, device=device, precision=precision)
         import onnxruntime as ort
 
@@ -48,18 +76,45 @@ class OnnxEncoder(Encoder):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        self.model_path = Path(model_path)
+        cuda = device.startswith("cuda")
+        if cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
+            if explicit_device:
+                raise EmbeddrError(f"--device {device}: onnxruntime here has no CUDA provider (providers: "
+                                   f"{', '.join(ort.get_available_providers())}); install the GPU extra: "
+                                   f"pip install 'embeddr[gpu]' (onnxruntime-gpu), or use --device cpu")
+            device, cuda = "cpu", False
         try:
-            self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=onnx_providers(device))
+            model = self.model_path.read_bytes()
+        except OSError as exc:
+            raise ModelUnavailable(f"cannot read ONNX model {model_path}: {exc.strerror or exc}") from None
+        real = graph_precision(model)
+        source = str(self.model_path)  # by path: models with external weight files keep working
+        if precision == "fp16" and real == "fp32" and cuda:
+            try:
+                source, real = to_fp16(self.model_path), "fp16"
+            except EmbeddrError:
+                if explicit_precision:
+                    raise
+        elif precision in ("fp16", "bf16") and explicit_precision and real != precision:
+            raise EmbeddrError(f"--precision {precision}: the ONNX model {self.model_path.name} runs in {real} here; "
+                               f"use --precision auto")
+        try:
+            self.session = ort.InferenceSession(source, sess_options=options, providers=onnx_providers(device))
         except Exception as exc:
             raise ModelUnavailable(f"cannot load ONNX model {model_path}: {exc}") from None
-        self.model_path = Path(model_path)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.uint8_nhwc = inp.type == "tensor(uint8)"
         self.providers = self.session.get_providers()
-        if "CUDAExecutionProvider" not in self.providers and self.device != "cpu":
-            # onnxruntime without the CUDA EP (CPU-only build) runs on the CPU: say so, never pretend
-            self.device, self.precision = "cpu", "fp32"
+        if cuda and "CUDAExecutionProvider" not in self.providers:
+            # onnxruntime-gpu installed, but the CUDA provider failed to load (driver/CUDA libraries)
+            if explicit_device:
+                raise EmbeddrError(f"--device {device}: onnxruntime could not start its CUDA provider (it fell back to "
+                                   f"{', '.join(self.providers)}); check the CUDA/cuDNN libraries, or use --device cpu")
+            device = "cpu"
+        self.device = "cpu" if "CUDAExecutionProvider" not in self.providers else device
+        self.precision = real
         mean = preset.mean or (0.485, 0.456, 0.406)
         std = preset.std or (0.229, 0.224, 0.225)
         self._mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255.0

