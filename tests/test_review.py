@@ -61,7 +61,10 @@ def library(tmp_path_factory, photo_arrays) -> Path:
 def db(library, tmp_path) -> Path:
     """A private copy of the scanned catalog (tests store verdicts in it)."""
     for f in library.parent.glob(library.name + "*"):
-        shutil.copy2(f, tmp_path / f.name)
+        if f.is_dir():  # the search structure beside the catalog (DB.search/)
+            shutil.copytree(f, tmp_path / f.name)
+        else:
+            shutil.copy2(f, tmp_path / f.name)
     return tmp_path / library.name
 
 
