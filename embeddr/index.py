@@ -30,25 +30,6 @@ from .errors import CatalogError
 from .fsutil import atomic_write
 
 
-def catalog_identity(catalog: Catalog) -> str:
-    """A stable identifier of this catalog (a random id kept in its ``meta`` table from the first call on), so
-    files derived from it (``DB.faiss``, ``DB.search/``) can tell when they belong to another catalog, e.g.
-    after the database was replaced by another one of the same name. Read-only catalogs without one yet are
-    identified by their resolved path."""
-    ident = catalog.get_meta("catalog_id")
-    if ident is None:
-        import sqlite3
-        import uuid
-
-        try:
-            with catalog.conn:
-                catalog.conn.execute("INSERT OR IGNORE INTO meta VALUES ('catalog_id', ?)", (uuid.uuid4().hex,))
-            ident = catalog.get_meta("catalog_id")
-        except sqlite3.OperationalError:  # read-only
-            ident = None
-    return ident or f"path:{catalog.path.resolve()}"
-
-
 def index_path(catalog: Catalog) -> Path:
     return catalog.path.with_name(catalog.path.name + ".faiss")
 

@@ -8,9 +8,10 @@ loading it (no Python object per vector):
   :data:`embeddr.search.EXACT_BELOW` vectors or more: centroids, and each vector's
   :data:`embeddr.search.MAX_PROBES` nearest lists. New vectors are assigned to the existing lists;
   the layout is retrained (a new generation) when the catalog has doubled since it was trained;
-* ``meta.json``: how many rows are valid, the last vector id and a digest of its bytes, and the
-  catalog's identity (:func:`embeddr.index.catalog_identity`). A structure from another catalog, or
-  one that no longer matches the catalog's vectors (a restored backup), is rebuilt.
+* ``meta.json``: how many rows are valid and the catalog identity of those rows
+  (:func:`embeddr.index.catalog_identity`: the catalog's random id, count, sum and largest of the vector
+  ids, hash of the last). A structure from another catalog, or one that no longer matches the catalog's
+  vectors (a restored backup), is rebuilt.
 
 Updates take an exclusive ``flock`` on ``lock``; rows are appended and fsynced before ``meta.json`` is
 replaced atomically, so a reader (shared lock while it opens) sees the old state or the new one, and a
@@ -20,7 +21,6 @@ crash leaves at worst unused bytes past the valid rows (trimmed by the next upda
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -37,10 +37,6 @@ VERSION = 1
 
 def search_path(catalog: Catalog) -> Path:
     return catalog.path.with_name(catalog.path.name + ".search")
-
-
-def _digest(vec: bytes) -> str:
-    return hashlib.sha1(vec).hexdigest()
 
 
 class SearchIndex:
@@ -136,14 +132,13 @@ def _catalog_top(catalog: Catalog) -> tuple[int, bytes | None]:
     return (int(row[0]), bytes(row[1])) if row else (0, None)
 
 
-def _matches_catalog(catalog: Catalog, meta: dict, identity: str) -> bool:
-    if meta.get("version") != VERSION or meta.get("catalog") != identity or meta.get("dim") != catalog.dim:
+def _matches_catalog(catalog: Catalog, meta: dict) -> bool:
+    from .index import catalog_identity
+
+    if meta.get("version") != VERSION or meta.get("dim") != catalog.dim:
         return False
-    last = int(meta.get("last_id", 0))
-    if last == 0:
-        return True
-    row = catalog.conn.execute("SELECT vec FROM vectors WHERE id = ?", (last,)).fetchone()
-    return row is not None and _digest(bytes(row[0])) == meta.get("last_digest")
+    want = catalog_identity(catalog, int(meta.get("last_id", 0)))
+    return meta.get("identity") == want and want["count"] == int(meta.get("n", -1))
 
 
 def _train(folder: Path, meta: dict, vecs: np.ndarray) -> dict:
@@ -168,14 +163,14 @@ def update(catalog: Catalog) -> dict:
 
     folder = search_path(catalog)
     dim = catalog.dim
-    identity = catalog_identity(catalog)
     with _locked(folder, exclusive=True):
         meta = _read_meta(folder)
-        if not _matches_catalog(catalog, meta, identity) or dim is None:
+        if not _matches_catalog(catalog, meta) or dim is None:
             for child in folder.iterdir():
                 if child.name != "lock":
                     child.unlink() if child.is_file() else shutil.rmtree(child)
-            meta = {"version": VERSION, "catalog": identity, "dim": dim, "n": 0, "last_id": 0, "layout": None}
+            meta = {"version": VERSION, "identity": catalog_identity(catalog, 0), "dim": dim, "n": 0, "last_id": 0,
+                    "layout": None}
         if dim is None:
             return meta
         n, last = int(meta["n"]), int(meta["last_id"])
@@ -193,8 +188,7 @@ def update(catalog: Catalog) -> dict:
             last = int(ids[-1])
             changed = True
         if changed:
-            row = catalog.conn.execute("SELECT vec FROM vectors WHERE id = ?", (last,)).fetchone()
-            meta.update(n=n, last_id=last, last_digest=_digest(bytes(row[0])))
+            meta.update(n=n, last_id=last, identity=catalog_identity(catalog, last))
         old_gen = lay["gen"] if lay else None
         if n >= search.EXACT_BELOW and (not lay or n > 2 * int(lay["trained_n"])):
             vecs = _map(folder / "vecs.f32", np.float32, (n, dim))
