@@ -189,9 +189,14 @@ def test_2_faiss_path_that_is_a_folder_is_a_clean_error(library, runner):
     faiss_file = Path(str(db) + ".faiss")
     faiss_file.unlink()
     faiss_file.mkdir()
-    res = runner.invoke(app, ["dupes", "--db", str(db)])
+    # `check` searches the FAISS index (`dupes` maps DB.search/ instead, which it rebuilds when unusable)
+    res = runner.invoke(app, ["check", "--db", str(db), "--device", "cpu", str(next((root / "photos").iterdir()))])
     assert res.exit_code == 2 and "is a folder" in res.output and str(faiss_file) in res.output
     assert not [p for p in db.parent.iterdir() if ".tmp" in p.name]
+    search_dir = Path(str(db) + ".search")
+    shutil.rmtree(search_dir)
+    search_dir.write_text("not a folder")
+    assert runner.invoke(app, ["dupes", "--db", str(db)]).exit_code == 0  # read from the catalog instead
 
 
 # -- 3. two scans at once -----------------------------------------------------------------------
