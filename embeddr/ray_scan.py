@@ -25,6 +25,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from .presets import Preset
 from .sources import FetchOptions, is_remote, list_inputs
 
 SHARD_VERSION = 1
+SHARD_ROWS = 512  # result rows per vector shard (one catalog transaction each)
 KILL_ONCE_ENV = "EMBEDDR_RAY_KILL_ONCE"  # tests: "MARKER:ROW" SIGKILLs the worker decoding ROW, once
 
 _STR = ("path", "item_id", "hash", "format", "status", "error", "etag")
@@ -152,10 +154,11 @@ def _merge(catalog: Catalog, batch: dict, run_id: int, model: str, report: ScanR
     report.times.store += time.perf_counter() - t
 
 
-def merge_pending_shards(catalog: Catalog, run_id: int, model: str, report: ScanReport, max_error_samples: int = 20) -> int:
-    """Merge shard files a stopped job wrote but did not merge (files changed since are left to the scan)."""
+def merge_pending_shards(catalog: Catalog, run_id: int, model: str, report: ScanReport, max_error_samples: int = 20) -> set[str]:
+    """Merge shard files a stopped job wrote but did not merge; returns the paths merged (the scan then
+    finds them unchanged, or sends them again if they changed since)."""
     folder = shard_dir(catalog)
-    merged = 0
+    merged: set[str] = set()
     for path in sorted(folder.glob("*.npz")) if folder.is_dir() else ():
         try:
             with np.load(path, allow_pickle=True) as z:
@@ -165,7 +168,7 @@ def merge_pending_shards(catalog: Catalog, run_id: int, model: str, report: Scan
             continue
         if str(batch.get("model")) == model and int(batch.get("version", 0)) == SHARD_VERSION:
             _merge(catalog, batch, run_id, model, report, max_error_samples)
-            merged += 1
+            merged.update(str(p) for p in batch["path"])
         path.unlink(missing_ok=True)
     return merged
 
@@ -204,17 +207,22 @@ def ray_scan(roots: Iterable[str | os.PathLike], catalog: Catalog, preset: Prese
     status = "interrupted"
     done = total = 0
     try:
-        merge_pending_shards(catalog, run_id, preset.name, report, max_error_samples)
-        with connected(address) as ray:
-            plan = _plan(ray, device, precision, actors)
+        from_shards = merge_pending_shards(catalog, run_id, preset.name, report, max_error_samples)
+        sent: set[str] = set()
+        with ExitStack() as stack:
+            ray = plan = None  # connected when there is work for the cluster
             inputs = list_inputs(roots, manifest=manifest, path_column=path_column, id_column=id_column, exclude=exclude)
             for wave_candidates, finished in _waves(inputs, wave, report):
                 todo = _changed(wave_candidates, catalog, run_id, report, fetch_options)
+                sent.update(c.path for c in todo)
                 total += len(todo)
                 if progress:
                     progress(done, total if finished else None)
                 if not todo:
                     continue
+                if ray is None:
+                    ray = stack.enter_context(connected(address))
+                    plan = _plan(ray, device, precision, actors)
                 for batch in _run_wave(ray, todo, preset, plan, batch_size, block_rows, max_pixels, fetch_options,
                                        checkpoint):
                     t = time.perf_counter()
@@ -225,6 +233,7 @@ def ray_scan(roots: Iterable[str | os.PathLike], catalog: Catalog, preset: Prese
                     done += len(batch["path"])
                     if progress:
                         progress(done, total if finished else None)
+        report.unchanged -= len(from_shards - sent)  # merged from shards this run: counted as processed
         report.missing = catalog.mark_missing([r for r in roots if not is_remote(r)], run_id)
         t_index = time.perf_counter()
         from .index import load_index
@@ -257,4 +266,4 @@ def _run_wave(ray, todo: list[Candidate], preset: Preset, plan: dict, batch_size
                         fn_constructor_kwargs={"model": preset.name, "device": plan["device"],
                                                "precision": plan["precision"], "threads": plan["threads"],
                                                "checkpoint": os.fspath(checkpoint) if checkpoint else None})
-    yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+    yield from ds.iter_batches(batch_size=SHARD_ROWS, batch_format="numpy", prefetch_batches=2)

@@ -51,7 +51,9 @@ class LoopbackCluster:
             raise RuntimeError(f"ray start failed:\n{out[-3000:]}")
 
     def __enter__(self) -> "LoopbackCluster":
+        # this process (the driver) authenticates with the cluster's token; Ray caches the token it read first
         os.environ["RAY_AUTH_MODE"], os.environ["RAY_AUTH_TOKEN"] = self.env["RAY_AUTH_MODE"], self.env["RAY_AUTH_TOKEN"]
+        _reset_ray_auth()
         try:
             self._start(["--head", "--port", str(self.port), "--temp-dir", self.temp, "--include-dashboard=false"])
             for _ in range(self.nodes - 1):
@@ -78,9 +80,18 @@ class LoopbackCluster:
         shutil.rmtree(self.temp, ignore_errors=True)
         for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
             os.environ.pop(key, None)
+        _reset_ray_auth()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _reset_ray_auth() -> None:
+    try:
+        from ray._private.authentication_test_utils import reset_auth_token_state
+    except ImportError:  # older Ray: no token authentication, nothing cached
+        return
+    reset_auth_token_state()
 
 
 def _ours(groups: list[int]) -> set[int]:
