@@ -31,14 +31,14 @@ def connected(address: str, *, quiet: bool = True):
         yield ray
         return
     kwargs = dict(logging_level=logging.WARNING, log_to_driver=not quiet)
-    # workers import embeddr: make the driver's copy importable there (a cluster's workers need it installed)
-    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}}
     try:
         if address == "local":
+            # workers import embeddr: on this machine they import the driver's copy (a cluster's nodes need it installed)
+            src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}}
             ray.init(include_dashboard=False, runtime_env=env, **kwargs)
         else:
-            ray.init(address=address, runtime_env=env, **kwargs)
+            ray.init(address=address, **kwargs)
     except Exception as exc:
         raise EmbeddrError(f"--ray {address}: cannot connect to Ray ({type(exc).__name__}: {exc})") from None
     try:

@@ -33,6 +33,7 @@ import numpy as np
 from .catalog import Catalog, FileRecord
 from .decode import DEFAULT_MAX_PIXELS
 from .discover import Candidate
+from .errors import EmbeddrError
 from .pipeline import ScanReport, _changed, _waves, decode_one
 from .presets import Preset
 from .sources import FetchOptions, is_remote, list_inputs
@@ -177,7 +178,9 @@ def _plan(ray, device: str, precision: str, actors: int | None) -> dict:
     from .ray_cluster import cluster_resources
 
     cpus, gpus = cluster_resources(ray)
-    if gpus >= 1 and device in ("auto", "cuda") or device.startswith("cuda"):
+    if device.startswith("cuda") and gpus < 1:
+        raise EmbeddrError(f"--device {device}: the Ray cluster has no GPU (resources: {cpus:g} CPUs); use --device auto or cpu")
+    if gpus >= 1 and (device == "auto" or device.startswith("cuda")):
         n = actors or max(1, int(gpus))
         return {"actors": n, "num_gpus": 1, "actor_cpus": 1, "decode_cpus": 1, "device": "cuda",
                 "precision": "fp16" if precision == "auto" else precision, "threads": 1}

@@ -186,6 +186,8 @@ def test_manifest_of_urls_gives_per_file_errors_and_the_right_pairs_with_ids(fee
     assert res.exit_code == 1, res.output
     matches = json.loads(res.stdout)["results"][0]["matches"]
     assert {m["item_id"] for m in matches} == {"SKU-1", "SKU-7"}
+    res = runner.invoke(app, ["check", str(probe), "--db", str(db), "--format", "csv"])
+    assert {r["match_id"] for r in csv.DictReader(io.StringIO(res.stdout))} == {"SKU-1", "SKU-7"}
 
     # the HTML review report shows the ids
     res = runner.invoke(app, ["report", "--db", str(db), "--html", str(tmp_path / "review")])

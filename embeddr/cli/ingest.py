@@ -34,13 +34,14 @@ def render_check(gate: Gate, results: list[CheckResult], fmt: str) -> str:
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["path", "status", "error", "duplicate", "added", "match", "score", "kind"])
+        ids = any(m.item_id is not None for r in results for m in r.matches)  # a catalog scanned from a manifest
+        writer.writerow(["path", "status", "error", "duplicate", "added", "match", "score", "kind"] + (["match_id"] if ids else []))
         for r in results:
             base = [r.path, r.status, r.error or "", int(r.duplicate), int(r.added)]
             if not r.matches:
-                writer.writerow(base + ["", "", ""])
+                writer.writerow(base + ["", "", ""] + ([""] if ids else []))
             for m in r.matches:
-                writer.writerow(base + [m.path, f"{m.score:.6f}", m.kind])
+                writer.writerow(base + [m.path, f"{m.score:.6f}", m.kind] + ([m.item_id or ""] if ids else []))
         return buf.getvalue()
     n_dup = sum(r.duplicate for r in results)
     n_err = sum(r.status == "error" for r in results)
@@ -86,7 +87,8 @@ def register(app: typer.Typer) -> None:
         no catalog, a --model other than the catalog's). --add adds the files that are not
         duplicates (--add-all: all readable files) in one transaction per batch; the index grows
         incrementally. JSON: {model, threshold, score, results: [{path, status, error, duplicate,
-        matches: [{path, score, kind}], added, stored}]}; CSV: one row per match.
+        matches: [{path, score, kind, item_id*}], added, stored}]}; CSV: one row per match
+        (*: and a match_id column, when the catalog was scanned from a manifest with --id-column).
 
         Example: embeddr check incoming/ --db photos.db --add && echo "all new" || echo "duplicates or errors"
         """
