@@ -511,7 +511,7 @@ class Catalog:
         """Store verdicts; returns how many pairs were new or changed their verdict (the same verdict
         again changes nothing, not even its source)."""
         now = time.time()
-        rows = [(min(a, b), max(a, b), v, source, now) for a, b, v in pairs]
+        rows = [(to_db(min(a, b)), to_db(max(a, b)), v, source, now) for a, b, v in pairs]
         with self.writing():
             before = self.conn.total_changes
             self.conn.executemany(
@@ -525,7 +525,7 @@ class Catalog:
     def not_duplicate_pairs(self) -> set[tuple[str, str]]:
         """The not-duplicate verdicts between files that are ``ok`` now (driven by the files, through the
         verdicts' (a, b) index: a million stored verdicts cost nothing when few concern live files)."""
-        return {(r[0], r[1]) for r in self.conn.execute(
+        return {(from_db(r[0]), from_db(r[1])) for r in self.conn.execute(
             "SELECT v.a, v.b FROM files f CROSS JOIN verdicts v ON v.a = f.path CROSS JOIN files g ON g.path = v.b "
             "WHERE f.status = 'ok' AND g.status = 'ok' AND v.verdict = 'not_duplicate'")}
 
@@ -535,7 +535,8 @@ class Catalog:
 
     def verdicts(self) -> list[dict]:
         """Every stored verdict: a, b (a < b), verdict, source, created (epoch seconds), oldest first."""
-        return [dict(r) for r in self.conn.execute("SELECT a, b, verdict, source, created FROM verdicts ORDER BY id")]
+        return [{**dict(r), "a": from_db(r["a"]), "b": from_db(r["b"])}
+                for r in self.conn.execute("SELECT a, b, verdict, source, created FROM verdicts ORDER BY id")]
 
     # -- summary ---------------------------------------------------------------------------
     def stats(self) -> dict:

@@ -55,6 +55,10 @@ PAGE_FILE = re.compile(r"^\d{4,}\.js$")
 def script_json(data) -> str:
     """JSON that is safe inside a ``<script>`` element or a .js file: no ``<``, ``>``, ``&``, U+2028/9."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8: \udcXX escapes keep it exactly
+        text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
@@ -307,7 +311,7 @@ def write_html_report_details(report: DuplicateReport, decisions, savings: dict 
     })
     index = out / "index.html"
     tmp = out / "index.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
+    tmp.write_text(page, encoding="utf-8", errors="backslashreplace")  # non-UTF-8 names shown escaped
     tmp.replace(index)
     made = sum(1 for t in thumbs.values() if t.name)
     return HtmlReport(index=index, groups=len(groups), pages=n_pages, thumbnails=made,
@@ -405,7 +409,7 @@ def _path_problem(p: str) -> str | None:
     if "\x00" in p:
         return "with a NUL byte in a path"
     try:
-        raw = p.encode("utf-8")
+        raw = os.fsencode(p)  # names that are not UTF-8 arrive as \udcXX escapes: those are fine
     except UnicodeEncodeError:
         return "with a path that is not valid Unicode"
     if len(raw) > MAX_PATH_BYTES:

@@ -182,6 +182,23 @@ class Chaos:
             pass
         return kids
 
+    def _workers(self, pid: int) -> set[int]:
+        """Children forked from ``pid`` (same command line): its decode workers, not helper programs."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                mine = fh.read()
+        except OSError:
+            return set()
+        out = set()
+        for kid in self._children(pid):
+            try:
+                with open(f"/proc/{kid}/cmdline", "rb") as fh:
+                    if fh.read() == mine:
+                        out.add(kid)
+            except OSError:
+                pass
+        return out
+
     @staticmethod
     def _alive(pid: int) -> bool:
         try:
@@ -200,15 +217,15 @@ class Chaos:
             start_by = time.monotonic() + limit
             while proc.poll() is None and time.monotonic() < start_by and not when(proc.pid):
                 if watch_children:
-                    kids |= self._children(proc.pid)
+                    kids |= self._workers(proc.pid)
                 time.sleep(0.005)
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline and proc.poll() is None:
             if watch_children:
-                kids |= self._children(proc.pid)
+                kids |= self._workers(proc.pid)
             time.sleep(0.005)
         if watch_children:
-            kids |= self._children(proc.pid)
+            kids |= self._workers(proc.pid)
         if proc.poll() is not None:
             return proc.returncode, kids
         proc.send_signal(signal.SIGKILL)
@@ -222,7 +239,7 @@ class Chaos:
         args = ["scan", self.root, "--db", db, "--quiet", "--workers", "2"]
         if inside:  # once the decode workers are up
             code, kids = self._kill_after(args, self.rng.uniform(0, 0.3), watch_children=True,
-                                          when=lambda pid: bool(self._children(pid)))
+                                          when=lambda pid: bool(self._workers(pid)))
         else:
             code, kids = self._kill_after(args, self.rng.uniform(0.3, duration), watch_children=True)
         self.count(phase, "finished before the kill" if code is not None else "killed mid-run")

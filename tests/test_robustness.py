@@ -412,6 +412,14 @@ def test_8_non_utf8_names_scan_check_and_show(library, encoder, tmp_path, runner
     out = runner.invoke(app, ["dupes", "--db", str(db), "--format", "json"])
     assert out.exit_code == 0, out.output
     assert "caf\\xe9-\\xff.jpg" in out.output  # shown escaped, never a crash
+    html = runner.invoke(app, ["report", "--db", str(db), "--html", str(tmp_path / "review")])
+    assert html.exit_code == 0, html.output
+    assert "caf\\udce9-\\udcff.jpg" in "".join(p.read_text() for p in (tmp_path / "review" / "pages").glob("*.js"))
+    vfile = tmp_path / "v.json"  # a verdict on that file, as the report's download writes it, is accepted
+    other = next(p for g in groups_of(db) if name in g for p in g if p != name)
+    vfile.write_text(json.dumps({"verdicts": [{"a": name, "b": other, "verdict": "not_duplicate"}]}))
+    res = runner.invoke(app, ["verdicts", "import", str(vfile), "--db", str(db)])
+    assert res.exit_code == 0 and "imported 1" in res.output, res.output
 
 
 # -- 9. decode workers ---------------------------------------------------------------------------------

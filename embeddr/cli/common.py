@@ -139,6 +139,7 @@ def build_policy(policy_file: Path | None, rules: list | None, keep_in: list[Pat
 
 
 _NO_ARGS = getattr(click_exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+_ABORT = getattr(click_exceptions, "Abort", ())  # typer's own click has none: an unknown name here would turn every bug into AttributeError
 
 
 class EmbeddrGroup(TyperGroup):
@@ -161,7 +162,7 @@ class EmbeddrGroup(TyperGroup):
         except click_exceptions.ClickException as exc:
             exc.show()
             sys.exit(exc.exit_code)
-        except click_exceptions.Abort:
+        except _ABORT:
             say("aborted")
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
