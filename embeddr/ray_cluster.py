@@ -44,6 +44,7 @@ def connected(address: str, *, quiet: bool = True):
     try:
         if quiet:
             ray.data.DataContext.get_current().enable_progress_bars = False
+            logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO lines
         yield ray
     finally:
         ray.shutdown()

@@ -65,10 +65,17 @@ def decode_batch(batch: dict, *, size: int, resize: str, max_pixels: int | None,
                 pass
     out: dict[str, list] = {k: [] for k in (*_STR, *_INT)}
     pixels = np.zeros((len(rows), size, size, 3), np.uint8)
-    for i in range(len(rows)):
-        c = Candidate(str(batch["path"][i]), int(batch["size"][i]), int(batch["mtime_ns"][i]),
-                      error=str(batch["error"][i]) or None, item_id=str(batch["item_id"][i]) or None)
-        d = decode_one(c, size, resize, max_pixels, fetch_options)
+    cands = [Candidate(str(batch["path"][i]), int(batch["size"][i]), int(batch["mtime_ns"][i]),
+                       error=str(batch["error"][i]) or None, item_id=str(batch["item_id"][i]) or None)
+             for i in range(len(rows))]
+    if any(is_remote(c.path) for c in cands):  # URLs: fetched fetch_options.concurrency at a time
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, fetch_options.concurrency)) as pool:
+            decoded = list(pool.map(lambda c: decode_one(c, size, resize, max_pixels, fetch_options), cands))
+    else:
+        decoded = [decode_one(c, size, resize, max_pixels, fetch_options) for c in cands]
+    for i, d in enumerate(decoded):
         for k in _STR:
             out[k].append(getattr(d.record, k) or "")
         for k in _INT:
@@ -236,6 +243,10 @@ def ray_scan(roots: Iterable[str | os.PathLike], catalog: Catalog, preset: Prese
                     done += len(batch["path"])
                     if progress:
                         progress(done, total if finished else None)
+        try:
+            shard_dir(catalog).rmdir()  # empty once every shard is merged
+        except OSError:
+            pass
         report.unchanged -= len(from_shards - sent)  # merged from shards this run: counted as processed
         report.missing = catalog.mark_missing([r for r in roots if not is_remote(r)], run_id)
         t_index = time.perf_counter()

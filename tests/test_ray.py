@@ -17,10 +17,12 @@ pytest.importorskip("ray.data")
 
 from conftest import save_photo  # noqa: E402
 from raycluster import LoopbackCluster  # noqa: E402
+from test_sources import CAP, TIMEOUT, feed  # noqa: E402,F401 - the HTTP feed fixture
 
 from embeddr import Catalog, api  # noqa: E402
 from embeddr.catalog import FileRecord  # noqa: E402
 from embeddr.cli import app  # noqa: E402
+from embeddr.sources import FetchOptions  # noqa: E402
 
 pytestmark = pytest.mark.slow
 N_FILES = 15  # 10 photos, 4 copies of them and a non-image
@@ -212,3 +214,18 @@ def test_dupes_ray_equals_the_local_search_on_a_dense_catalog(cluster, tmp_path)
             np.testing.assert_allclose([mine[k] for k in sorted(mine)], [theirs[k] for k in sorted(mine)], atol=1e-5)
             assert sorted(sorted(m.path for m in g.members) for g in remote.groups) == \
                 sorted(sorted(m.path for m in g.members) for g in local.groups)
+
+
+def test_ray_scan_of_a_url_manifest_equals_the_local_scan(cluster, feed, tmp_path):
+    """The product feed of test_sources (URLs on a local HTTP server: a 404, a timeout, a non-image, an
+    oversized file among them), fetched by the cluster's workers: the same records, ids and pairs."""
+    server, manifest, _ = feed
+    options = FetchOptions(timeout=TIMEOUT, retries=1, backoff=0.01, max_bytes=CAP, concurrency=4)
+    kw = dict(manifest=manifest, path_column="image_url", id_column="sku", fetch_options=options)
+    local, remote = tmp_path / "local.db", tmp_path / "ray.db"
+    api.scan([], db=local, workers=0, **kw)
+    report = api.scan([], db=remote, ray=cluster.address, **kw)
+    assert report.processed == 13 and report.errors == 4
+    assert _files(remote) == _files(local)
+    pairs = [(p.a_id, p.b_id, p.kind) for p in api.find_duplicates(remote).pairs]
+    assert pairs == [(p.a_id, p.b_id, p.kind) for p in api.find_duplicates(local).pairs] and len(pairs) == 3

@@ -272,3 +272,19 @@ def test_list_inputs_resolves_manifest_paths_and_dedupes(tmp_path, photo_dir):
     items = list(list_inputs(manifest=manifest, path_column="path", id_column="id"))
     assert [(c.path, c.item_id, c.error) for c in items] == [
         (str(photo_dir / "coffee.jpg"), "1", None), (str(tmp_path / "nope.jpg"), "3", "no such file")]
+
+
+def test_the_normal_cli_path_never_imports_ray(photo_dir, tmp_path):
+    """Ray is imported only by --ray: a plain scan and dupes in a fresh interpreter leave it unloaded."""
+    import subprocess
+    import sys
+
+    db = str(tmp_path / "x.db")
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom embeddr.cli import app\n"
+            f"r = CliRunner().invoke(app, ['scan', {str(photo_dir)!r}, '--db', {db!r}, '-q', '--workers', '0'])\n"
+            "assert r.exit_code == 0, r.output\n"
+            f"r = CliRunner().invoke(app, ['dupes', '--db', {db!r}, '--format', 'json'])\n"
+            "assert r.exit_code == 0, r.output\n"
+            "loaded = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))\n"
+            "assert not loaded, loaded[:5]\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
