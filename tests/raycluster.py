@@ -27,8 +27,9 @@ def free_port() -> int:
 class LoopbackCluster:
     """``with LoopbackCluster(nodes=2, cpus=1) as c: ... ray.init(address=c.address)``."""
 
-    def __init__(self, nodes: int = 2, cpus: int = 1, timeout: float = 120.0):
+    def __init__(self, nodes: int = 2, cpus: int = 1, timeout: float = 120.0, object_store_mb: int = 256):
         self.nodes, self.cpus, self.timeout = nodes, cpus, timeout
+        self.object_store_bytes = object_store_mb << 20  # small: CI containers have little /dev/shm
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.temp = tempfile.mkdtemp(prefix="er", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
@@ -40,7 +41,7 @@ class LoopbackCluster:
     def _start(self, args: list[str]) -> None:
         # own process group: every daemon this `ray start` spawns inherits it, so stop() ends exactly those
         proc = subprocess.Popen(RAY_CLI + ["start", *args, "--num-cpus", str(self.cpus), "--node-ip-address", "127.0.0.1",
-                                           "--disable-usage-stats"], env=self.env, start_new_session=True,
+                                           "--object-store-memory", str(self.object_store_bytes), "--disable-usage-stats"], env=self.env, start_new_session=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.groups.append(proc.pid)
         try:

@@ -28,6 +28,23 @@ pytestmark = pytest.mark.slow
 N_FILES = 15  # 10 photos, 4 copies of them and a non-image
 
 
+@pytest.fixture(autouse=True)
+def _bounded():
+    """A Ray job that hangs (a machine where workers cannot start) fails its test instead of the whole run."""
+    import signal
+
+    def expire(*_):
+        raise TimeoutError("Ray test took longer than 240 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(240)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """The cluster, and this process connected to it once (embeddr reuses a connection it finds)."""
