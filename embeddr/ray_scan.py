@@ -194,7 +194,7 @@ def _plan(ray, device: str, precision: str, actors: int | None) -> dict:
     if cpus <= 2:  # a small cluster: one encoder beside the decode tasks (unequal shares: Ray keeps the stages apart)
         return {"actors": actors or 1, "num_gpus": 0, "actor_cpus": max(0.5, cpus / 2), "decode_cpus": max(0.25, cpus / 4),
                 "device": "cpu", "precision": "fp32", "threads": 1}
-    n = actors or max(1, int(cpus * 3 // 8))  # encoding costs ~5x decoding: most cores encode
+    n = actors or max(1, int(cpus * 3 // 8))  # 2-CPU actors on 3/4 of the CPUs: encoding costs ~1.7x decoding (docs/benchmarks.md)
     return {"actors": n, "num_gpus": 0, "actor_cpus": 2, "decode_cpus": 1, "device": "cpu", "precision": "fp32", "threads": 2}
 
 
