@@ -146,7 +146,8 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
 
     def neighbours(q: np.ndarray, nn_scores: np.ndarray, nn_rows: np.ndarray) -> np.ndarray:
         nn_ids = np.where(nn_rows >= 0, index.ids[np.maximum(nn_rows, 0)], -1)
-        return scorer.backgrounds(index.ids[q], None, nn_scores, nn_ids)
+        # the vectors too: the scorer's reference background needs them (as dupes, check, serve and eval do)
+        return scorer.backgrounds(index.ids[q], np.asarray(index.vecs[q], np.float32), nn_scores, nn_ids)
 
     def decide(a: np.ndarray, b: np.ndarray, raw: np.ndarray, per_row: np.ndarray) -> np.ndarray:
         return scorer.score(raw, per_row[a], per_row[b]) >= threshold - EPS
@@ -179,7 +180,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     results of :func:`embeddr.normalize.decide`, called as ``engine(stored_ids, stored_vecs, ids, vecs,
     threshold, scorer, live) -> (a, b, score, bg)`` (:func:`embeddr.ray_dupes.ray_search`: Ray tasks).
     """
-    from .normalize import Scorer, decide
+    from .normalize import Scorer, decide, is_blank
 
     threshold = preset.threshold.value if threshold is None else float(threshold)
     scorer = Scorer.for_preset(preset, score)
@@ -192,6 +193,11 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     vid_of_hash = catalog.live_vector_ids()
     hash_of = {vid: h for h, vid in vid_of_hash.items()}
     rejected = catalog.not_duplicate_pairs()
+    # blank pictures (an empty page, a uniform frame) are only ever exact copies: their vectors are not matched
+    blank = {h for h, rows in by_hash.items()
+             if all(is_blank(r.width, r.height, r.content_width, r.content_height) for r in rows)}
+    for h in blank:
+        hash_of.pop(vid_of_hash.get(h, -1), None)
 
     search = search or ("approximate" if approximate else "auto")
     ids = np.array(sorted(hash_of), np.int64)

@@ -30,7 +30,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from .errors import EmbeddrError
 from .match import knn
 from .metrics import TARGET_PRECISION, average_precision, pr_curve, threshold_for_precision
 from .pipeline import scan_into
-from .normalize import DEFAULT_BETA, DEFAULT_CEILING, DEFAULT_FLOOR, DEFAULT_K, kth_background, normalize_scores
+from .normalize import DEFAULT_CEILING, Scorer, kth_background, normalize_scores
 from .presets import Preset
 
 SCORES = ("raw", "normalized")
@@ -71,18 +71,25 @@ class PairScores:
     catalog_path: str = ""
     bg: np.ndarray | None = None  # per-file backgrounds computed elsewhere (tune on labelled pairs)
 
-    def background(self, k: int = DEFAULT_K) -> np.ndarray:
-        """bg of each file (k-th non-copy neighbour's score); -1 where fewer than k neighbours."""
-        if self.bg is not None:
+    def background(self, k: int | None = None) -> np.ndarray:
+        """bg of each file: the preset scorer's background (``bg``), or with ``k`` the k-th non-copy
+        neighbour's score (-1 where fewer than k neighbours)."""
+        if self.bg is not None and k is None:
             return self.bg
+        if k is None:
+            k = self.preset.normalize.k
         return kth_background(self.knn_scores, k, DEFAULT_CEILING)  # copies are not background
 
-    def scores(self, score: str = "raw", *, k: int = DEFAULT_K, beta: float = DEFAULT_BETA,
-               floor: float = DEFAULT_FLOOR) -> np.ndarray:
+    def scores(self, score: str = "raw", *, k: int | None = None, beta: float | None = None,
+               floor: float | None = None) -> np.ndarray:
+        """Pair scores: ``raw`` cosine, or ``normalized`` with the preset's backgrounds and penalty (the
+        default decision, as in dupes); ``k`` replays the collection background at another rank."""
         if score == "raw":
             return self.raw
-        bg = self.background(k)
-        return normalize_scores(self.raw, bg[self.a], bg[self.b], beta=beta, floor=floor)
+        n = self.preset.normalize
+        bg = self.background(k) if k is not None else self.background()
+        return normalize_scores(self.raw, bg[self.a], bg[self.b], beta=n.beta if beta is None else beta,
+                                floor=n.floor if floor is None else floor)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,8 +138,13 @@ def score_benchmark(truth: str | os.PathLike, detector: str | Preset | Encoder, 
             file_hash = {Path(f.path).resolve(): f.hash for f in catalog.files("ok")}
             index = load_index(catalog)
             vrow = np.array([hash_row.get(file_hash.get(Path(r.path).resolve()), -1) for r in rows], np.int64)
+            # the preset's own scorer gives each vector its default-decision background (as in dupes)
+            scorer = Scorer.for_preset(preset, "normalized")
+            want = min(max(k, scorer.neighbours) + 1, index.ntotal)
+            nn_all, lab_all = knn(index, vecs, want) if len(ids) else (np.zeros((0, 0)), np.zeros((0, 0), np.int64))
+            bg_vec = scorer.backgrounds(ids, vecs, nn_all, lab_all) if len(ids) else np.zeros(0, np.float32)
             kk = min(k + 1, index.ntotal)
-            nn_scores, nn_labels = knn(index, vecs, kk) if len(ids) else (np.zeros((0, 0)), np.zeros((0, 0), np.int64))
+            nn_scores, nn_labels = nn_all[:, :kk], lab_all[:, :kk]
             catalog_path = str(catalog.path)
     finally:
         if tmp is not None:
@@ -189,7 +201,8 @@ def score_benchmark(truth: str | os.PathLike, detector: str | Preset | Encoder, 
     raw = np.minimum(raw, 1.0)
     return PairScores(detector=preset.name if encoder is None else encoder.name, preset=preset, rows=rows, a=a, b=b,
                       label=np.array(lab_list, bool), raw=raw, family=fam_list, knn_scores=knn_file,
-                      vector_row=vrow, n_positives=len(pos), scan=scan_info, catalog_path=catalog_path)
+                      vector_row=vrow, n_positives=len(pos), scan=scan_info, catalog_path=catalog_path,
+                      bg=np.where(vrow >= 0, bg_vec[np.maximum(vrow, 0)] if len(bg_vec) else -1.0, -1.0).astype(np.float32))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,7 +287,7 @@ class EvalReport:
 
     def as_dict(self) -> dict:
         return {"truth": self.truth, "files": self.files, "positive_pairs": self.positives, "k": self.k,
-                "normalization": {"k": DEFAULT_K, "beta": DEFAULT_BETA, "floor": DEFAULT_FLOOR, "ceiling": DEFAULT_CEILING},
+                "normalization": {ps.detector: asdict(ps.preset.normalize) for ps in self.pair_scores},
                 "detectors": self.detectors}
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import Catalog, FileRecord, from_db
+from .normalize import Scorer, is_blank
 from .decode import DEFAULT_MAX_PIXELS
 from .discover import Candidate, discover
 from .encoders import catalog_preset, load_encoder
@@ -287,6 +288,7 @@ class Gate:
         self.db = self.catalog.path
         try:
             self.score, self.threshold = score_and_threshold(self.preset, score, threshold)
+            self.scorer = Scorer.for_preset(self.preset, self.score)  # the same scorer as `embeddr dupes`
         except BaseException:
             self.catalog.close()
             raise
@@ -477,21 +479,24 @@ class Gate:
         exact = [Match(from_db(r[0]), 1.0, "exact", r[1]) for r in
                  conn.execute("SELECT path, item_id FROM files WHERE hash = ? AND status = 'ok' ORDER BY path", (h,))]
         near: list[Match] = []
-        if self.index.ntotal:
+        blank = _blank(p.record)  # a blank picture is only ever an exact copy (embeddr.normalize.is_blank)
+        if self.index.ntotal and not blank:
             score_of = self._search(p)
             ids = list(score_of)
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 rows = conn.execute(
-                    f"SELECT v.id, f.path, f.item_id FROM vectors v JOIN files f ON f.hash = v.hash "
+                    f"SELECT v.id, f.path, f.item_id, f.width, f.height, f.content_width, f.content_height "
+                    f"FROM vectors v JOIN files f ON f.hash = v.hash "
                     f"WHERE f.status = 'ok' AND v.hash != ? AND v.id IN ({','.join('?' * len(chunk))})", [h, *chunk])
-                near += [Match(from_db(path), score_of[vid], "near", item_id) for vid, path, item_id in rows]
+                near += [Match(from_db(path), score_of[vid], "near", item_id)
+                         for vid, path, item_id, *dims in rows if not is_blank(*dims)]
         for q in earlier:  # items accepted earlier in this call
             path = q.result.stored or q.record.path
             if q.result.hash == h:
                 exact.append(Match(path, 1.0, "exact"))
-            else:
-                raw = np.array([np.dot(q.vector, p.vector)], np.float32)
+            elif not blank and not _blank(q.record):
+                raw = np.array([min(float(np.dot(q.vector, p.vector)), 1.0)], np.float32)
                 s = float(self.scorer.score(raw, np.array([p.bg]), np.array([q.bg]))[0])
                 if s >= self.threshold - EPS:
                     near.append(Match(path, s, "near"))
@@ -582,14 +587,15 @@ class Gate:
                                                  exclude=np.array([own_row]))
         if not scorer.normalized:
             return {int(i): float(x) for i, x in zip(ids[rows].tolist(), raw.tolist())}
-        p.bg = float(scorer.backgrounds(np.array([-1]), None, nn_s[None], np.where(nn_r >= 0, ids[np.maximum(nn_r, 0)], -1)[None])[0])
+        p.bg = float(scorer.backgrounds(np.array([-1]), p.vector[None, :], nn_s[None],
+                                        np.where(nn_r >= 0, ids[np.maximum(nn_r, 0)], -1)[None])[0])
         if len(rows) == 0:
             return {}
         # the partners' own backgrounds (min_raw 2.0: no pairs wanted, only their neighbours)
         found = search.query(vecs, np.asarray(vecs[rows], np.float32), 2.0, k, live=live, exclude=rows)
         nn_s = np.stack([f[2] for f in found])
         nn_ids = np.where(np.stack([f[3] for f in found]) >= 0, ids[np.maximum(np.stack([f[3] for f in found]), 0)], -1)
-        bgs = scorer.backgrounds(ids[rows], None, nn_s, nn_ids)
+        bgs = scorer.backgrounds(ids[rows], np.asarray(vecs[rows], np.float32), nn_s, nn_ids)
         scores = scorer.score(raw, np.float32(p.bg), bgs)
         keep = scores >= self.threshold - EPS
         return {int(i): float(x) for i, x in zip(ids[rows][keep].tolist(), scores[keep].tolist())}
@@ -614,6 +620,10 @@ def extension_of(fmt: str | None) -> str:
                 _PIL_EXT[f] = ext
     ext = _PIL_EXT.get(fmt or "", ".bin")
     return ext if ext.isascii() and ext[1:].isalnum() else ".bin"
+
+
+def _blank(record) -> bool:
+    return record is not None and is_blank(record.width, record.height, record.content_width, record.content_height)
 
 
 def _chunks(items: list, n: int) -> Iterable[list]:

@@ -33,10 +33,12 @@ search; never an N x N matrix.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import faiss
 import numpy as np
 
+from .errors import PresetNotFound
 from .match import EPS, knn, range_arrays, range_pairs
 
 DEFAULT_K = 8
@@ -44,8 +46,8 @@ DEFAULT_BETA = 1.0
 DEFAULT_FLOOR = 0.3
 DEFAULT_CEILING = 0.9  # neighbours at or above this raw cosine are copies, not background
 EXTRA_NEIGHBOURS = 64  # how many copies of an item the kNN query looks past
+NEIGHBOURS = 128  # an upper bound of Scorer.neighbours for the shipped presets (use the instance property)
 NO_BACKGROUND = -1.0
-NEIGHBOURS = DEFAULT_K + EXTRA_NEIGHBOURS  # nearest collection neighbours (self excluded) a Scorer needs per item
 
 
 def kth_background(scores: np.ndarray, k: int = DEFAULT_K, ceiling: float = DEFAULT_CEILING,
@@ -119,22 +121,37 @@ def normalized_pairs(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, thre
 class Scorer:
     """The default decision's score, as one object every search path uses (dupes, check, serve, eval).
 
-    A search engine gives, for each query vector, its ``NEIGHBOURS`` nearest collection neighbours
+    A search engine gives, for each query vector, its :attr:`neighbours` nearest collection neighbours
     (scores and ids, best first; the query itself and dead ids may appear and are skipped) and every
     candidate pair whose raw cosine is at least :meth:`min_raw`; the scorer turns them into scores:
 
         bg   = scorer.backgrounds(ids, vecs, nn_scores, nn_ids, live)   # one per query vector
         s    = scorer.score(raw, bg[a], bg[b])                           # vectorised, per pair
 
-    ``raw`` scores are the identity (no background needed): ``Scorer.raw()``.
+    The background of an image is the larger of two: its ``k``-th nearest other image in the collection
+    (copies at or above ``ceiling`` skipped) and, when the preset ships one, its ``k_ref``-th nearest
+    vector in a fixed *reference* set of generic look-alikes (text pages, clip-art, screenshots). The
+    first sees the crowds a collection holds many of; the second sees the kinds of picture that look alike
+    to the model however few of them the collection holds, and never counts an image's own copies.
+    ``Scorer.raw()`` scores raw cosine (no background).
     """
 
-    neighbours: int = NEIGHBOURS
-
     def __init__(self, *, normalized: bool = True, k: int = DEFAULT_K, beta: float = DEFAULT_BETA,
-                 floor: float = DEFAULT_FLOOR, ceiling: float = DEFAULT_CEILING) -> None:
+                 floor: float = DEFAULT_FLOOR, ceiling: float = DEFAULT_CEILING,
+                 reference: np.ndarray | None = None, k_ref: int = 8) -> None:
         self.normalized = normalized
-        self.k, self.beta, self.floor, self.ceiling = k, beta, floor, ceiling
+        self.k, self.beta, self.floor, self.ceiling = int(k), float(beta), float(floor), float(ceiling)
+        self.k_ref = int(k_ref)
+        self._ref: faiss.Index | None = None
+        if normalized and reference is not None and len(reference):
+            ref = np.ascontiguousarray(reference, np.float32)
+            self._ref = faiss.IndexFlatIP(ref.shape[1])
+            self._ref.add(ref)
+
+    @property
+    def neighbours(self) -> int:
+        """Nearest collection neighbours (self excluded) :meth:`backgrounds` needs per query."""
+        return self.k + (EXTRA_NEIGHBOURS if self.ceiling <= 1.0 else 0)
 
     @classmethod
     def raw(cls) -> "Scorer":
@@ -143,28 +160,86 @@ class Scorer:
     @classmethod
     def for_preset(cls, preset, score: str | None = None) -> "Scorer":
         """The scorer of ``preset`` for ``score`` ("raw" | "normalized"; default: the preset's)."""
-        return cls(normalized=(score or preset.score) == "normalized")
+        if (score or preset.score) != "normalized":
+            return cls.raw()
+        n = preset.normalize
+        return cls(k=n.k, beta=n.beta, floor=n.floor, ceiling=n.ceiling, k_ref=n.k_ref,
+                   reference=load_reference(preset))
 
     @property
     def name(self) -> str:
         return "normalized" if self.normalized else "raw"
 
+    @property
+    def has_reference(self) -> bool:
+        return self._ref is not None
+
     def min_raw(self, threshold: float) -> float:
-        """No pair whose raw cosine is below this can score ``threshold`` or more."""
+        """No pair whose raw cosine is below this can score ``threshold`` or more (the penalty is >= 0)."""
         return float(threshold)
+
+    def reference_background(self, vecs: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """Each vector's ``k_ref``-th nearest reference vector's score (-1 without a reference)."""
+        if self._ref is None or len(vecs) == 0:
+            return np.full(len(vecs), NO_BACKGROUND, np.float32)
+        k = min(self.k_ref, self._ref.ntotal)
+        out = np.empty(len(vecs), np.float32)
+        for start in range(0, len(vecs), chunk):
+            d, _ = self._ref.search(np.ascontiguousarray(vecs[start:start + chunk], np.float32), k)
+            out[start:start + len(d)] = d[:, k - 1]
+        return out
 
     def backgrounds(self, ids: np.ndarray, vecs: np.ndarray | None, nn_scores: np.ndarray, nn_ids: np.ndarray,
                     live: set[int] | None = None) -> np.ndarray:
-        """Background of each query row from its kNN rows (``vecs`` is unused by this method)."""
+        """Background of each query row from its kNN rows (and its vector, for the reference set)."""
         if not self.normalized:
             return np.full(len(ids), NO_BACKGROUND, np.float32)
-        return background_from_knn(nn_scores, nn_ids, ids, self.k, live, self.ceiling)
+        bg = background_from_knn(nn_scores, nn_ids, ids, self.k, live, self.ceiling)
+        if self._ref is not None and vecs is not None:
+            bg = np.maximum(bg, self.reference_background(vecs))
+        return bg
 
     def score(self, raw: np.ndarray, bg_a: np.ndarray, bg_b: np.ndarray) -> np.ndarray:
         raw = np.minimum(np.asarray(raw, np.float32), 1.0)
         if not self.normalized:
             return raw
         return normalize_scores(raw, bg_a, bg_b, beta=self.beta, floor=self.floor)
+
+
+BLANK_FRACTION = 0.005  # a picture whose content (without uniform borders) covers less than this is blank
+
+
+def is_blank(width: int | None, height: int | None, content_width: int | None, content_height: int | None) -> bool:
+    """A blank picture: a page with at most a page number, a uniform frame. Its embedding says nothing about
+    copying (two blank pages of two documents look "identical" to any model), so blank pictures are matched
+    only as exact copies (same bytes), never as near-duplicates. ``content_*``: the size without uniform
+    borders measured at scan time (None: the picture has no uniform border, so it is not blank)."""
+    if content_width is None or content_height is None or not width or not height:
+        return False
+    return content_width * content_height < BLANK_FRACTION * width * height
+
+
+_REFERENCES: dict[str, np.ndarray] = {}
+
+
+def load_reference(preset) -> np.ndarray | None:
+    """The preset's reference vectors (``[normalize] reference``, relative to the preset file), or None.
+
+    A reference of another dimension than the model's is an error in the preset, not something to skip."""
+    name = preset.normalize.reference
+    if not name:
+        return None
+    path = Path(preset.source_file).parent / name if preset.source_file else Path(name)
+    key = str(path)
+    if key not in _REFERENCES:
+        try:
+            vecs = np.load(path)
+        except OSError as exc:
+            raise PresetNotFound(f"{preset.source_file}: reference vectors {path}: {exc.strerror or exc}") from None
+        if vecs.ndim != 2 or vecs.shape[1] != preset.dim:
+            raise PresetNotFound(f"{preset.source_file}: reference {path} has shape {vecs.shape}, expected (n, {preset.dim})")
+        _REFERENCES[key] = vecs.astype(np.float32)
+    return _REFERENCES[key]
 
 
 def decide(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, threshold: float, scorer: Scorer, *,

@@ -45,6 +45,25 @@ class Threshold:
     provenance: str
     provisional: bool = False
     group_margin: float = 0.1  # grouping floor = value - group_margin (see embeddr.group)
+    robustness: str = ""  # how the default holds across collection shapes it was not tuned on (worst cell)
+
+
+@dataclass(frozen=True)
+class Normalize:
+    """How the normalised score corrects a pair by its two images' backgrounds (see embeddr.normalize).
+
+    ``k``: the collection background is each image's k-th nearest other image (a rank beyond any group of
+    copies); ``ceiling``: neighbours at or above this raw cosine are skipped as copies (> 1: none skipped);
+    ``reference``: a file of float16 vectors of generic look-alike images (text pages, clip-art, screenshots),
+    relative to the preset file, whose ``k_ref``-th nearest neighbour is a second background; ``beta`` and
+    ``floor``: the penalty ``beta * max(0, bg - floor)``."""
+
+    k: int = 8
+    beta: float = 1.0
+    floor: float = 0.3
+    ceiling: float = 0.9
+    reference: str | None = None
+    k_ref: int = 8
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,7 @@ class Preset:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     score: str = "raw"  # default score: "raw" cosine or "normalized" (see embeddr.normalize)
+    normalize: Normalize = field(default_factory=Normalize)
     licence: str = ""
     source_file: str = field(default="", compare=False)
 
@@ -84,10 +104,12 @@ def parse_preset(data: dict[str, Any], source_file: str = "<dict>") -> Preset:
     data = dict(data)
     weights = _build(Weights, data.pop("weights", {}), f"{source_file} [weights]")
     threshold = _build(Threshold, data.pop("threshold", {}), f"{source_file} [threshold]")
+    normalize = _build(Normalize, data.pop("normalize", {}), f"{source_file} [normalize]")
     for key in ("mean", "std"):
         if data.get(key) is not None:
             data[key] = tuple(float(v) for v in data[key])
-    preset = _build(Preset, {**data, "weights": weights, "threshold": threshold, "source_file": source_file}, source_file)
+    preset = _build(Preset, {**data, "weights": weights, "threshold": threshold, "normalize": normalize,
+                             "source_file": source_file}, source_file)
     if preset.backend not in BACKENDS:
         raise PresetNotFound(f"{source_file}: backend {preset.backend!r} is not one of {BACKENDS}")
     if preset.score not in SCORES:

@@ -87,7 +87,8 @@ def _search(ray, stored_ids, stored_vecs, ids, vecs, threshold, scorer, live, bl
             labels = np.concatenate([p[4] for p in parts], axis=1)
             order = np.argsort(-scores, axis=1, kind="stable")[:, :want]
             scores, labels = np.take_along_axis(scores, order, 1), np.take_along_axis(labels, order, 1)
-            bgs.append(scorer.backgrounds(q_ids, None, scores, labels, live_set))
+            bgs.append(scorer.backgrounds(q_ids, np.asarray(vecs[start:start + block_rows], np.float32), scores,
+                                          labels, live_set))
         else:
             bgs.append(np.full(len(q_ids), NO_BACKGROUND, np.float32))
     a, b, raw = np.concatenate(pa), np.concatenate(pb), np.concatenate(praw)

@@ -36,7 +36,8 @@ import numpy as np
 from .bench.make import TruthRow
 from .encoders import resolve_preset
 from .evaluate import EvalError, PairScores
-from .normalize import DEFAULT_CEILING, DEFAULT_K, background
+from .match import knn
+from .normalize import DEFAULT_CEILING, Scorer
 from .pipeline import scan_into
 
 POSITIVE = {"1", "dup", "duplicate", "yes", "true", "y"}
@@ -98,7 +99,10 @@ def labelled_pair_scores(folder: Path, pairs_csv: Path, model, workers: int | No
     scan_into([folder, *files], db=db, model=model, workers=workers)
     with Catalog(db) as catalog:
         ids, vecs, hashes = catalog.live_vectors()
-        bg = background(load_index(catalog), ids, vecs, k=DEFAULT_K)
+        index = load_index(catalog)
+        scorer = Scorer.for_preset(resolve_preset(model), "normalized")  # the default decision's backgrounds
+        nn_s, nn_i = knn(index, vecs, scorer.neighbours + 1) if len(ids) else (np.zeros((0, 0)), np.zeros((0, 0), np.int64))
+        bg = scorer.backgrounds(ids, vecs, nn_s, nn_i)
         row_of_hash = {h: i for i, h in enumerate(hashes)}
         hash_of = {Path(f.path).resolve(): f.hash for f in catalog.files("ok")}
     idx = {p: i for i, p in enumerate(files)}

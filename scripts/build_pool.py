@@ -10,16 +10,18 @@ Sources (all read in place; only derived renditions and rendered PDF pages are w
   shots on white, GCompris photo sets, chessboard shots of one scene), the ``natural_dups`` groups;
 * real PDF documents from Debian ``-doc`` packages, fetched with ``apt-get download`` into ``--debs``
   when missing: ``texlive-science-doc`` for the calibration split, ``texlive-latex-base-doc`` and
-  ``texlive-metapost-doc`` for the test split. (``texlive-humanities-doc`` and the wallpaper packages are
+  ``texlive-metapost-doc`` and ``texlive-games`` (chess, go, crossword and card-game manuals: board diagrams)
+  for the test split. (``texlive-humanities-doc`` and the wallpaper packages are
   an independent benchmark kept elsewhere: never used here.)
 
 Which ``natural_dups`` groups are duplicates (positives): the same capture re-rendered —
 ``gcompris_same_source_*`` (one photo shipped at two sizes), ``cv_tamper_ela`` (a retouched copy),
 ``cv_text_rotated`` (a rotated copy) -> family ``natural``; ``tuxpaint_mirror_*`` (a stamp and its mirror
-image) -> ``natural_mirror``; ``cv_video_*`` (two adjacent frames of a video) -> ``natural_frames``.
-Another capture of the same scene is *not* a copy and is left out entirely (neither positive nor
-negative): stereo pairs, viewpoint, lighting, optical-flow pairs, object-in-scene, renders, aerial pairs.
-Frames of one video from *different* groups (seconds apart) are a crowd of look-alikes (``video``).
+image) -> ``natural_mirror``. Another capture of the same scene is *not* a copy and is left out of the
+positives: stereo pairs, viewpoint, lighting, optical-flow pairs, object-in-scene, renders, aerial pairs
+and adjacent video frames (``cv_video_*``). One frame of each video group (frames seconds apart) forms the
+crowds ``video_vtest`` (a static camera) and ``video_Megamind``: look-alikes that are not copies; a shape
+includes them only when it names them.
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ from embeddr.bench.make import split_fraction  # noqa: E402
 from embeddr.bench.shapes import build_pool  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "realimages"
-DOC_PACKAGES = {"texlive-science-doc": "calib", "texlive-latex-base-doc": "test", "texlive-metapost-doc": "test"}
+DOC_PACKAGES = {"texlive-science-doc": "calib", "texlive-latex-base-doc": "test", "texlive-metapost-doc": "test",
+                "texlive-games": "test"}
 HELD_OUT_SOURCES = ("texlive-humanities-doc", "enlightenment-data", "plasma-workspace-wallpapers",
                     "mate-backgrounds", "gnome-backgrounds", "lomiri-wallpapers")
 POSITIVE_NATURALS = {"gcompris_same_source_": "natural", "cv_tamper_ela": "natural", "cv_text_rotated": "natural",
-                     "tuxpaint_mirror_": "natural_mirror", "cv_video_": "natural_frames"}
+                     "tuxpaint_mirror_": "natural_mirror"}
 CROWD_OF = {"stellarium_deep_sky": "stars", "cv_chessboard_same_scene": "chessboard"}
 
 

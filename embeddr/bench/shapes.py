@@ -223,6 +223,7 @@ class Shape:
     crowds: dict[str, int] = field(default_factory=dict)
     naturals: bool = True
     singletons: int = 0
+    doc_sets: tuple[str, ...] = ()  # only documents of these sets (e.g. "texlive-games"); () = any
     seed: int = 0
 
     def describe(self) -> str:
@@ -255,21 +256,23 @@ def sample(pool: Iterable[PoolRow], shape: Shape, split: str) -> list[PoolRow]:
         orig = min(units[u], key=lambda r: r.rank)
         out.append(PoolRow(orig.path, orig.split, "picture", orig.unit, "", "singleton", 0))
 
-    docs = sorted(u for u in units if u.startswith("doc:") and shape.doc_pages[0] <= len(units[u]) <= shape.doc_pages[1])
+    docs = sorted(u for u in units if u.startswith("doc:") and shape.doc_pages[0] <= len(units[u]) <= shape.doc_pages[1]
+                  and (not shape.doc_sets or u[4:].split("/", 1)[0] in shape.doc_sets))
     rng.shuffle(docs)
     for u in sorted(docs[: shape.docs]):
         out += units[u]
 
+    if shape.naturals:
+        for u in sorted(u for u in units if u.startswith("nat:")):
+            out += units[u]
     for crowd, n in sorted(shape.crowds.items()):
         members = sorted(units.get(f"crowd:{crowd}", []), key=lambda r: str(r.path))
         if n and members:
             rng.shuffle(members)
             out += members if n < 0 else members[:n]
 
-    if shape.naturals:
-        for u in sorted(u for u in units if u.startswith("nat:")):
-            out += units[u]
-    # a file in two units (a natural rendition that is also a crowd member) is kept once, first role wins
+    # a file in two units (a video frame that is a natural rendition and a crowd member) is kept once, first
+    # role wins: a natural group's members are never counted as look-alikes of each other
     seen: set[Path] = set()
     uniq = []
     for r in out:

@@ -240,7 +240,8 @@ def register(app: typer.Typer) -> None:
         if json_out:
             emit(to_json({n: {"backend": p.backend, "dim": p.dim, "input_size": p.input_size, "description": p.description,
                               "score": p.score, "threshold": p.threshold.value, "provisional": p.threshold.provisional,
-                              "provenance": p.threshold.provenance, "offline": p.weights.offline,
+                              "provenance": p.threshold.provenance, "robustness": p.threshold.robustness,
+                              "offline": p.weights.offline,
                               "available": weights_state(p)[0], "weights": weights_state(p)[1]}
                           for n, p in presets.items()}), None)
             return
@@ -250,6 +251,8 @@ def register(app: typer.Typer) -> None:
             lines.append(f"{name:<18} {p.backend:<11} {p.dim:>4}-d  {p.score:<10}  threshold {p.threshold.value:g}{flag}  "
                          f"[{weights_state(p)[1]}]")
             lines.append(f"{'':<18} {p.description}")
+            if p.threshold.robustness:
+                lines.append(f"{'':<18} robustness: {p.threshold.robustness}")
         emit("\n".join(lines), None)
 
     @app.command()

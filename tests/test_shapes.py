@@ -1,0 +1,198 @@
+"""The default decision on collection shapes it was not tuned on: many renditions of one picture, pages of many
+short real documents, blank pages, look-alike crowds; grouping on the score in use; the shape generator."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REQUIRE_ALL, save_photo, skip_unless
+from embeddr.bench.shapes import RENDITION_SCHEDULE, PoolRow, Shape, sample
+from embeddr.bench.transforms import apply_family
+from embeddr.catalog import Catalog, FileRecord
+from embeddr.dupes import find_duplicates
+from embeddr.encoders import resolve_preset
+from embeddr.jobs import scan
+from embeddr.normalize import Scorer, is_blank
+
+DOCS = Path(os.environ.get("EMBEDDR_TEST_DOCS", Path.home() / ".cache" / "embeddr-test" / "texlive-fonts-recommended-doc"))
+
+
+def _dupes(folder: Path, db: Path):
+    scan([folder], db=db, workers=0)
+    with Catalog(db) as catalog:
+        return find_duplicates(catalog, resolve_preset("sscd-distilled"))
+
+
+def test_a_picture_in_15_renditions_among_other_photos_is_found_whole(photo_arrays, tmp_path):
+    """15 renditions (mild and strong crops, hue, greyscale, tint, rescan, thumbnail, overlay, border, combo,
+    mirror, re-encode...) of one photo among other real photos: one group, exactly the 16 files."""
+    folder = tmp_path / "photos"
+    for name, arr in photo_arrays.items():
+        save_photo(arr, folder / f"{name}.jpg")
+    original = Image.open(folder / "chelsea.jpg").convert("RGB")
+    mine = {str(folder / "chelsea.jpg")}
+    for k, fam in enumerate(RENDITION_SCHEDULE[:15], start=1):
+        var = apply_family(fam, original, random.Random(f"15:{k}:{fam}"))
+        path = folder / "renditions" / f"chelsea_{k:02d}_{fam}{var.save.ext}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        var.save.save(var.image, path)
+        mine.add(str(path))
+    report = _dupes(folder, tmp_path / "r.db")
+    groups = [{m.path for m in g.members} for g in report.groups]
+    assert mine in groups, [sorted(Path(p).name for p in g) for g in groups]
+    assert all(g == mine or not (g & mine) for g in groups)
+    assert not any(len(g) > 1 and not (g & mine) for g in groups), "a pair between two different photos"
+
+
+def _pdfs() -> list[Path]:
+    """Short real PDF manuals (texlive-fonts-recommended-doc, fetched by scripts/test.sh with apt-get)."""
+    found = sorted(DOCS.rglob("*.pdf")) if DOCS.is_dir() else []
+    skip_unless(bool(found), f"no real PDF documents under {DOCS} (scripts/test.sh fetches them with apt-get)")
+    # a manual shipped twice (A4 and letter paper) is a real duplicate, not two documents: keep one of each
+    return [p for p in found if not p.stem.endswith("A4")]
+
+
+def _render(pdf: Path, out: Path, max_pages: int = 16) -> list[Path]:
+    pdfium = pytest.importorskip("pypdfium2") if not REQUIRE_ALL else __import__("pypdfium2")
+    doc = pdfium.PdfDocument(str(pdf))
+    pages = []
+    try:
+        if len(doc) > max_pages:
+            return []
+        for i in range(len(doc)):
+            page = doc[i]
+            img = page.render(scale=1100 / max(page.get_size())).to_pil().convert("RGB")
+            path = out / pdf.stem / f"page_{i + 1:03d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img.save(path, quality=90)
+            pages.append(path)
+    finally:
+        doc.close()
+    return pages
+
+
+def test_pages_of_many_short_real_documents_are_not_paired(photo_arrays, tmp_path):
+    """Every page of several short real manuals (2-16 pages each; font tables, text, a blank page or two)
+    beside real photos and a cropped copy: no two pages are paired, the copy is."""
+    folder = tmp_path / "collection"
+    pages = [p for pdf in _pdfs() for p in _render(pdf, folder / "docs")]
+    assert len({p.parent for p in pages}) >= 5 and len(pages) >= 40
+    for name, arr in photo_arrays.items():
+        save_photo(arr, folder / "photos" / f"{name}.jpg")
+    crop = Image.open(folder / "photos" / "astronaut.jpg")
+    crop.crop((20, 10, crop.width - 30, crop.height - 40)).save(folder / "photos" / "astronaut_crop.jpg", quality=90)
+    report = _dupes(folder, tmp_path / "d.db")
+    page_pairs = [(Path(p.a).parent.name + "/" + Path(p.a).name, Path(p.b).parent.name + "/" + Path(p.b).name,
+                   round(p.score, 3)) for p in report.pairs if "/docs/" in p.a or "/docs/" in p.b]
+    assert page_pairs == []
+    assert any(p.b.endswith("astronaut_crop.jpg") or p.a.endswith("astronaut_crop.jpg") for p in report.pairs)
+
+
+def test_blank_pages_are_only_exact_copies(tmp_path, photo_arrays):
+    """Two blank pages (a page number on white) of two documents look identical to any model: never near
+    duplicates; a byte copy of one is still an exact duplicate."""
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    from PIL import ImageDraw
+
+    for i, (w, h) in enumerate([(850, 1100), (800, 1130)]):
+        img = Image.new("RGB", (w, h), "white")
+        ImageDraw.Draw(img).text((w // 2, h - 40), str(i + 12), fill="black")
+        img.save(folder / f"blank_{i}.png")
+    (folder / "blank_0_copy.png").write_bytes((folder / "blank_0.png").read_bytes())
+    save_photo(photo_arrays["coffee"], folder / "coffee.jpg")
+    report = _dupes(folder, tmp_path / "b.db")
+    assert [(Path(p.a).name, Path(p.b).name, p.kind) for p in report.pairs] == [("blank_0.png", "blank_0_copy.png", "exact")]
+    with Catalog(tmp_path / "b.db") as catalog:
+        rows = {Path(r.path).name: r for r in catalog.files("ok")}
+    assert is_blank(rows["blank_1.png"].width, rows["blank_1.png"].height, rows["blank_1.png"].content_width,
+                    rows["blank_1.png"].content_height)
+    assert not is_blank(rows["coffee.jpg"].width, rows["coffee.jpg"].height, rows["coffee.jpg"].content_width,
+                        rows["coffee.jpg"].content_height)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def test_chain_with_a_weak_link_under_the_normalised_score_does_not_join(tmp_path):
+    """A~B and B~C pass the normalised threshold; A-C is 0.65 raw cosine (above the grouping floor) but
+    below the floor once normalised (C sits in a crowd). Grouping uses the normalised score, so A and C
+    are not joined, and each group's min_score is its true weakest link."""
+    preset = resolve_preset("sscd-distilled")
+    t, margin = preset.threshold.value, preset.threshold.group_margin
+    rng = np.random.default_rng(0)
+    basis, _ = np.linalg.qr(rng.normal(size=(preset.dim, preset.dim)))
+    gram = np.array([[1.0, 0.9, 0.65], [0.9, 1.0, 0.9], [0.65, 0.9, 1.0]])
+    abc = np.linalg.cholesky(gram) @ basis[:3]  # rows: unit vectors with these cosines
+    crowd = _unit(0.45 * abc[2] + np.sqrt(1 - 0.45 ** 2) * basis[10:10 + 40])  # 40 look-alikes of C at 0.45
+    vecs = _unit(np.vstack([abc, crowd]))
+    names = ["A", "B", "C"] + [f"crowd{i:02d}" for i in range(40)]
+    db = tmp_path / "chain.db"
+    with Catalog(db) as catalog:
+        catalog.bind_model(preset.name, preset.dim)
+        run = catalog.begin_run(preset.name, [str(tmp_path)])
+        records = [FileRecord(str(tmp_path / f"{n}.jpg"), 1000, 0, f"h{n}", 100, 100, "JPEG") for n in names]
+        catalog.record_batch(records, {f"h{n}": v for n, v in zip(names, vecs)}, run, preset.name)
+        catalog.finish_run(run, "done", {})
+        report = find_duplicates(catalog, preset)
+    scorer = Scorer.for_preset(preset)
+    score = {frozenset((Path(p.a).stem, Path(p.b).stem)): p.score for p in report.pairs}
+    assert score[frozenset("AB")] >= t and score[frozenset("BC")] >= t
+    assert frozenset("AC") not in score
+    # A-C: raw 0.65 >= the floor, but normalised (C's crowd) it is below it
+    assert 0.65 >= t - margin and scorer.normalized
+    groups = [sorted(Path(m.path).stem for m in g.members) for g in report.groups]
+    assert not any({"A", "C"} <= set(g) for g in groups), groups
+    for g in report.groups:  # min_score is the weakest link among the members, on the listed score
+        members = [Path(m.path).stem for m in g.members]
+        inner = [score.get(frozenset((x, y))) for i, x in enumerate(members) for y in members[i + 1:]]
+        assert g.min_score == pytest.approx(min(inner), abs=1e-5)
+
+
+def test_identical_files_cost_one_node(tmp_path, photo_arrays):
+    """2,000 byte-identical files are one content: one group, pairs expanded only when read."""
+    folder = tmp_path / "same"
+    src = save_photo(photo_arrays["rocket"], folder / "rocket.jpg")
+    data = src.read_bytes()
+    for i in range(299):
+        (folder / f"copy_{i:04d}.jpg").write_bytes(data)
+    report = _dupes(folder, tmp_path / "s.db")
+    assert len(report.groups) == 1 and len(report.groups[0].members) == 300
+    assert report.groups[0].min_score == 1.0
+    assert len(report.pairs) == 300 * 299 // 2
+    assert all(p.kind == "exact" for p in report.pairs)
+
+
+def test_shapes_sample_renditions_docs_and_crowds():
+    pool = []
+    for p in range(6):
+        unit = f"img:p{p}"
+        pool += [PoolRow(Path(f"/pool/p{p}/r{k:02d}.jpg"), "calib", "picture", unit, unit,
+                         "original" if k == 0 else RENDITION_SCHEDULE[k - 1], k) for k in range(31)]
+    for d, n in enumerate([2, 5, 40]):
+        pool += [PoolRow(Path(f"/pool/d{d}/p{i}.jpg"), "calib", "doc", f"doc:d{d}", "", "doc_page") for i in range(n)]
+    pool += [PoolRow(Path(f"/stars/s{i}.jpg"), "calib", "crowd", "crowd:stars", "", "crowd") for i in range(9)]
+    pool.append(PoolRow(Path("/other/x.jpg"), "test", "picture", "img:x", "img:x", "original"))
+    rows = sample(pool, Shape("s", renditions=13, pictures=4, docs=2, doc_pages=(2, 8), crowds={"stars": 5}), "calib")
+    by_unit: dict[str, int] = {}
+    for r in rows:
+        by_unit[r.unit] = by_unit.get(r.unit, 0) + 1
+    assert sorted(v for k, v in by_unit.items() if k.startswith("img:")) == [14, 14, 14, 14]
+    assert by_unit["doc:d0"] == 2 and by_unit["doc:d1"] == 5 and "doc:d2" not in by_unit
+    assert by_unit["crowd:stars"] == 5 and "img:x" not in by_unit
+    assert sample(pool, Shape("s", renditions=13, pictures=4, docs=2, doc_pages=(2, 8), crowds={"stars": 5}), "calib") == rows
+    varied = sample(pool, Shape("v", renditions=(1, 30)), "calib")
+    sizes = {}
+    for r in varied:
+        sizes[r.unit] = sizes.get(r.unit, 0) + 1
+    assert all(2 <= n <= 31 for n in sizes.values()) and len(set(sizes.values())) > 1
+    # every family appears within a picture's first 13 renditions
+    assert {"crop_mild", "crop_strong", "hue", "grey", "tint", "rescan", "thumbnail", "overlay", "border", "combo",
+            "mirror", "reencode", "recolour"} == set(RENDITION_SCHEDULE[:13])
