@@ -75,6 +75,9 @@ GRIDS = {
         Shape("size 50", renditions=4, pictures=8, docs=1, doc_pages=(2, 8)),
         Shape("size 200", renditions=4, pictures=20, docs=4, doc_pages=(2, 20), crowds={"stars": 40}),
         Shape("size all", renditions=30, docs=1000, crowds=ALL_CROWDS),
+        # a document source looked at by nobody before the final run: chess, go, crossword, card-game manuals
+        Shape("games docs all", renditions=12, docs=1000, doc_sets=("texlive-games",), pictures=52),
+        Shape("games docs14", renditions=12, docs=14, doc_sets=("texlive-games",), pictures=52, seed=3),
     ],
     # crowds reported apart (see docs/benchmarks.md): frames of videos
     "video": [
