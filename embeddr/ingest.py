@@ -302,9 +302,6 @@ class Gate:
         self._index_top = max_id(self.index)
         self._live: set[int] | None = self._live_ids() if self.score == "normalized" else None
         self._live_mask = self._mask()
-        from .normalize import Scorer
-
-        self.scorer = Scorer.for_preset(self.preset, self.score)
         if micro_batch is None:
             micro_batch = str(self.encoder.device).startswith("cuda")
         self.batcher = MicroBatcher(self.encoder.encode, max_batch=max(64, batch_size), max_wait_ms=max_wait_ms) if micro_batch else None
