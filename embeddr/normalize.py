@@ -180,7 +180,8 @@ class Scorer:
 
     def reference_background(self, vecs: np.ndarray, chunk: int = 4096) -> np.ndarray:
         """Each vector's ``k_ref``-th nearest reference vector's score (-1 without a reference)."""
-        if self._ref is None or len(vecs) == 0:
+        if self._ref is None or len(vecs) == 0 or np.asarray(vecs).shape[1] != self._ref.d:
+            # (no reference, or vectors of another model than the preset's: synthetic test catalogs)
             return np.full(len(vecs), NO_BACKGROUND, np.float32)
         k = min(self.k_ref, self._ref.ntotal)
         out = np.empty(len(vecs), np.float32)
