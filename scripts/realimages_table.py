@@ -62,6 +62,7 @@ def run(model: str, data: Path, db: Path | None = None) -> dict:
     positives = {frozenset((x, y)) for g in members.values() for x in g for y in g if x < y}
     tp = fp = 0
     false_pairs = []
+    false_kinds: dict[str, int] = {}
     for p in report.pairs:
         key = frozenset((p.a, p.b))
         if key in positives:
@@ -71,6 +72,10 @@ def run(model: str, data: Path, db: Path | None = None) -> dict:
         else:
             fp += 1
             false_pairs.append((round(p.score, 3), Path(p.a).name, Path(p.b).name))
+            names = Path(p.a).name + " " + Path(p.b).name
+            kind = next((k for k in ("cv_video_vtest", "cv_video_Megamind", "chessboard", "stellarium", "tuxpaint",
+                                     "gcompris") if names.count(k) == 2), "other")
+            false_kinds[kind] = false_kinds.get(kind, 0) + 1
     false_groups, found = [], set()
     for g in report.groups:
         paths = {m.path for m in g.members}
@@ -84,7 +89,7 @@ def run(model: str, data: Path, db: Path | None = None) -> dict:
     return {"model": model, "threshold": report.threshold, "files": len(files), "positives": len(positives),
             "pairs": tp + fp, "tp": tp, "fp": fp, "precision": tp / (tp + fp) if tp + fp else 1.0,
             "recall": tp / len(positives) if positives else 1.0, "groups": len(report.groups),
-            "false_groups": false_groups, "missed_groups": missed, "false_pairs": sorted(false_pairs, reverse=True)}
+            "false_groups": false_groups, "false_kinds": false_kinds, "missed_groups": missed, "false_pairs": sorted(false_pairs, reverse=True)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         for s, names in r["false_groups"] or [("-", ["none"])]:
             print(f"- {s}: {', '.join(names)}")
         print(f"{r['model']}: missed groups: {', '.join(r['missed_groups']) or 'none'}")
+        print(f"{r['model']}: false pairs by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(r["false_kinds"].items())))
     return 0
 
 
