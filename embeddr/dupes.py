@@ -14,7 +14,6 @@ from itertools import combinations
 import numpy as np
 
 from .catalog import Catalog, FileRow
-from .index import load_index, stored
 from .presets import Preset
 
 
@@ -202,6 +201,8 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     search = search or ("approximate" if approximate else "auto")
     ids = np.array(sorted(hash_of), np.int64)
     if engine is not None and search != "approximate":
+        from .index import load_index, stored
+
         # Query vectors are read straight from the index's storage (no second copy of every vector);
         # vectors that no current file uses are left out of the queries and of the matches.
         index = load_index(catalog)

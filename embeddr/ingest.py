@@ -49,9 +49,8 @@ from .discover import Candidate, discover
 from .encoders import catalog_preset, load_encoder
 from .errors import CatalogError
 from .fsutil import atomic_write
-from .index import index_path, load_index, max_id, write_atomic
 from .lock import writer
-from .match import EPS
+from .search import EPS
 from .pipeline import decode_one
 from .presets import score_and_threshold
 
@@ -298,6 +297,8 @@ class Gate:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        from .index import load_index, max_id  # FAISS only once a gate is opened (fast CLI start-up)
+
         self.index = load_index(self.catalog)
         self._index_top = max_id(self.index)
         self._live: set[int] | None = self._live_ids() if self.score == "normalized" else None
@@ -551,6 +552,8 @@ class Gate:
             except OSError:  # pragma: no cover - read-only folder: dupes reads the catalog instead
                 pass
         if changed and save:
+            from .index import index_path, write_atomic
+
             write_atomic(self.index, index_path(self.catalog), self.catalog)
 
 

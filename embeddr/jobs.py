@@ -30,7 +30,6 @@ from .encoders import catalog_preset, load_encoder, resolve_preset
 from .errors import EmbeddrError, PolicyError
 from .evaluate import EvalError, score_benchmark
 from .metrics import threshold_for_precision
-from .index import index_path
 from .lock import is_free, writer
 from .pipeline import ScanReport, scan_into
 from .plots import histograms, pr_curves
@@ -306,6 +305,8 @@ def info(db: CatalogLike = DEFAULT_DB) -> dict:
     """The catalog's state: files, errors, model, index size, last runs."""
     with opened(db) as catalog:
         stats = catalog.stats()
+        from .index import index_path
+
         path = index_path(catalog)
         stats["index_file"] = str(path) if path.exists() else None
         stats["index_bytes"] = path.stat().st_size if path.exists() else 0

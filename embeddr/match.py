@@ -12,9 +12,12 @@ and may miss a few pairs (measured in docs/benchmarks.md). It is opt-in (``dupes
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
+
+if TYPE_CHECKING:  # FAISS is imported where an index is built or read, not at start-up
+    import faiss
 
 EPS = 1e-5  # float32 slack so a score of exactly the threshold counts as "at or above"
 
@@ -106,6 +109,8 @@ def approximate_index(ids: np.ndarray, vecs: np.ndarray, *, nlist: int | None = 
     of vectors compared shrinks as the collection grows. K-means is trained on a seeded sample of 39
     vectors per cluster (FAISS's minimum) for 10 iterations, so training stays cheap and deterministic.
     """
+    import faiss
+
     n, dim = vecs.shape
     nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))
     quantizer = faiss.IndexFlatIP(dim)

@@ -34,11 +34,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
 from .errors import PresetNotFound
+
+if TYPE_CHECKING:  # FAISS is imported where an index is built or read, not at start-up
+    import faiss
+
 from .match import EPS, knn, range_arrays, range_pairs
 
 DEFAULT_K = 8
@@ -144,6 +148,8 @@ class Scorer:
         self.k_ref = int(k_ref)
         self._ref: faiss.Index | None = None
         if normalized and reference is not None and len(reference):
+            import faiss
+
             ref = np.ascontiguousarray(reference, np.float32)
             self._ref = faiss.IndexFlatIP(ref.shape[1])
             self._ref.add(ref)
