@@ -122,7 +122,7 @@ class DuplicateReport:
 
 
 def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "auto",
-                  live_ids: np.ndarray | None = None):
+                  live_ids: np.ndarray | None = None, device: str = "auto"):
     """The one search path of every command that lists pairs (dupes, apply, report, review), on the search
     structure kept beside the catalog (:mod:`embeddr.searchindex`): ``(a, b, score, bg, info, index)`` where
     ``a < b`` are vector ids of the distinct contents whose score (``scorer``) is at or above ``threshold``,
@@ -131,7 +131,8 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
     no Python loop per candidate pair.
 
     ``search``: ``exact``, ``approximate`` or ``auto`` (exact below :data:`embeddr.search.EXACT_BELOW` vectors,
-    the k-means self-join above).
+    the k-means self-join above). ``device``: where the approximate join runs (``auto``: a GPU when torch sees
+    one, :func:`embeddr.search.search_device`).
     """
     from . import search as engine
     from .normalize import EPS, NO_BACKGROUND
@@ -157,7 +158,7 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
         z = np.zeros(0, np.int64)
         return z, z, np.zeros(0, np.float32), np.full(len(rows), NO_BACKGROUND, np.float32), {"search": "exact"}, index
     result = engine.join(index.vecs, scorer.min_raw(threshold), k, neighbours, decide, rows=rows,
-                         layout=index.layout, method=search)
+                         layout=index.layout, method=search, device=engine.search_device(device, len(rows)))
     per_row = result.per_row if k else np.full(len(result.per_row), NO_BACKGROUND, np.float32)
     scores = scorer.score(result.raw, per_row[result.a], per_row[result.b])
     keep = scores >= threshold - EPS
@@ -167,7 +168,7 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
 
 def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None = None, score: str | None = None,
                     margin: float | None = None, chunk: int = 2048, approximate: bool = False,
-                    engine=None, search: str | None = None) -> DuplicateReport:
+                    engine=None, search: str | None = None, device: str = "auto") -> DuplicateReport:
     """Every pair at or above ``threshold`` among the catalog's ``ok`` files, and their groups.
 
     Files with identical bytes are one node (one vector): matching, scoring and grouping run on distinct
@@ -216,7 +217,8 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         a, b, s, bg = engine(stored_ids, stored_vecs, ids, vecs, threshold, scorer, live)
         search_info = {"search": "exact", "engine": getattr(engine, "name", "custom")}
     else:
-        a, b, s, bg, search_info, sindex = content_pairs(catalog, scorer, threshold, search=search, live_ids=ids)
+        a, b, s, bg, search_info, sindex = content_pairs(catalog, scorer, threshold, search=search, live_ids=ids,
+                                                         device=device)
         stored_ids, stored_vecs = sindex.ids, sindex.vecs
 
     # reviewer verdicts are on paths; a content pair is rejected when any of its file pairs is

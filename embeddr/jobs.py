@@ -77,13 +77,14 @@ def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, mo
 
 def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = None, score: str | None = None,
                     model: str | None = None, approximate: bool = False, ray: str | None = None,
-                    search: str | None = None) -> DuplicateReport:
+                    search: str | None = None, device: str = "auto") -> DuplicateReport:
     """Duplicate pairs and groups among the catalog's files.
 
     ``threshold``: defaults to the model preset's calibrated value. ``score``: ``raw`` cosine or
     ``normalized`` (see :mod:`embeddr.normalize`); defaults to the preset's. ``search``: ``auto``
     (exact below 30,000 distinct images, the approximate k-means self-join above: it reports its estimated
-    recall in the report's JSON), ``exact`` or ``approximate`` (= ``approximate=True``). ``ray``: run the exact
+    recall in the report's JSON), ``exact`` or ``approximate`` (= ``approximate=True``); ``device``: where the
+    approximate search runs (``auto``: a GPU when torch sees one; ``cuda`` without one is an error). ``ray``: run the exact
     pair search (and the background statistics) as Ray tasks over tiles of the index on that cluster
     (``local``, ``auto``, ``ray://host:port``; :mod:`embeddr.ray_dupes`); the report is the same.
     """
@@ -98,7 +99,7 @@ def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = N
         preset = catalog_preset(catalog, model)
         score, threshold = score_and_threshold(preset, score, threshold)
         return _find_duplicates(catalog, preset, threshold=threshold, score=score, approximate=approximate, engine=engine,
-                                search=search)
+                                search=search, device=device)
 
 
 def missed_by(db: CatalogLike = DEFAULT_DB, baseline: str = "phash", *, threshold: float | None = None,

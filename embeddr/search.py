@@ -108,7 +108,7 @@ def exact_join(vecs: np.ndarray, min_raw: float, k: int, neighbours: NeighbourFn
     swap = a > b  # rows need not be sorted
     a[swap], b[swap] = b[swap], a[swap]
     return Join(a, b, np.minimum(_concat(R, np.float32), 1.0), per_row,
-                {"search": "exact", "seconds": round(time.perf_counter() - t0, 3)})
+                {"search": "exact", "device": "cpu", "seconds": round(time.perf_counter() - t0, 3)})
 
 
 # -- k-means layout ---------------------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def cluster_join(vecs: np.ndarray, probes: np.ndarray, nlist: int, min_raw: floa
             br = best_r[s : s + 65536].astype(np.int64)
             per_row[rows[s : s + 65536]] = neighbours(rows[s : s + 65536], best_s[s : s + 65536], br)
     a, b, raw = _concat(A, np.int64), _concat(B, np.int64), _concat(R, np.float32)
-    info = {"search": "approximate", "nlist": int(nlist), "nprobe": int(nprobe),
+    info = {"search": "approximate", "device": "cpu", "nlist": int(nlist), "nprobe": int(nprobe),
             "compared_share": round(compared / max(1, len(rows)) ** 2, 5),
             "seconds": round(time.perf_counter() - t0, 3)}
     return Join(a, b, np.minimum(raw, 1.0), per_row, info)
@@ -273,7 +273,7 @@ def estimate_recall(vecs: np.ndarray, result: Join, min_raw: float, k: int, neig
 def join(vecs: np.ndarray, min_raw: float, k: int, neighbours: NeighbourFn | None = None,
          decide: DecideFn | None = None, *,
          rows: np.ndarray | None = None, layout: tuple[np.ndarray, int] | None = None, method: str = "auto",
-         nprobe: int = NPROBE, target: float = RECALL_TARGET, sample: int = SAMPLE_ROWS) -> Join:
+         nprobe: int = NPROBE, target: float = RECALL_TARGET, sample: int = SAMPLE_ROWS, device: str = "cpu") -> Join:
     """The search every command uses. ``method``: ``exact``, ``approximate`` or ``auto`` (exact below
     :data:`EXACT_BELOW` rows or without a ``layout`` = (probes, nlist)). The approximate search checks a sample
     of rows exactly and doubles ``nprobe`` (up to the layout's) until the estimate reaches ``target``, for all the
@@ -286,7 +286,12 @@ def join(vecs: np.ndarray, min_raw: float, k: int, neighbours: NeighbourFn | Non
     t0 = time.perf_counter()
     tries = []
     while True:
-        result = cluster_join(vecs, probes, nlist, min_raw, k, neighbours, nprobe=nprobe, rows=rows)
+        if device == "cpu":
+            result = cluster_join(vecs, probes, nlist, min_raw, k, neighbours, nprobe=nprobe, rows=rows)
+        else:  # a GPU: the same join with torch (embeddr.search_torch)
+            from .search_torch import cluster_join as torch_join
+
+            result = torch_join(vecs, probes, nlist, min_raw, k, neighbours, nprobe=nprobe, rows=rows, device=device)
         t1 = time.perf_counter()
         est = estimate_recall(vecs, result, min_raw, k, neighbours, decide, rows=rows, sample=sample)
         est["recall_check_seconds"] = round(time.perf_counter() - t1, 3)
@@ -312,3 +317,15 @@ def query(vecs: np.ndarray, q: np.ndarray, min_raw: float, k: int, *, live: np.n
     ex = None if exclude is None else np.asarray(exclude, np.int64)
     r, c, s, nn_s, nn_r = _exact_rows(vecs, q, min_raw, k, live=live, exclude=ex)
     return [(c[r == i], s[r == i], nn_s[i], nn_r[i]) for i in range(len(q))]
+
+
+def search_device(requested: str = "auto", n: int = 0) -> str:
+    """Where the approximate join runs: ``cpu``, or ``cuda`` when asked for (an error if there is none) or, for
+    ``auto``, when torch sees a GPU and the collection is large enough to need the approximate join."""
+    from .devices import select_device
+
+    requested = (requested or "auto").lower()
+    if requested == "auto" and n < EXACT_BELOW:
+        return "cpu"
+    dev = select_device(requested)
+    return dev if dev.startswith("cuda") else "cpu"

@@ -145,12 +145,17 @@ def _train(folder: Path, meta: dict, vecs: np.ndarray) -> dict:
     """A new layout generation for all ``vecs``; returns its meta entry (old generation files are removed by the caller)."""
     gen = int((meta.get("layout") or {}).get("gen", 0)) + 1
     nlist = max(1, len(vecs) // search.LIST_SIZE)
-    centroids = search.train_centroids(vecs, nlist)
+    gpu = search.search_device("auto", len(vecs)) != "cpu"
+    if gpu:  # k-means and the assignment of every vector on the GPU (minutes on a CPU at 10M vectors)
+        from . import search_torch as engine
+    else:
+        engine = search
+    centroids = engine.train_centroids(vecs, nlist)
     (folder / f"centroids.{gen}.f32").write_bytes(centroids.tobytes())
     path = folder / f"probes.{gen}.i32"
     with open(path, "wb") as fh:
         for s in range(0, len(vecs), 65536):
-            fh.write(search.assign(vecs[s : s + 65536], centroids).tobytes())
+            fh.write(engine.assign(vecs[s : s + 65536], centroids).tobytes())
         fh.flush()
         os.fsync(fh.fileno())
     return {"gen": gen, "nlist": int(len(centroids)), "probes": int(min(search.MAX_PROBES, len(centroids))),

@@ -70,3 +70,29 @@ def test_quantised_graph_reports_int8():
     assert load_encoder("sscd", device="cpu").precision == "int8"
     with pytest.raises(EmbeddrError):
         load_encoder("sscd-distilled", device="cpu", precision="fp16")
+
+
+def test_dupes_device_cuda_without_gpu_is_a_clear_error(runner, tmp_path):
+    """The pair search's --device: cuda without a GPU is one error line; the report says where it ran."""
+    import torch
+
+    from embeddr import search
+    from embeddr.catalog import Catalog, FileRecord
+    from embeddr.cli import app
+    from embeddr.synthetic import realistic
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    vecs = realistic(400, 512, seed=0)
+    db = tmp_path / "c.db"
+    with Catalog(db) as catalog:
+        catalog.bind_model("sscd-distilled", 512)
+        catalog.record_batch([FileRecord(f"/s/{i}.jpg", 1, 0, f"h{i}", 10, 10, "JPEG") for i in range(400)],
+                             {f"h{i}": v for i, v in enumerate(vecs)}, None, "sscd-distilled")
+    res = runner.invoke(app, ["dupes", "--db", str(db), "--device", "cuda", "--search", "approximate"])
+    assert res.exit_code != 0 and res.output.startswith("error:") and "cuda" in res.output.lower(), res.output
+    with pytest.raises(EmbeddrError):
+        search.search_device("cuda", 10**6)
+    assert search.search_device("auto", 10) == "cpu"
+    res = runner.invoke(app, ["dupes", "--db", str(db), "--search", "approximate", "--format", "json"])
+    assert res.exit_code == 0 and '"device": "cpu"' in res.output

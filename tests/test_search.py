@@ -222,3 +222,30 @@ def test_search_structure_survives_deletion_and_is_rebuilt(small_catalog):
     with Catalog(db) as catalog:
         shutil.rmtree(search_path(catalog))
     assert {(p.a, p.b) for p in api.find_duplicates(db).pairs} == before
+
+
+def test_torch_join_is_the_numpy_join():
+    """The GPU implementation (run here on torch's CPU device) gives the NumPy join's pairs, scores and
+    neighbours; its k-means and assignment give usable layouts."""
+    pytest.importorskip("torch")
+    from embeddr import search_torch
+
+    vecs = realistic(4000, 64, seed=6)
+    scorer = Scorer()
+    neighbours, decide = scorer_fns(scorer, THRESHOLD)
+    centroids = search.train_centroids(vecs, 30)
+    probes = search.assign(vecs, centroids, 8)
+    rows = np.arange(0, 4000, 2)[:1800]
+    want = search.cluster_join(vecs, probes, 30, THRESHOLD, scorer.neighbours, neighbours, nprobe=6, rows=rows)
+    got = search_torch.cluster_join(vecs, probes, 30, THRESHOLD, scorer.neighbours, neighbours, nprobe=6, rows=rows,
+                                    device="cpu")
+    order_w, order_g = np.lexsort((want.b, want.a)), np.lexsort((got.b, got.a))
+    np.testing.assert_array_equal(want.a[order_w], got.a[order_g])
+    np.testing.assert_array_equal(want.b[order_w], got.b[order_g])
+    np.testing.assert_allclose(want.raw[order_w], got.raw[order_g], atol=1e-5)
+    np.testing.assert_allclose(want.per_row, got.per_row, atol=1e-5)
+    c2 = search_torch.train_centroids(vecs, 30, device="cpu")
+    p2 = search_torch.assign(vecs, c2, 8, device="cpu")
+    exact = search.exact_join(vecs, THRESHOLD, 0)
+    res = search_torch.cluster_join(vecs, p2, 30, THRESHOLD, 0, nprobe=8, device="cpu")
+    assert len(set(zip(res.a.tolist(), res.b.tolist())) & set(zip(exact.a.tolist(), exact.b.tolist()))) >= 0.99 * len(exact.a)

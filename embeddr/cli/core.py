@@ -156,6 +156,7 @@ def register(app: typer.Typer) -> None:
         approximate: Annotated[bool, typer.Option("--approximate", help="Same as --search approximate.")] = False,
         ray: Annotated[Optional[str], typer.Option("--ray", help="Run the pair search as Ray tasks over blocks of the index: local, auto or ray://HOST:PORT (same report as the local search).")] = None,
         search: Annotated[str, typer.Option("--search", help="auto (exact below 30,000 distinct images, else the approximate k-means self-join, which checks a sample exactly and reports its estimated recall), exact, or approximate.")] = "auto",
+        device: Annotated[str, typer.Option("--device", help="Where the approximate search runs: auto (a CUDA GPU when torch sees one), cuda, cpu. --device cuda without a GPU is an error.")] = "auto",
     ):
         """List duplicate groups and every pair at or above the threshold.
 
@@ -180,7 +181,7 @@ def register(app: typer.Typer) -> None:
             if search not in ("auto", "exact", "approximate"):
                 raise EmbeddrError(f"--search {search!r} is not one of auto, exact, approximate")
             report = api.find_duplicates(db, threshold=threshold, score=score, model=model, ray=ray,
-                                         search="approximate" if approximate else search)
+                                         search="approximate" if approximate else search, device=device)
         if fmt == "parquet":
             from ..output import to_parquet
 
