@@ -114,10 +114,13 @@ def exact_join(vecs: np.ndarray, min_raw: float, k: int, neighbours: NeighbourFn
 # -- k-means layout ---------------------------------------------------------------------------------------------
 
 def train_centroids(vecs: np.ndarray, nlist: int, *, seed: int = 1234, per_list: int = 32, niter: int = 8) -> np.ndarray:
-    """Spherical k-means centroids (``nlist`` x dim) from a seeded sample of ``per_list`` vectors per list."""
+    """Spherical k-means centroids (``nlist`` x dim) from a seeded sample of ``per_list`` vectors per list
+    (16 above :data:`LARGE_NLIST` lists, where training dominates; the lists only need to be roughly even)."""
     import faiss
 
     n, dim = vecs.shape
+    if nlist > LARGE_NLIST:
+        per_list, niter = min(per_list, 16), min(niter, 6)
     nlist = max(1, min(nlist, n))
     rng = np.random.default_rng(seed)
     m = min(n, nlist * per_list)
@@ -128,6 +131,9 @@ def train_centroids(vecs: np.ndarray, nlist: int, *, seed: int = 1234, per_list:
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
+LARGE_NLIST = 2048  # above this many lists, k-means trains on a smaller sample (training dominates the build)
+
+
 def assign(vecs: np.ndarray, centroids: np.ndarray, nprobe: int = MAX_PROBES, *, block: int = 16384) -> np.ndarray:
     """The ``nprobe`` nearest lists of each vector (int32, nearest first: column 0 is its own list)."""
     n = len(vecs)
@@ -135,8 +141,7 @@ def assign(vecs: np.ndarray, centroids: np.ndarray, nprobe: int = MAX_PROBES, *,
     out = np.empty((n, p), np.int32)
     ct = centroids.T.copy()
     for s in range(0, n, block):
-        S = np.asarray(vecs[s : s + block], np.float32) @ ct
-        out[s : s + len(S)] = _topk(S, p)[1]
+        out[s : s + block] = _topk(np.asarray(vecs[s : s + block], np.float32) @ ct, p)[1]
     return out
 
 
