@@ -157,8 +157,15 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
     if len(rows) < 2:
         z = np.zeros(0, np.int64)
         return z, z, np.zeros(0, np.float32), np.full(len(rows), NO_BACKGROUND, np.float32), {"search": "exact"}, index
+    dev, joiner = engine.search_device(device, len(rows)), None
+    if dev != "cpu":  # the same join with torch on the GPU
+        from functools import partial
+
+        from .search_torch import cluster_join
+
+        joiner = partial(cluster_join, device=dev)
     result = engine.join(index.vecs, scorer.min_raw(threshold), k, neighbours, decide, rows=rows,
-                         layout=index.layout, method=search, device=engine.search_device(device, len(rows)))
+                         layout=index.layout, method=search, joiner=joiner)
     per_row = result.per_row if k else np.full(len(result.per_row), NO_BACKGROUND, np.float32)
     scores = scorer.score(result.raw, per_row[result.a], per_row[result.b])
     keep = scores >= threshold - EPS

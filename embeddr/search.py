@@ -278,7 +278,8 @@ def estimate_recall(vecs: np.ndarray, result: Join, min_raw: float, k: int, neig
 def join(vecs: np.ndarray, min_raw: float, k: int, neighbours: NeighbourFn | None = None,
          decide: DecideFn | None = None, *,
          rows: np.ndarray | None = None, layout: tuple[np.ndarray, int] | None = None, method: str = "auto",
-         nprobe: int = NPROBE, target: float = RECALL_TARGET, sample: int = SAMPLE_ROWS, device: str = "cpu") -> Join:
+         nprobe: int = NPROBE, target: float = RECALL_TARGET, sample: int = SAMPLE_ROWS,
+         joiner: Callable[..., Join] | None = None) -> Join:
     """The search every command uses. ``method``: ``exact``, ``approximate`` or ``auto`` (exact below
     :data:`EXACT_BELOW` rows or without a ``layout`` = (probes, nlist)). The approximate search checks a sample
     of rows exactly and doubles ``nprobe`` (up to the layout's) until the estimate reaches ``target``, for all the
@@ -291,12 +292,7 @@ def join(vecs: np.ndarray, min_raw: float, k: int, neighbours: NeighbourFn | Non
     t0 = time.perf_counter()
     tries = []
     while True:
-        if device == "cpu":
-            result = cluster_join(vecs, probes, nlist, min_raw, k, neighbours, nprobe=nprobe, rows=rows)
-        else:  # a GPU: the same join with torch (embeddr.search_torch)
-            from .search_torch import cluster_join as torch_join
-
-            result = torch_join(vecs, probes, nlist, min_raw, k, neighbours, nprobe=nprobe, rows=rows, device=device)
+        result = (joiner or cluster_join)(vecs, probes, nlist, min_raw, k, neighbours, nprobe=nprobe, rows=rows)
         t1 = time.perf_counter()
         est = estimate_recall(vecs, result, min_raw, k, neighbours, decide, rows=rows, sample=sample)
         est["recall_check_seconds"] = round(time.perf_counter() - t1, 3)
