@@ -1,33 +1,33 @@
-"""Score normalisation from each image's neighbourhood in the collection itself.
+"""Score stage: the default decision's score, normalised by each image's background.
 
 Raw cosine treats dense regions of a collection (pages of one document, product shots on white,
 star fields) like sparse ones: two different pages of one report can score as high as a photo and
 its recoloured copy. Copy-detection research (SSCD, Pizzi et al. 2022, "score normalization")
-corrects a pair's similarity by how similar each item is to its *background*. Here the background
-comes from the collection being searched, so no extra data set is needed:
+corrects a pair's similarity by how similar each item is to its *background*, things that are
+certainly not copies of it:
 
-    bg(x)     = cosine similarity of x to its k-th nearest other item in the collection
-                (k = ``DEFAULT_K`` = 8, larger than a typical duplicate group, so bg(x) is the
-                similarity of x to things that are *not* its copies)
+    bg(x)     = max( the k-th nearest other image of the collection whose raw cosine is below the copy
+                     ceiling (k = 32 for the SSCD presets: a rank beyond any group of renditions),
+                     the k_ref-th nearest vector of the preset's *reference* set (generic look-alikes:
+                     text pages, font tables, slides, clip-art, screenshots; models/reference/) )
     s'(a, b)  = s(a, b) - beta * max(0, max(bg(a), bg(b)) - floor)
 
-with ``beta = DEFAULT_BETA`` and ``floor = DEFAULT_FLOOR``. In a sparse neighbourhood
-(``bg <= floor``, most photos) the score is the raw cosine, unchanged, so the normalised score lives
-in the same units as raw cosine and one threshold means the same thing for both; only items whose
-10th neighbour is already close (a crowd of look-alikes) are pushed down, by ``beta`` times how far
-their background sits above the floor. The larger of the two backgrounds is used (a pair is only as
-trustworthy as its most crowded member). Items with fewer than ``k`` other items in the collection
-have no background evidence (bg = -1, no correction).
+The collection term sees crowds the collection holds many of; the reference term sees the kinds of
+picture that look alike to the model however few of them the collection holds, and never counts an
+image's own copies. In a sparse neighbourhood (``bg <= floor``, most photos) the score is the raw
+cosine, unchanged, so one threshold means the same in both units. A pair is only as trustworthy as
+its most crowded member (``max``). Items with fewer than ``k`` other items and no reference have no
+background evidence (bg = -1, no correction).
 
-``k``, ``beta`` and ``floor`` and the choice of ``max`` over the mean of the two backgrounds were
-chosen by measurement on the calibration split (scripts/calibrate.py; docs/benchmarks.md, "Quality
-on real images"); k trades two failure modes: a crowd of at most k look-alikes (a short document)
-is its own background and is not corrected, and an image with more than k near-copies has a high
-background itself, so its pairs are pushed down. The correction also depends on the collection's
-density: a sparser collection gets less of it.
+The parameters live in each preset's ``[normalize]`` table and were chosen on the calibration grid of
+collection shapes (scripts/sweep_shapes.py; docs/benchmarks.md, "Quality across collection shapes"),
+where the known limit is also measured: a crowd of fewer than ``k`` look-alikes that the model scores
+like copies of each other is not corrected. :class:`Scorer` is the one object every search path uses;
+:func:`decide` is the exact reference decision. Blank pictures (:func:`is_blank`) are never near
+duplicates.
 
-Cost: one chunked FAISS kNN query (k + 1 neighbours) per item, O(N * k) memory, plus the usual range
-search; never an N x N matrix.
+Cost: one kNN query per item (``Scorer.neighbours`` neighbours) and one against the small reference set,
+O(N * k) memory, plus the pairs found; never an N x N matrix.
 """
 
 from __future__ import annotations
