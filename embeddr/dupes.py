@@ -187,7 +187,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     results of :func:`embeddr.normalize.decide`, called as ``engine(stored_ids, stored_vecs, ids, vecs,
     threshold, scorer, live) -> (a, b, score, bg)`` (:func:`embeddr.ray_dupes.ray_search`: Ray tasks).
     """
-    from .normalize import Scorer, decide, is_blank
+    from .normalize import Scorer, is_blank
 
     threshold = preset.threshold.value if threshold is None else float(threshold)
     scorer = Scorer.for_preset(preset, score)
