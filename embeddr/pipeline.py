@@ -552,7 +552,14 @@ def _process_batch(batch: list[Decoded], catalog: Catalog, encoder: Encoder, run
         report.times.encode += time.perf_counter() - t
         vectors = dict(zip(to_encode.keys(), out))
         report.encoded += len(out)
-    records = [d.record for d in batch]
+    store_batch(catalog, [d.record for d in batch], vectors, run_id, encoder.name, report, max_error_samples)
+
+
+def store_batch(catalog: Catalog, records: list[FileRecord], vectors: dict[str, np.ndarray], run_id: int, model: str,
+                report: ScanReport, max_error_samples: int) -> None:
+    """Record one batch in one transaction (files upserted by path, new vectors by hash) and count it in
+    ``report``: processed files, errors with their first samples, time spent storing. The local and the
+    Ray scan both end each batch here."""
     report.processed += len(records)
     for r in records:
         if r.status == "error":
@@ -560,5 +567,5 @@ def _process_batch(batch: list[Decoded], catalog: Catalog, encoder: Encoder, run
             if len(report.error_samples) < max_error_samples:
                 report.error_samples.append((r.path, r.error))
     t = time.perf_counter()
-    catalog.record_batch(records, vectors, run_id, encoder.name)
+    catalog.record_batch(records, vectors, run_id, model)
     report.times.store += time.perf_counter() - t

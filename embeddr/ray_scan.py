@@ -34,7 +34,7 @@ from .catalog import Catalog, FileRecord
 from .decode import DEFAULT_MAX_PIXELS
 from .discover import Candidate
 from .errors import EmbeddrError
-from .pipeline import ScanReport, _changed, _waves, decode_one
+from .pipeline import ScanReport, _changed, _waves, decode_one, store_batch
 from .presets import Preset
 from .sources import FetchOptions, is_remote, list_inputs
 
@@ -151,15 +151,7 @@ def _merge(catalog: Catalog, batch: dict, run_id: int, model: str, report: ScanR
     ok = [r for r in records if r.status == "ok"]
     report.encoded += len(new)
     report.exact_reused += len(ok) - len(new)
-    report.processed += len(records)
-    for r in records:
-        if r.status == "error":
-            report.errors += 1
-            if len(report.error_samples) < max_error_samples:
-                report.error_samples.append((r.path, r.error))
-    t = time.perf_counter()
-    catalog.record_batch(records, new, run_id, model)  # one transaction: upsert by path, vectors by hash
-    report.times.store += time.perf_counter() - t
+    store_batch(catalog, records, new, run_id, model, report, max_error_samples)
 
 
 def merge_pending_shards(catalog: Catalog, run_id: int, model: str, report: ScanReport, max_error_samples: int = 20) -> set[str]:
