@@ -43,7 +43,7 @@ from .errors import PresetNotFound
 if TYPE_CHECKING:  # FAISS is imported where an index is built or read, not at start-up
     import faiss
 
-from .match import EPS, knn, range_arrays, range_pairs
+from .match import EPS, knn, range_arrays
 
 DEFAULT_K = 8
 DEFAULT_BETA = 1.0
@@ -85,13 +85,19 @@ def background_from_knn(scores: np.ndarray, labels: np.ndarray, query_ids: np.nd
 
 def background(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, *, k: int = DEFAULT_K,
                live: set[int] | None = None, chunk: int = 4096, ceiling: float = DEFAULT_CEILING) -> np.ndarray:
-    """bg of each of ``vecs`` (whose ids are ``ids``) among the index's (live) vectors."""
+    """bg of each of ``vecs`` (whose ids are ``ids``) among the index's (live) vectors: the collection
+    background alone, at rank ``k`` (no reference set)."""
+    return _backgrounds(index, np.asarray(ids, np.int64), vecs, Scorer(k=k, ceiling=ceiling), live, chunk)
+
+
+def _backgrounds(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, scorer: "Scorer", live: set[int] | None,
+                 chunk: int) -> np.ndarray:
+    """``scorer``'s background of each query from one chunked kNN query over the index."""
     if len(ids) == 0:
         return np.zeros(0, np.float32)
     dead = 0 if live is None else max(0, index.ntotal - len(live))
-    want = k + 1 + EXTRA_NEIGHBOURS + min(dead, 256)
-    scores, labels = knn(index, vecs, want, chunk=chunk)
-    return background_from_knn(scores, labels, ids, k, live, ceiling)
+    scores, labels = knn(index, vecs, scorer.neighbours + 1 + min(dead, 256), chunk=chunk)
+    return scorer.backgrounds(ids, vecs, scores, labels, live)
 
 
 def penalty(bg_a: np.ndarray | float, bg_b: np.ndarray | float, *, beta: float = DEFAULT_BETA,
@@ -109,17 +115,11 @@ def normalize_scores(raw: np.ndarray, bg_a: np.ndarray, bg_b: np.ndarray, *, bet
 def normalized_pairs(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, threshold: float, *, chunk: int = 2048,
                      live: set[int] | None = None, k: int = DEFAULT_K, beta: float = DEFAULT_BETA,
                      floor: float = DEFAULT_FLOOR) -> Iterator[tuple[int, int, float]]:
-    """Yield ``(id_a, id_b, normalised score)`` with ``id_a < id_b`` and normalised score >= ``threshold``.
-
-    The penalty is never negative, so every such pair has raw cosine >= threshold: a range search at
-    the threshold finds them all, then each is re-scored.
-    """
-    bg = background(index, ids, vecs, k=k, live=live, chunk=chunk)
-    bg_of = {int(i): float(b) for i, b in zip(ids, bg)}
-    for a, b, s in range_pairs(index, ids, vecs, threshold, chunk=chunk, live=live):
-        s2 = s - float(penalty(bg_of.get(a, NO_BACKGROUND), bg_of.get(b, NO_BACKGROUND), beta=beta, floor=floor))
-        if s2 >= threshold - 1e-5:
-            yield a, b, s2
+    """Yield ``(id_a, id_b, normalised score)`` with ``id_a < id_b`` and normalised score >= ``threshold``
+    (the collection background alone; :func:`decide` with a :class:`Scorer` of these parameters)."""
+    live_ids = None if live is None else np.array(sorted(live), np.int64)
+    a, b, s, _ = decide(index, ids, vecs, threshold, Scorer(k=k, beta=beta, floor=floor), live=live_ids, chunk=chunk)
+    yield from zip(a.tolist(), b.tolist(), s.tolist())
 
 
 class Scorer:
@@ -262,10 +262,7 @@ def decide(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, threshold: flo
         z = np.zeros(0, np.int64)
         return z, z, np.zeros(0, np.float32), np.zeros(0, np.float32)
     if scorer.normalized:
-        dead = 0 if live is None else max(0, index.ntotal - len(live))
-        nn_s, nn_i = knn(index, vecs, scorer.neighbours + 1 + min(dead, 256), chunk=chunk)
-        live_set = None if live is None else set(live.tolist())
-        bg = scorer.backgrounds(ids, vecs, nn_s, nn_i, live_set)
+        bg = _backgrounds(index, ids, vecs, scorer, None if live is None else set(live.tolist()), chunk)
     else:
         bg = np.full(len(ids), NO_BACKGROUND, np.float32)
     a, b, raw = range_arrays(index, ids, vecs, scorer.min_raw(threshold), chunk=chunk, live=live)
