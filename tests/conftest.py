@@ -43,6 +43,20 @@ def _skimage_array(name: str) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def encoder():
+    """The default model (sscd-distilled, ONNX on the CPU), loaded once for the whole run. Skips when its
+    weights package is missing, except under EMBEDDR_REQUIRE_ALL=1 (CI), where that is a failure."""
+    from embeddr.encoders import load_encoder
+
+    try:
+        return load_encoder("sscd-distilled", device="cpu")
+    except Exception as exc:  # pragma: no cover - weights missing on this machine
+        if REQUIRE_ALL:
+            raise
+        pytest.skip(f"sscd-distilled unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
 def photo_arrays() -> dict[str, np.ndarray]:
     """name -> RGB uint8 array of real photos (scikit-image sample data)."""
     out = {}

@@ -19,16 +19,6 @@ from embeddr.journal import read_journal
 DERIVED = ("astronaut", "coffee", "chelsea")  # each gets a half-size JPEG and a PNG copy elsewhere
 
 
-@pytest.fixture(scope="module")
-def encoder():
-    from embeddr.encoders import load_encoder
-
-    try:
-        return load_encoder("sscd-distilled", device="cpu")
-    except Exception as exc:  # pragma: no cover - weights missing on this machine
-        pytest.skip(f"sscd-distilled unavailable: {exc}")
-
-
 def tree(root: Path) -> dict[str, tuple[str, int]]:
     """relpath -> (sha256, mtime_ns) of every file (and link) under root."""
     out = {}

@@ -20,7 +20,6 @@ from PIL import Image
 
 from embeddr import api
 from embeddr.cli import app
-from embeddr.encoders import load_encoder
 from embeddr.errors import CatalogError, ModelMismatch
 from embeddr.index import index_path, max_id
 from embeddr.ingest import Gate, MicroBatcher, RWLock, Upload
@@ -33,11 +32,6 @@ def crop(src: Path, dst: Path, frac: float = 0.1) -> Path:
         w, h = im.size
         im.crop((int(w * frac), int(h * frac), int(w * (1 - frac)), int(h * (1 - frac)))).save(dst, quality=88)
     return dst
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    return load_encoder("sscd-distilled", device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -35,16 +35,6 @@ CLI = [sys.executable, "-c", "from embeddr.cli import main; main()"]
 DERIVED = ("astronaut", "coffee", "chelsea", "rocket")
 
 
-@pytest.fixture(scope="module")
-def encoder():
-    from embeddr.encoders import load_encoder
-
-    try:
-        return load_encoder("sscd-distilled", device="cpu")
-    except Exception as exc:  # pragma: no cover - weights missing on this machine
-        pytest.skip(f"sscd-distilled unavailable: {exc}")
-
-
 def sha(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
