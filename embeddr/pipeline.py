@@ -48,11 +48,17 @@ from .sources import FetchError, FetchOptions, fetch, is_remote, list_inputs, ma
 
 @dataclass
 class StageTimes:
+    """Wall-clock seconds of the main process per stage, plus the work done in the decode workers
+    (``hash``, ``decode``, ``worker_encode``: seconds summed over all workers, overlapped with the rest)."""
+
     discover: float = 0.0
-    decode_wait: float = 0.0  # time the main process waited for decoded batches
-    encode: float = 0.0
+    decode_wait: float = 0.0  # time the main process waited for decoded (or, see worker_encode, encoded) batches
+    encode: float = 0.0  # the main process's own encoder calls
     store: float = 0.0
     index: float = 0.0
+    hash: float = 0.0  # SHA-256 of the files' bytes, summed over the workers
+    decode: float = 0.0  # decode + resize, summed over the workers
+    worker_encode: float = 0.0  # encoding done in the decode workers (CPU ONNX encoders), summed over the workers
 
     def as_dict(self) -> dict:
         return {k: round(v, 3) for k, v in self.__dict__.items()}
@@ -86,10 +92,40 @@ class ScanReport:
 
 class Decoded(NamedTuple):
     """What a decode worker returns for one file: its catalog record (``status``/``error`` set when
-    it could not be read) and, when it could, the pixels for the encoder. Never an exception."""
+    it could not be read) and, when it could, the pixels for the encoder, or (when the worker encodes,
+    :class:`WorkerEncoding`) the vector instead. Never an exception."""
 
     record: FileRecord
     pixels: np.ndarray | None = None
+    vector: np.ndarray | None = None
+
+
+class DecodedBatch(list):
+    """A batch of :class:`Decoded`, in input order, with the seconds the worker spent on it per stage."""
+
+    hash_s: float = 0.0
+    decode_s: float = 0.0
+    encode_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class WorkerEncoding:
+    """Decode workers that also encode their batch, each with its own one-thread CPU encoder.
+
+    On the CPU this beats decoding in workers and encoding in the main process: no pixels cross
+    between processes (a 512-d vector does instead), no intra-op thread synchronisation, and every
+    core runs decode and encode back to back (measured: scripts/bench_scan.py, docs/benchmarks.md).
+    ``build`` (picklable) makes the worker's encoder once per worker process; ``catalog`` (optional)
+    is read-only looked up so that bytes already holding a vector are not encoded again.
+    """
+
+    build: Callable[[], Encoder]
+    key: tuple
+    catalog: str | None = None
+
+
+_WORKER: dict = {}  # in a worker process: the encoder built from a WorkerEncoding, and its catalog connection
+_TIMES = {"hash": 0.0, "decode": 0.0}  # per process: seconds spent in content_hash and load_image + fit
 
 
 class DecodeDataset:
@@ -148,10 +184,13 @@ def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
 
 
 def _read_local(c: Candidate, st: os.stat_result, size: int, resize: str, max_pixels: int | None, failed) -> Decoded:
+    t0 = time.perf_counter()
     try:
         digest = content_hash(c.path)
     except OSError as exc:
         return failed(f"cannot read: {exc.strerror or exc}", st=st)
+    t1 = time.perf_counter()
+    _TIMES["hash"] += t1 - t0
     try:
         image, meta = load_image(c.path, min_side=size, max_pixels=max_pixels)
         pixels = fit(image, size, resize)
@@ -159,6 +198,8 @@ def _read_local(c: Candidate, st: os.stat_result, size: int, resize: str, max_pi
         return failed(exc.reason, digest, st)
     except Exception as exc:  # a decoder bug must not stop the scan: record it against the file
         return failed(f"cannot decode: {type(exc).__name__}: {exc}", digest, st)
+    finally:
+        _TIMES["decode"] += time.perf_counter() - t1
     return Decoded(FileRecord(c.path, st.st_size, st.st_mtime_ns, digest, meta.width, meta.height, meta.format,
                               content_width=meta.content_width, content_height=meta.content_height,
                               item_id=c.item_id), pixels)
@@ -189,8 +230,54 @@ def _decode_remote(c: Candidate, size: int, resize: str, max_pixels: int | None,
 
 
 def decode_batch(items: Sequence[Candidate], size: int, resize: str, max_pixels: int | None,
-                 fetch_options: FetchOptions | None = None) -> list[Decoded]:
-    return [decode_one(c, size, resize, max_pixels, fetch_options) for c in items]
+                 fetch_options: FetchOptions | None = None, encoding: WorkerEncoding | None = None) -> DecodedBatch:
+    """Decode ``items`` (and, with ``encoding``, encode them here too): a :class:`DecodedBatch`."""
+    _TIMES["hash"] = _TIMES["decode"] = 0.0
+    out = DecodedBatch(decode_one(c, size, resize, max_pixels, fetch_options) for c in items)
+    out.hash_s, out.decode_s = _TIMES["hash"], _TIMES["decode"]
+    if encoding is not None:
+        out.encode_s = _encode_here(out, encoding)
+    return out
+
+
+def _known_hashes(encoding: WorkerEncoding, hashes: list[str]) -> set[str]:
+    """Hashes that already have a vector in the catalog (read-only, from a worker); empty on any error."""
+    if encoding.catalog is None or not hashes:
+        return set()
+    import sqlite3
+
+    try:
+        conn = _WORKER.get(("conn", encoding.catalog))
+        if conn is None:
+            conn = _WORKER[("conn", encoding.catalog)] = sqlite3.connect(f"file:{encoding.catalog}?mode=ro", uri=True, timeout=5)
+        q = f"SELECT hash FROM vectors WHERE hash IN ({','.join('?' * len(hashes))})"
+        return {r[0] for r in conn.execute(q, hashes)}
+    except sqlite3.Error:  # the main process decides again; at worst a vector is computed twice
+        return set()
+
+
+def _encode_here(batch: DecodedBatch, encoding: WorkerEncoding) -> float:
+    """Replace, in place, the pixels of each new content in ``batch`` by its vector (first occurrence of a
+    hash); returns the seconds spent encoding (the worker's encoder is built on first use, not counted)."""
+    if _WORKER.get("key") != encoding.key:
+        _WORKER.clear()
+        _WORKER["key"], _WORKER["encoder"] = encoding.key, encoding.build()
+    first: dict[str, int] = {}
+    for i, d in enumerate(batch):
+        if d.pixels is not None and d.record.hash not in first:
+            first[d.record.hash] = i
+    known = _known_hashes(encoding, list(first)) if len(first) <= 500 else set()
+    todo = [i for h, i in first.items() if h not in known]
+    if not todo:
+        return 0.0
+    t = time.perf_counter()
+    vectors = _WORKER["encoder"].encode(np.stack([batch[i].pixels for i in todo]))
+    for i, v in zip(todo, vectors):
+        batch[i] = Decoded(batch[i].record, None, v)
+    for i, d in enumerate(batch):  # later copies of an encoded content need no pixels: the main process reuses the vector
+        if d.pixels is not None and first.get(d.record.hash) != i and d.record.hash not in known:
+            batch[i] = Decoded(d.record)
+    return time.perf_counter() - t
 
 
 WORKER_DIED = "decode worker died while decoding this batch (killed, or out of memory?); scan again to retry"
@@ -271,16 +358,20 @@ def _pool_batches(batches: list[list[Candidate]], args: tuple, workers: int):
                 except BrokenProcessPool:
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = _new_pool(workers)
-                    got = [Decoded(FileRecord(c.path, c.size or None, c.mtime_ns or None, status="error",
-                                              error=WORKER_DIED, item_id=c.item_id)) for c in b]
+                    got = DecodedBatch(Decoded(FileRecord(c.path, c.size or None, c.mtime_ns or None, status="error",
+                                                           error=WORKER_DIED, item_id=c.item_id)) for c in b)
                 yield got
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
 def iter_decoded(items: Sequence[Candidate], *, size: int, resize: str, max_pixels: int | None,
-                 batch_size: int, workers: int, fetch_options: FetchOptions | None = None):
+                 batch_size: int, workers: int, fetch_options: FetchOptions | None = None,
+                 encoding: WorkerEncoding | None = None):
     """Batches of :class:`Decoded`, in input order, decoded by ``workers`` processes (0 = inline).
+
+    ``encoding``: the workers encode too (:class:`WorkerEncoding`; local files and ``workers`` > 0 only):
+    each new content's :class:`Decoded` then carries its vector instead of pixels.
 
     When some inputs are URLs, a pool of ``fetch_options.concurrency`` threads fetches and decodes
     them (network-bound: threads, not processes), one batch ahead of the encoder.
@@ -302,21 +393,35 @@ def iter_decoded(items: Sequence[Candidate], *, size: int, resize: str, max_pixe
         return
     if workers <= 0:
         for start in range(0, len(items), batch_size):
-            yield [dataset[i] for i in range(start, min(start + batch_size, len(items)))]
+            yield decode_batch(items[start : start + batch_size], size, resize, max_pixels, fetch_options)
         return
     batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
-    yield from _pool_batches(batches, (size, resize, max_pixels, fetch_options), workers)
+    yield from _pool_batches(batches, (size, resize, max_pixels, fetch_options, encoding), workers)
 
 
 def encoder_threads(workers: int | None) -> int:
-    """CPU threads for the encoder: every core.
+    """CPU threads for the main process's encoder: every core.
 
-    The decode workers are mostly idle waiting for the encoder (decoding a batch is several times
-    cheaper than encoding it), so leaving cores to them wastes them. Measured on the 2-core dev box
-    (scripts/bench_scan.py on ../shared/data/realimages, 2 decode workers): 1 encoder thread 161 img/s,
-    2 threads 205 img/s. On a GPU it only sets onnxruntime's intra-op threads.
+    Used when the main process encodes (a GPU, torch models, URLs, ``--workers 0``); a CPU ONNX encoder
+    in a scan with decode workers is run in the workers instead, one thread each (:class:`WorkerEncoding`).
+    Measured on the 2-core dev box (scripts/bench_scan.py on ../shared/data/realimages, 2 decode workers):
+    1 encoder thread 161 img/s, 2 threads 205 img/s. On a GPU it only sets onnxruntime's intra-op threads.
     """
     return max(1, os.cpu_count() or 1)
+
+
+WORKER_BATCH = 16  # images per worker batch when the workers encode: short batches keep every core busy to the end
+
+
+def worker_encoding(encoder: Encoder, catalog: Catalog | None, workers: int, items: Sequence[Candidate]) -> WorkerEncoding | None:
+    """The :class:`WorkerEncoding` for this scan, or None: the encoder must say how to rebuild itself in a
+    worker (:meth:`~embeddr.encoders.base.Encoder.worker_factory`: CPU ONNX encoders), there must be decode
+    workers, and only local files (URLs are fetched by threads in the main process)."""
+    factory = encoder.worker_factory() if workers > 0 else None
+    if factory is None or any(is_remote(c.path) for c in items):
+        return None
+    path = str(catalog.path) if catalog is not None and getattr(catalog, "path", None) else None
+    return WorkerEncoding(build=factory, key=(encoder.name, id(encoder), os.getpid()), catalog=path)
 
 
 def scan_into(roots: Iterable[str | os.PathLike], *, db: Catalog | str | os.PathLike,
@@ -426,10 +531,15 @@ def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder,
             if progress:
                 progress(done, total if finished else None)
             t_wait = time.perf_counter()
+            n_workers = min(workers, max(0, len(todo) // 4))
+            encoding = worker_encoding(encoder, catalog, n_workers, todo)
             for batch in iter_decoded(todo, size=encoder.input_size, resize=encoder.resize, max_pixels=max_pixels,
-                                      batch_size=batch_size, workers=min(workers, max(0, len(todo) // 4)),
-                                      fetch_options=fetch_options):
+                                      batch_size=min(batch_size, WORKER_BATCH) if encoding else batch_size,
+                                      workers=n_workers, fetch_options=fetch_options, encoding=encoding):
                 report.times.decode_wait += time.perf_counter() - t_wait
+                report.times.hash += getattr(batch, "hash_s", 0.0)
+                report.times.decode += getattr(batch, "decode_s", 0.0)
+                report.times.worker_encode += getattr(batch, "encode_s", 0.0)
                 _process_batch(batch, catalog, encoder, run_id, report, max_error_samples)
                 done += len(batch)
                 if progress:
@@ -537,20 +647,26 @@ def _process_batch(batch: list[Decoded], catalog: Catalog, encoder: Encoder, run
     ok = [d.record for d in batch if d.record.status == "ok"]
     have = catalog.hashes_with_vectors(r.hash for r in ok)
     to_encode: dict[str, np.ndarray] = {}
+    vectors: dict[str, np.ndarray] = {}  # new vectors; some already computed by a worker (WorkerEncoding)
     for d in batch:
         h = d.record.hash
         if d.record.status != "ok":
             continue
-        if h in have or h in to_encode:
+        if h in have or h in to_encode or h in vectors:
             report.exact_reused += 1
+        elif d.vector is not None:
+            vectors[h] = d.vector
         else:
             to_encode[h] = d.pixels
-    vectors: dict[str, np.ndarray] = {}
+    if vectors:  # encoded in a worker: counted as this encoder's work
+        encoder.calls += 1
+        encoder.images += len(vectors)
+        report.encoded += len(vectors)
     if to_encode:
         t = time.perf_counter()
         out = encoder.encode(np.stack(list(to_encode.values())))
         report.times.encode += time.perf_counter() - t
-        vectors = dict(zip(to_encode.keys(), out))
+        vectors.update(zip(to_encode.keys(), out))
         report.encoded += len(out)
     store_batch(catalog, [d.record for d in batch], vectors, run_id, encoder.name, report, max_error_samples)
 

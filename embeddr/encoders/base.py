@@ -61,5 +61,10 @@ class Encoder:
     def _encode(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def worker_factory(self):
+        """A picklable callable that builds an equivalent one-thread encoder inside a scan's decode worker
+        process, or None when this encoder must stay in the main process (GPU, torch models)."""
+        return None
+
     def describe(self) -> str:
         return f"{self.name} ({self.preset.backend}, {self.dim}-d, {self.input_size}px, {self.device}, {self.precision})"

@@ -7,6 +7,7 @@ mean/std on our side.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from pathlib import Path
 
@@ -76,6 +77,11 @@ class OnnxEncoder(Encoder):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        # No busy-waiting between operators: in a scan the decode workers need the cores the idle encoder
+        # threads would spin on (onnxruntime spins by default).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.threads = threads
         self.model_path = Path(model_path)
         cuda = device.startswith("cuda")
         if cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -119,6 +125,13 @@ class OnnxEncoder(Encoder):
         std = preset.std or (0.229, 0.224, 0.225)
         self._mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255.0
         self._std = np.asarray(std, np.float32).reshape(1, 3, 1, 1) * 255.0
+
+    def worker_factory(self):
+        """On the CPU, a scan's decode workers each run their own one-thread session of the same file
+        (read in place) and precision (:class:`embeddr.pipeline.WorkerEncoding`); on a GPU, None."""
+        if self.device != "cpu":
+            return None
+        return functools.partial(OnnxEncoder, self.preset, self.model_path, "cpu", self.precision, 1)
 
     def _encode(self, batch: np.ndarray) -> np.ndarray:
         if self.uint8_nhwc:
