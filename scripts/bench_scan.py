@@ -2,12 +2,13 @@
 """Measure `embeddr scan` speed end to end and per stage, against imagehash.phash on the same files.
 
     python scripts/bench_scan.py [FOLDER] [--model sscd-distilled] [--workers N] [--batch-size B]
-                                 [--limit N] [--threads T] [--device auto]
+                                 [--limit N] [--every K] [--threads T] [--device auto] [--main-encode]
 
 FOLDER defaults to ../shared/data/realimages/images. In one run, on the same files (page cache warmed
 first so every contender reads from memory):
 
-1. full scan into a fresh temporary catalog (discover, hash + decode in worker processes, encode,
+0. `embeddr scan` in a new process (start-up included) against pHash in a new process;
+1. full scan into a fresh temporary catalog (discover, hash + decode (+ encode) in worker processes,
    store, index) via the API (`embeddr.scan`): images/s end to end, and the scan's own stage times;
 2. decode stage alone (hash + decode + resize with the same worker processes), images/s;
 3. encode stage alone (pre-decoded batches), images/s;
@@ -120,16 +121,41 @@ def _with_upscaled(args, argv) -> int:
         return main([tmp, *keep])
 
 
+PHASH_SCRIPT = """
+import sys, time
+t0 = time.perf_counter()
+import imagehash
+from PIL import Image
+for p in open(sys.argv[1]).read().split("\\n"):
+    try:
+        with Image.open(p) as im:
+            imagehash.phash(im)
+    except Exception:
+        pass
+"""
+
+
+def fresh_process(cmd: list[str]) -> float:
+    """Wall seconds of a new Python process running ``cmd`` (start-up included)."""
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", nargs="?", default=str(DEFAULT_FOLDER))
     ap.add_argument("--model", default="sscd-distilled")
     ap.add_argument("--workers", type=int, default=None, help="decode worker processes (default: the scan's default)")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--limit", type=int, default=None, help="at most this many files (sorted order)")
+    ap.add_argument("--limit", type=int, default=None, help="at most this many files (sorted order, after --every)")
+    ap.add_argument("--every", type=int, default=1, metavar="K",
+                    help="every K-th file only (a short run that keeps the folder's mix of formats and sizes)")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: what `embeddr scan` uses, embeddr.api.encoder_threads)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--main-encode", action="store_true",
+                    help="encode in the main process (the scan before issue 9), not in the decode workers")
     ap.add_argument("--upscale", type=int, default=None, metavar="PX",
                     help="first write each selected photo resized to a PX long side (JPEG q90) into a temporary "
                          "folder and benchmark those: camera-sized photos (e.g. --upscale 4000 --limit 48)")
@@ -138,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return _with_upscaled(args, argv)
 
     workers = default_workers() if args.workers is None else args.workers
-    cands = [c for c in discover([args.folder]) if c.error is None]
+    cands = [c for c in discover([args.folder]) if c.error is None][:: max(1, args.every)]
     if args.limit:
         cands = cands[: args.limit]
     paths = [c.path for c in cands]
@@ -150,14 +176,26 @@ def main(argv: list[str] | None = None) -> int:
         with open(p, "rb") as fh:
             total_bytes += len(fh.read())
     n = len(paths)
+    load_before = os.getloadavg()
     print(f"{n} files, {total_bytes / 2**20:.1f} MiB, workers={workers}, batch={args.batch_size}, model={args.model}", file=sys.stderr)
 
     threads = encoder_threads(workers) if args.threads is None else args.threads
     encoder = load_encoder(args.model, device=args.device, precision=args.precision, threads=threads)
+    if args.main_encode:
+        encoder.worker_factory = lambda: None
     print(f"encoder: {encoder.describe()}", file=sys.stderr)
 
-    # 1. end to end (fresh catalog), through the public API
     with tempfile.TemporaryDirectory() as tmp:
+        listing = Path(tmp) / "paths.txt"
+        listing.write_text("\n".join(paths))
+        # 0. the real command, in a new process: interpreter and imports, model load, scan, index
+        cli = [sys.executable, "-c", "from embeddr.cli import main; main()", "scan", *paths, "--db", str(Path(tmp) / "cli.db"),
+               "--quiet", "--model", args.model, "--device", args.device, "--precision", args.precision,
+               "--batch-size", str(args.batch_size), "--workers", str(workers)]
+        cli_s = None if args.main_encode else fresh_process(cli)
+        ph_fresh_s = fresh_process([sys.executable, "-c", PHASH_SCRIPT, str(listing)])
+
+        # 1. end to end (fresh catalog, encoder already loaded), through the public API
         t = time.perf_counter()
         report = embeddr.scan(paths, db=Path(tmp) / "bench.db", encoder=encoder, batch_size=args.batch_size, workers=workers)
         scan_s = time.perf_counter() - t
@@ -172,18 +210,29 @@ def main(argv: list[str] | None = None) -> int:
         batches.append(np.stack([d.pixels for d in batch if d.pixels is not None]))
     decode_s = time.perf_counter() - t
 
-    # 3. encode stage alone
+    # 3. encode stage alone: the main encoder (``threads`` threads), and one thread (what each worker runs)
     t = time.perf_counter()
     for b in batches:
         encoder.encode(b)
     encode_s = time.perf_counter() - t
+    factory = encoder.worker_factory() if not args.main_encode else None
+    one = factory() if factory is not None else None
+    encode1_s = None
+    if one is not None:
+        one.encode(batches[0][:2])
+        t = time.perf_counter()
+        for b in batches:
+            for s0 in range(0, len(b), 16):
+                one.encode(b[s0 : s0 + 16])
+        encode1_s = time.perf_counter() - t
     del batches
 
     # 4. pHash, the usual way
     ph1_s = bench_phash(paths, 1)
     phw_s = bench_phash(paths, workers) if workers > 1 else ph1_s
+    load_after = os.getloadavg()
 
-    rate = lambda s: n / s if s > 0 else float("inf")  # noqa: E731
+    rate = lambda s: n / s if s and s > 0 else float("inf")  # noqa: E731
     scan_rate, ph1, phw = rate(scan_s), rate(ph1_s), rate(phw_s)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     try:
@@ -191,22 +240,35 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:
         commit = "?"
     cmd = "python scripts/bench_scan.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(f"\nMeasured {when} at commit {commit} on {machine()}.")
+    mode = ("encoded in the main process" if args.main_encode or not stage.worker_encode
+            else f"encoded in the {workers} decode workers, 1 thread each")
+    print(f"\nMeasured {when} at commit {commit} on {machine()}; load average (1/5/15 min) "
+          f"{' '.join(f'{x:.2f}' for x in load_before)} before, {' '.join(f'{x:.2f}' for x in load_after)} after.")
     print(f"Command: `{cmd.strip()}` — {n} files ({total_bytes / 2**20:.1f} MiB), encoder {encoder.describe()}, "
-          f"{workers} decode workers, {threads} encoder thread(s), batch {args.batch_size}.\n")
+          f"{workers} decode workers, {mode}, {threads} main encoder thread(s), batch {args.batch_size}.\n")
     print("| what | seconds | images/s |")
     print("|---|---:|---:|")
-    print(f"| **embeddr scan, end to end** (fresh catalog) | {scan_s:.2f} | **{scan_rate:.1f}** |")
+    if cli_s is not None:
+        print(f"| **`embeddr scan` in a new process** (start-up, model load, scan, index; fresh catalog) | {cli_s:.2f} | **{rate(cli_s):.1f}** |")
+    print(f"| **imagehash.phash in a new process** (start-up, 1 process) | {ph_fresh_s:.2f} | **{rate(ph_fresh_s):.1f}** |")
+    print(f"| embeddr scan through the API (model already loaded; fresh catalog) | {scan_s:.2f} | {scan_rate:.1f} |")
     print(f"| &nbsp; scan stage: discover + incremental check | {stage.discover:.2f} | |")
-    print(f"| &nbsp; scan stage: waiting for decoded batches (hash + decode in {workers} workers, overlapped) | {stage.decode_wait:.2f} | |")
-    print(f"| &nbsp; scan stage: encode | {stage.encode:.2f} | {rate(stage.encode):.1f} |")
+    print(f"| &nbsp; scan stage: main process waiting for workers (overlapped with their work) | {stage.decode_wait:.2f} | |")
+    print(f"| &nbsp; &nbsp; in the workers: SHA-256 (process-seconds, summed) | {stage.hash:.2f} | |")
+    print(f"| &nbsp; &nbsp; in the workers: decode + resize (process-seconds, summed) | {stage.decode:.2f} | |")
+    print(f"| &nbsp; &nbsp; in the workers: encode (process-seconds, summed) | {stage.worker_encode:.2f} | |")
+    print(f"| &nbsp; scan stage: encode in the main process | {stage.encode:.2f} | |")
     print(f"| &nbsp; scan stage: store (SQLite commits) | {stage.store:.2f} | |")
-    print(f"| &nbsp; scan stage: index (FAISS add + atomic write) | {stage.index:.2f} | |")
+    print(f"| &nbsp; scan stage: index (FAISS add + search structure, atomic writes) | {stage.index:.2f} | |")
     print(f"| decode alone (hash + decode + resize, {workers} workers) | {decode_s:.2f} | {rate(decode_s):.1f} |")
-    print(f"| encode alone ({encoder.describe()}) | {encode_s:.2f} | {rate(encode_s):.1f} |")
-    print(f"| imagehash.phash, 1 process | {ph1_s:.2f} | {ph1:.1f} |")
+    print(f"| encode alone, {threads} thread(s), batch {args.batch_size} | {encode_s:.2f} | {rate(encode_s):.1f} |")
+    if encode1_s is not None:
+        print(f"| encode alone, 1 thread, batch 16 (one worker's encoder) | {encode1_s:.2f} | {rate(encode1_s):.1f} |")
+    print(f"| imagehash.phash, 1 process (in this process) | {ph1_s:.2f} | {ph1:.1f} |")
     print(f"| imagehash.phash, {workers} processes | {phw_s:.2f} | {phw:.1f} |")
-    print(f"\nscan / pHash (1 process) = **{scan_rate / ph1:.2f}x**; scan / pHash ({workers} processes) = **{scan_rate / phw:.2f}x**")
+    if cli_s is not None:
+        print(f"\nstart-up included: `embeddr scan` / pHash (new process each) = **{rate(cli_s) / rate(ph_fresh_s):.2f}x**")
+    print(f"in-process: scan / pHash (1 process) = **{scan_rate / ph1:.2f}x**; scan / pHash ({workers} processes) = **{scan_rate / phw:.2f}x**")
     return 0
 
 
