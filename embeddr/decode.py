@@ -94,6 +94,43 @@ def content_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def read_file(path: str | os.PathLike) -> bytes:
+    """The file's bytes (regular files only, as :func:`content_hash`): for decoders that work from memory."""
+    with open(path, "rb", opener=_open_nonblocking) as fh:
+        why = not_regular(os.fstat(fh.fileno()).st_mode)
+        if why:
+            raise OSError(0, why)
+        return fh.read()
+
+
+def jpeg_header(path: str, data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageMeta | None:
+    """Width and height as displayed (EXIF orientation) of the JPEG ``data`` from its header alone, when it can
+    be decoded whole within ``max_pixels`` (a batched full-size decoder then takes it); else None (not a
+    JPEG, over the budget at full size, an unreadable header: the CPU decoder decides)."""
+    try:
+        with _OPEN_LOCK:
+            previous_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                im = Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous_limit
+        with im:
+            if im.format != "JPEG" or im.mode not in ("RGB", "L"):  # CMYK, YCCK: Pillow converts them, nvJPEG does not
+                return None
+            w, h = im.size
+            if max_pixels and w * h > max_pixels:
+                return None
+            try:
+                if int(im.getexif().get(0x0112, 1)) in (5, 6, 7, 8):
+                    w, h = h, w
+            except Exception:
+                pass
+            return ImageMeta(width=w, height=h, format="JPEG")
+    except Exception:
+        return None
+
+
 def bomb_message(w: int, h: int, limit: int, reduced: tuple[int, int] | None = None) -> str:
     at = f" (decoded at {reduced[0]}x{reduced[1]})" if reduced and reduced != (w, h) else ""
     n = reduced[0] * reduced[1] if reduced else w * h

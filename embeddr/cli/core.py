@@ -37,6 +37,9 @@ def print_scan_summary(report) -> None:
         f"scanned {report.seen} images with {report.model}: {report.processed} new or changed "
         f"({report.encoded} embedded, {report.exact_reused} exact copies reused), {report.unchanged} unchanged, "
         f"{links}{report.missing} gone, {report.errors} errors in {report.seconds:.1f}s{rate}")
+    if report.device:  # what really ran (the runtime's own answer), not what was asked for
+        jpeg = "Pillow (CPU)" if report.jpeg_decode == "pillow" else f"batched on {report.jpeg_decode}"
+        say(f"encoder on {report.device} ({report.precision}); JPEG decoding: {jpeg}")
     if report.errors:
         say(f"{report.errors} file(s) could not be read (scan went on); e.g.:")
         for path, error in report.error_samples[:10]:
@@ -95,6 +98,7 @@ def register(app: typer.Typer) -> None:
         fetch_concurrency: Annotated[int, typer.Option("--fetch-concurrency", min=1, help="URLs: fetches in flight at once.")] = 16,
         max_fetch_mb: Annotated[float, typer.Option("--max-fetch-mb", min=0.001, help="URLs: larger downloads are refused (per-file error).")] = 64.0,
         ray: Annotated[Optional[str], typer.Option("--ray", help="Run the scan on a Ray cluster: local (start one here), auto (the cluster this machine belongs to) or ray://HOST:PORT. Needs pip install 'embeddr[ray]'.")] = None,
+        jpeg_decode: Annotated[str, typer.Option("--jpeg-decode", help="Where JPEGs are decoded: auto (in batches on the GPU with nvJPEG when the encoder runs on CUDA, else Pillow in the decode workers), pillow, cuda[:N], or cpu (the batched decoder on torch's CPU). Other formats, and JPEGs the batched decoder refuses, always go through Pillow.")] = "auto",
     ):
         """Scan images into the catalog: hash, decode, embed, index. Incremental and resumable.
 
@@ -130,7 +134,7 @@ def register(app: typer.Typer) -> None:
                               exclude=exclude or (), batch_size=batch_size, workers=workers,
                               max_pixels=max_pixels or None, progress=progress, manifest=manifest,
                               path_column=path_column, id_column=id_column, fetch_options=fetch_options, ray=ray,
-                              wait=wait)
+                              wait=wait, jpeg_decode=jpeg_decode)
         finally:
             if bar is not None:
                 bar.stop()
