@@ -17,7 +17,7 @@ N="${2:-2000}"
 
 DEVICE="${GPU_CHECK_DEVICE:-cuda}"
 SEARCH_SIZES="${SEARCH_SIZES:-1000000 10000000}"
-JPEGS="${JPEGS:-1024}"
+JPEGS="${JPEGS:-2048}"
 if [ "${1:-}" = "--search-only" ]; then SEARCH_ONLY=1; else SEARCH_ONLY=0; fi
 if [ "$SEARCH_ONLY" = 0 ]; then
 echo "== nvidia-smi"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "(no nvidia-smi)"
@@ -30,7 +30,7 @@ if not torch.cuda.is_available():
 PY
 
 echo "== CUDA-path unit tests"
-python -m pytest -q tests/test_encoders.py tests/test_gpu_path.py -k "device or precision or providers or cuda or open_clip or jpeg" -p no:cacheprovider
+python -m pytest -q tests/test_encoders.py tests/test_gpu_path.py tests/test_scan_throughput.py -k "device or precision or providers or cuda or open_clip or jpeg" -p no:cacheprovider
 
 echo "== GPU timings"
 python - "$FOLDER" "$N" <<'PY'
@@ -117,37 +117,53 @@ print("\nOK")
 PY
 fi
 
-echo "== end to end on ~1 MP JPEGs: read + nvJPEG batch decode + resize on the GPU + SSCD (onnxruntime)"
+echo "== end to end on ~1 MP JPEGs: embeddr scan (read + SHA-256 in workers, nvJPEG batch decode + resize on the GPU, SSCD fp16 on the GPU, SQLite, index)"
 python - "$DEVICE" "$JPEGS" <<'PY'
-import sys, tempfile, time
+import os, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 import skimage.data as sk
 
+import embeddr
+from embeddr.catalog import Catalog
 from embeddr.encoders import load_encoder
-from embeddr.gpu_decode import decode_batch
 
 device, n = sys.argv[1], int(sys.argv[2])
 tmp = Path(tempfile.mkdtemp(prefix="embeddr-jpeg-"))
 names = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry"]
-for i in range(n):
-    img = Image.fromarray(getattr(sk, names[i % len(names)])()).convert("RGB").resize((1200 + i % 7, 850 + i % 5))
-    img.save(tmp / f"{i:05d}.jpg", quality=88)
+bases = [Image.fromarray(getattr(sk, k)()).convert("RGB") for k in names]
+for i in range(n):  # ~1 MP photos, each slightly different (size, crop, quality): n distinct files
+    img = bases[i % len(bases)].resize((1200 + i % 7, 850 + i % 5))
+    img.crop((i % 13, i % 11, img.width, img.height)).save(tmp / f"{i:05d}.jpg", quality=85 + i % 10)
 paths = sorted(str(p) for p in tmp.glob("*.jpg"))
+mp = np.mean([Image.open(p).width * Image.open(p).height for p in paths[:20]]) / 1e6
 enc = load_encoder("sscd-distilled", device="cuda" if device.startswith("cuda") else "cpu")
-batch = 128
-decode_batch(paths[:batch], 224, device=device)  # warm-up (nvJPEG handles, CUDA context)
-t = time.perf_counter(); t_dec = 0.0
-for s in range(0, len(paths), batch):
-    t1 = time.perf_counter()
-    x, ok = decode_batch(paths[s : s + batch], 224, device=device)
-    t_dec += time.perf_counter() - t1
-    enc.encode(x)
-dt = time.perf_counter() - t
-print(f"| ~1 MP JPEG (1200x850), {len(paths)} files | decode on {device}, SSCD on {enc.device} ({enc.providers[0]}, {enc.precision}) "
-      f"| {dt:.2f} s | {len(paths) / dt:.1f} images/s end to end | decode alone {len(paths) / t_dec:.1f} images/s |")
+embeddr.scan(paths[:256], db=tmp / "warm.db", encoder=enc, batch_size=256)  # warm-up: CUDA context, nvJPEG, cuDNN
+rows = []
+for jpeg in ("auto" if device.startswith("cuda") else "cpu", "pillow"):
+    db = tmp / f"{jpeg}.db"
+    t = time.perf_counter()
+    rep = embeddr.scan(paths, db=db, encoder=enc, batch_size=256, jpeg_decode=jpeg)
+    dt = time.perf_counter() - t
+    assert rep.processed == len(paths) and rep.errors == 0, rep.error_samples[:3]
+    rows.append((rep, dt, db))
+print(f"\n{len(paths)} JPEGs of {mp:.2f} MP; {os.cpu_count()} CPUs; encoder {enc.describe()}\n")
+print("| JPEG decoding | encoder (device, precision) | workers | seconds | images/s end to end | batch decode s (main) | encode s (main) | wait for workers s |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
+for rep, dt, _ in rows:
+    print(f"| {rep.jpeg_decode} | {rep.device}, {rep.precision} | {min(32, os.cpu_count())} | {dt:.2f} | {len(paths) / dt:.1f} | "
+          f"{rep.times.batch_decode:.2f} | {rep.times.encode:.2f} | {rep.times.decode_wait:.2f} |")
+with Catalog(rows[0][2]) as a, Catalog(rows[1][2]) as b:  # batched-decode vectors against Pillow-decode vectors
+    va = {h: np.frombuffer(v, np.float32) for h, v in a.conn.execute("SELECT hash, vec FROM vectors")}
+    vb = {h: np.frombuffer(v, np.float32) for h, v in b.conn.execute("SELECT hash, vec FROM vectors")}
+cos = np.array([va[h] @ vb[h] for h in va])
+print(f"\nbatched vs Pillow decode, same encoder: min cosine {cos.min():.4f}, median {np.median(cos):.4f}")
+if device.startswith("cuda") and rows[0][0].jpeg_decode == "pillow":
+    sys.exit("FAIL: the scan did not decode JPEGs on the GPU (torchvision missing?)")
+if cos.min() < 0.99:
+    sys.exit(f"FAIL: batched-decode vectors differ from Pillow-decode vectors (min cosine {cos.min():.4f})")
 PY
 
 echo "== pair search on the GPU: default decision (normalised score), realistic vectors, sampled recall"

@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         checkpoint: CheckpointOpt = None,
         exclude: Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="Glob to skip (relative path or name); repeatable.")] = None,
         batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per encoder batch.")] = 64,
-        workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decode worker processes (0 = decode in the main process). Default: CPU count, at most 8.")] = None,
+        workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decode worker processes (0 = decode in the main process). On the CPU they also run ONNX models (one thread each). Default: CPU count, at most 8 (at most 32 feeding a GPU encoder).")] = None,
         max_pixels: Annotated[int, typer.Option("--max-pixels", min=0, help="Pixel budget per decode: an image whose decode needs more pixels (read from its header; JPEGs at their reduced draft size) is refused before any is allocated, as a per-file error (0 = no limit).")] = DEFAULT_MAX_PIXELS,
         wait: WaitOpt = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
