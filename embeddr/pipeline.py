@@ -59,7 +59,7 @@ class StageTimes:
     hash: float = 0.0  # SHA-256 of the files' bytes, summed over the workers
     decode: float = 0.0  # decode + resize, summed over the workers
     worker_encode: float = 0.0  # encoding done in the decode workers (CPU ONNX encoders), summed over the workers
-    batch_decode: float = 0.0  # JPEGs decoded in batches by the main process on the encoder's device (GPU path)
+    batch_decode: float = 0.0  # JPEGs decoded in batches on the encoder's device (GPU path), in a thread one batch ahead
 
     def as_dict(self) -> dict:
         return {k: round(v, 3) for k, v in self.__dict__.items()}
@@ -111,6 +111,7 @@ class DecodedBatch(list):
     hash_s: float = 0.0
     decode_s: float = 0.0
     encode_s: float = 0.0
+    batch_decode_s: float = 0.0  # the main process's batched JPEG decode (GPU path)
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,30 @@ def finish_jpegs(batch: list[Decoded], size: int, resize: str, device: str, max_
         except Exception as exc:  # a decoder bug must not stop the scan
             out[i] = Decoded(replace(d.record, status="error", error=f"cannot decode: {type(exc).__name__}: {exc}"))
     return out
+
+
+def _timed_finish(batch: DecodedBatch, encoder: Encoder, device: str, max_pixels: int | None) -> DecodedBatch:
+    t = time.perf_counter()
+    out = DecodedBatch(finish_jpegs(batch, encoder.input_size, encoder.resize, device, max_pixels))
+    out.hash_s, out.decode_s, out.encode_s = batch.hash_s, batch.decode_s, batch.encode_s
+    out.batch_decode_s = time.perf_counter() - t
+    return out
+
+
+def _ahead(batches, fn):
+    """``fn(b)`` for each of ``batches``, in order, computed one batch ahead in a thread (the GPU path: nvJPEG
+    decodes batch k+1 while the main thread encodes and stores batch k; both release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="embeddr-jpeg") as pool:
+        pending = None
+        for b in batches:
+            nxt = pool.submit(fn, b)
+            if pending is not None:
+                yield pending.result()
+            pending = nxt
+        if pending is not None:
+            yield pending.result()
 
 
 def batch_jpeg_device(requested: str | None, encoder: Encoder) -> str | None:
@@ -645,18 +670,18 @@ def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder,
             t_wait = time.perf_counter()
             n_workers = min(workers, max(0, len(todo) // 4))
             encoding = None if jpeg_device else worker_encoding(encoder, catalog, n_workers, todo)
-            for batch in iter_decoded(todo, size=encoder.input_size, resize=encoder.resize, max_pixels=max_pixels,
-                                      batch_size=min(batch_size, WORKER_BATCH) if encoding else batch_size,
-                                      workers=n_workers, fetch_options=fetch_options, encoding=encoding,
-                                      jpeg_bytes=jpeg_device is not None):
+            batches = iter_decoded(todo, size=encoder.input_size, resize=encoder.resize, max_pixels=max_pixels,
+                                   batch_size=min(batch_size, WORKER_BATCH) if encoding else batch_size,
+                                   workers=n_workers, fetch_options=fetch_options, encoding=encoding,
+                                   jpeg_bytes=jpeg_device is not None)
+            if jpeg_device is not None:  # the next batch's JPEGs are decoded on the device while this one is encoded
+                batches = _ahead(batches, lambda b: _timed_finish(b, encoder, jpeg_device, max_pixels))
+            for batch in batches:
                 report.times.decode_wait += time.perf_counter() - t_wait
                 report.times.hash += getattr(batch, "hash_s", 0.0)
                 report.times.decode += getattr(batch, "decode_s", 0.0)
                 report.times.worker_encode += getattr(batch, "encode_s", 0.0)
-                if jpeg_device is not None:
-                    t_batch = time.perf_counter()
-                    batch = finish_jpegs(batch, encoder.input_size, encoder.resize, jpeg_device, max_pixels)
-                    report.times.batch_decode += time.perf_counter() - t_batch
+                report.times.batch_decode += getattr(batch, "batch_decode_s", 0.0)
                 _process_batch(batch, catalog, encoder, run_id, report, max_error_samples)
                 done += len(batch)
                 if progress:
