@@ -135,6 +135,46 @@ for p in open(sys.argv[1]).read().split("\\n"):
 """
 
 
+def cpu_breakdown(paths: list[str], encoder) -> dict[str, float]:
+    """CPU milliseconds per image of each stage, one image at a time in this process (``time.thread_time``:
+    what a stage costs a core, whatever else the box runs), with the encoder's one-thread twin at batch 16."""
+    import imagehash
+    from PIL import Image
+
+    from embeddr.decode import content_hash, fit, load_image
+
+    tt = time.thread_time
+    cost = {"hash": 0.0, "decode": 0.0, "resize": 0.0, "encode": 0.0, "phash": 0.0}
+    pixels = []
+    for p in paths:
+        t = tt()
+        content_hash(p)
+        t1 = tt()
+        try:
+            image, _ = load_image(p, min_side=encoder.input_size)
+        except Exception:
+            continue
+        t2 = tt()
+        pixels.append(fit(image, encoder.input_size, encoder.resize))
+        t3 = tt()
+        with Image.open(p) as im:
+            imagehash.phash(im)
+        t4 = tt()
+        cost["hash"] += t1 - t
+        cost["decode"] += t2 - t1
+        cost["resize"] += t3 - t2
+        cost["phash"] += t4 - t3
+    factory = encoder.worker_factory()
+    one = factory() if factory is not None else encoder
+    x = np.stack(pixels)
+    one.encode(x[:2])
+    t = tt()
+    for s0 in range(0, len(x), 16):
+        one.encode(x[s0 : s0 + 16])
+    cost["encode"] = tt() - t
+    return {k: 1000 * v / len(pixels) for k, v in cost.items()}
+
+
 def fresh_process(cmd: list[str]) -> float:
     """Wall seconds of a new Python process running ``cmd`` (start-up included)."""
     t = time.perf_counter()
@@ -156,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--main-encode", action="store_true",
                     help="encode in the main process (the scan before issue 9), not in the decode workers")
+    ap.add_argument("--cpu-breakdown", action="store_true",
+                    help="also measure each stage's CPU milliseconds per image (one image at a time) and the bound "
+                         "they set on a scan that keeps every core busy")
     ap.add_argument("--upscale", type=int, default=None, metavar="PX",
                     help="first write each selected photo resized to a PX long side (JPEG q90) into a temporary "
                          "folder and benchmark those: camera-sized photos (e.g. --upscale 4000 --limit 48)")
@@ -230,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     # 4. pHash, the usual way
     ph1_s = bench_phash(paths, 1)
     phw_s = bench_phash(paths, workers) if workers > 1 else ph1_s
+    cost = cpu_breakdown(paths, encoder) if args.cpu_breakdown else None
     load_after = os.getloadavg()
 
     rate = lambda s: n / s if s and s > 0 else float("inf")  # noqa: E731
@@ -266,6 +310,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| encode alone, 1 thread, batch 16 (one worker's encoder) | {encode1_s:.2f} | {rate(encode1_s):.1f} |")
     print(f"| imagehash.phash, 1 process (in this process) | {ph1_s:.2f} | {ph1:.1f} |")
     print(f"| imagehash.phash, {workers} processes | {phw_s:.2f} | {phw:.1f} |")
+    if cost is not None:
+        total = cost["hash"] + cost["decode"] + cost["resize"] + cost["encode"]
+        cores = os.cpu_count() or 1
+        print(f"\nCPU cost per image, one at a time (`time.thread_time`, {n} files):\n")
+        print("| stage | CPU ms per image |")
+        print("|---|---:|")
+        for k, label in (("hash", "SHA-256"), ("decode", "decode (JPEG draft, EXIF, RGB, border)"),
+                         ("resize", f"resize to {encoder.input_size} ({encoder.resize})"),
+                         ("encode", f"encode ({encoder.name}, 1 thread, batch 16)")):
+            print(f"| {label} | {cost[k]:.2f} |")
+        print(f"| **scan total** | **{total:.2f}** |")
+        print(f"| imagehash.phash (open, full decode, 32x32, DCT) | {cost['phash']:.2f} |")
+        print(f"\nbound for a scan that keeps all {cores} cores busy: {cores * 1000 / total:.0f} images/s = "
+              f"**{cores * cost['phash'] / total:.2f}x** pHash in one process ({1000 / cost['phash']:.0f} images/s)")
     if cli_s is not None:
         print(f"\nstart-up included: `embeddr scan` / pHash (new process each) = **{rate(cli_s) / rate(ph_fresh_s):.2f}x**")
     print(f"in-process: scan / pHash (1 process) = **{scan_rate / ph1:.2f}x**; scan / pHash ({workers} processes) = **{scan_rate / phw:.2f}x**")
