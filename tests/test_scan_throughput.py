@@ -208,3 +208,22 @@ def test_cli_jpeg_decode_cuda_without_gpu_is_one_error_line(runner, photo_dir, t
     assert not db.exists()  # a failed start leaves no catalog behind
     res = runner.invoke(app, ["scan", str(photo_dir), "--db", str(db), "--device", "cpu", "-q"])
     assert res.exit_code == 0 and "encoder on cpu (fp32); JPEG decoding: Pillow (CPU)" in res.output, res.output
+
+
+def test_device_failing_a_whole_batch_falls_back_to_pillow(encoder, photo_dir, tmp_path, monkeypatch):
+    """The batched decoder raising for a batch (a GPU out of memory, a driver error): its JPEGs are decoded
+    by Pillow from the bytes already read, and the scan's catalog is the Pillow scan's."""
+    pytest.importorskip("torchvision")
+    from embeddr import gpu_decode
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(gpu_decode, "decode_jpegs", broken)
+    (photo_dir / "truncated.jpg").write_bytes((photo_dir / "chelsea.jpg").read_bytes()[:400])
+    report = embeddr.scan([photo_dir], db=tmp_path / "b.db", encoder=encoder, workers=0, jpeg_decode="cpu")
+    pillow = embeddr.scan([photo_dir], db=tmp_path / "p.db", encoder=encoder, workers=0, jpeg_decode="pillow")
+    assert (report.processed, report.errors, report.encoded) == (pillow.processed, pillow.errors, pillow.encoded) == (11, 1, 10)
+    assert dict(report.error_samples).keys() == {str(photo_dir / "truncated.jpg")}
+    a, b = _vectors(tmp_path / "b.db"), _vectors(tmp_path / "p.db")
+    assert a.keys() == b.keys() and all(np.allclose(a[h], b[h], atol=1e-5) for h in a)
