@@ -543,7 +543,7 @@ def worker_encoding(encoder: Encoder, catalog: Catalog | None, workers: int, ite
     """The :class:`WorkerEncoding` for this scan, or None: the encoder must say how to rebuild itself in a
     worker (:meth:`~embeddr.encoders.base.Encoder.worker_factory`: CPU ONNX encoders), there must be decode
     workers, and only local files (URLs are fetched by threads in the main process)."""
-    factory = encoder.worker_factory() if workers > 0 else None
+    factory = encoder.worker_factory(len(items)) if workers > 0 else None
     if factory is None or any(is_remote(c.path) for c in items):
         return None
     path = str(catalog.path) if catalog is not None and getattr(catalog, "path", None) else None

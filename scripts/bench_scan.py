@@ -164,7 +164,7 @@ def cpu_breakdown(paths: list[str], encoder) -> dict[str, float]:
         cost["decode"] += t2 - t1
         cost["resize"] += t3 - t2
         cost["phash"] += t4 - t3
-    factory = encoder.worker_factory()
+    factory = encoder.worker_factory(len(paths))
     one = factory() if factory is not None else encoder
     x = np.stack(pixels)
     one.encode(x[:2])
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = encoder_threads(workers) if args.threads is None else args.threads
     encoder = load_encoder(args.model, device=args.device, precision=args.precision, threads=threads)
     if args.main_encode:
-        encoder.worker_factory = lambda: None
+        encoder.worker_factory = lambda *a: None
     print(f"encoder: {encoder.describe()}", file=sys.stderr)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     for b in batches:
         encoder.encode(b)
     encode_s = time.perf_counter() - t
-    factory = encoder.worker_factory() if not args.main_encode else None
+    factory = encoder.worker_factory(n) if not args.main_encode else None
     one = factory() if factory is not None else None
     encode1_s = None
     if one is not None:

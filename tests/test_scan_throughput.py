@@ -18,9 +18,11 @@ def _vectors(db) -> dict[str, np.ndarray]:
         return {h: np.frombuffer(v, np.float32) for h, v in rows}
 
 
-def test_worker_encoding_gives_the_main_process_vectors(encoder, photo_dir, tmp_path):
-    """workers=2: the workers encode (worker_encode > 0, the main process encodes nothing); workers=0: the main
-    process encodes. Same files, same hashes, same vectors (float tolerance), same counts."""
+def test_worker_encoding_gives_the_main_process_vectors(encoder, photo_dir, tmp_path, monkeypatch):
+    """workers=2: the workers encode (worker_encode > 0, the main process encodes nothing), here with the
+    reordered graph of large scans; workers=0: the main process encodes with the graph as shipped. Same
+    files, same hashes, same vectors (float tolerance), same counts."""
+    monkeypatch.setattr("embeddr.encoders.onnx.FAST_GRAPH_MIN_IMAGES", 1)
     shutil.copy(photo_dir / "coffee.jpg", photo_dir / "coffee_copy.jpg")  # an exact copy inside one batch
     (photo_dir / "broken.jpg").write_bytes((photo_dir / "moon.jpg").read_bytes()[:300])
     before = encoder.images
@@ -227,3 +229,28 @@ def test_device_failing_a_whole_batch_falls_back_to_pillow(encoder, photo_dir, t
     assert dict(report.error_samples).keys() == {str(photo_dir / "truncated.jpg")}
     a, b = _vectors(tmp_path / "b.db"), _vectors(tmp_path / "p.db")
     assert a.keys() == b.keys() and all(np.allclose(a[h], b[h], atol=1e-5) for h in a)
+
+
+def test_channels_first_normalisation_is_bitwise_identical_and_leaves_the_file(encoder, photo_arrays, monkeypatch, tmp_path):
+    """The SSCD graph with its Sub/Div moved after the transpose gives exactly the vectors of the graph as
+    shipped, on real photos; the package's file is read in place and not changed; a scan of at least
+    FAST_GRAPH_MIN_IMAGES images hands it to the workers, a smaller one does not."""
+    import hashlib
+
+    from embeddr.decode import fit
+    from embeddr.encoders import onnx as onnx_enc
+    from PIL import Image
+
+    pytest.importorskip("onnx")
+    before = hashlib.sha256(encoder.model_path.read_bytes()).hexdigest()
+    assert onnx_enc.channels_first_normalisation(encoder.model_path) is not None
+    fast = encoder.worker_factory(onnx_enc.FAST_GRAPH_MIN_IMAGES)()
+    plain = encoder.worker_factory(10)()
+    assert fast.channels_first and not plain.channels_first and not encoder.channels_first
+    x = np.stack([fit(Image.fromarray(a).convert("RGB"), 224, "squash") for a in photo_arrays.values()])
+    assert np.array_equal(fast.encode(x), plain.encode(x))
+    assert np.array_equal(fast.encode(x[:3]), encoder.encode(x[:3]))
+    assert hashlib.sha256(encoder.model_path.read_bytes()).hexdigest() == before
+    other = tmp_path / "not_sscd.onnx"  # any other graph runs as shipped
+    other.write_bytes(b"not a graph")
+    assert onnx_enc.channels_first_normalisation(other) is None

@@ -61,9 +61,10 @@ class Encoder:
     def _encode(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def worker_factory(self):
+    def worker_factory(self, images: int = 0):
         """A picklable callable that builds an equivalent one-thread encoder inside a scan's decode worker
-        process, or None when this encoder must stay in the main process (GPU, torch models)."""
+        process (for a scan of ``images`` images), or None when this encoder must stay in the main process
+        (GPU, torch models)."""
         return None
 
     def describe(self) -> str:
