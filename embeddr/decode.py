@@ -103,10 +103,11 @@ def read_file(path: str | os.PathLike) -> bytes:
         return fh.read()
 
 
-def jpeg_header(path: str, data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageMeta | None:
-    """Width and height as displayed (EXIF orientation) of the JPEG ``data`` from its header alone, when it can
-    be decoded whole within ``max_pixels`` (a batched full-size decoder then takes it); else None (not a
-    JPEG, over the budget at full size, an unreadable header: the CPU decoder decides)."""
+def jpeg_header(path: str, data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[ImageMeta, int] | None:
+    """``(meta, exif_orientation)`` of the JPEG ``data`` from its header alone (width and height as displayed,
+    the EXIF orientation 1-8 to apply to the decoded pixels), when a batched full-size decoder can take it:
+    RGB or greyscale, within ``max_pixels`` at full size. Else None (not a JPEG, CMYK/YCCK, over the budget,
+    an unreadable header): the CPU decoder decides."""
     try:
         with _OPEN_LOCK:
             previous_limit = Image.MAX_IMAGE_PIXELS
@@ -121,12 +122,16 @@ def jpeg_header(path: str, data: bytes, max_pixels: int | None = DEFAULT_MAX_PIX
             w, h = im.size
             if max_pixels and w * h > max_pixels:
                 return None
+            orientation = 1
             try:
-                if int(im.getexif().get(0x0112, 1)) in (5, 6, 7, 8):
-                    w, h = h, w
-            except Exception:
+                orientation = int(im.getexif().get(0x0112, 1))
+            except Exception:  # corrupt EXIF: as load_image, keep the pixels as stored
                 pass
-            return ImageMeta(width=w, height=h, format="JPEG")
+            if orientation not in range(1, 9):
+                orientation = 1
+            if orientation in (5, 6, 7, 8):
+                w, h = h, w
+            return ImageMeta(width=w, height=h, format="JPEG"), orientation
     except Exception:
         return None
 

@@ -50,7 +50,42 @@ def _decode(data, device: str):
     tio = _io()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return tio.decode_jpeg(data, mode=tio.ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+        # (apply_exif_orientation is ignored on CUDA: orient() applies the header's orientation on any device)
+        return tio.decode_jpeg(data, mode=tio.ImageReadMode.RGB, device=device)
+
+
+def orient(img, orientation: int):
+    """``img`` (C, H, W) as displayed: EXIF orientation 1-8 applied as Pillow's ``ImageOps.exif_transpose``."""
+    import torch
+
+    if orientation == 2:
+        return img.flip(-1)
+    if orientation == 3:
+        return img.flip(-1).flip(-2)
+    if orientation == 4:
+        return img.flip(-2)
+    if orientation == 5:
+        return img.transpose(-1, -2)
+    if orientation == 6:
+        return torch.rot90(img, -1, dims=(-2, -1))
+    if orientation == 7:
+        return img.transpose(-1, -2).flip(-1).flip(-2)
+    if orientation == 8:
+        return torch.rot90(img, 1, dims=(-2, -1))
+    return img
+
+
+def exif_orientation(data: bytes) -> int:
+    from io import BytesIO
+
+    from PIL import Image
+
+    try:
+        with Image.open(BytesIO(data)) as im:
+            o = int(im.getexif().get(0x0112, 1))
+            return o if o in range(1, 9) else 1
+    except Exception:
+        return 1
 
 
 def _resize(img, size: int, mode: str):
@@ -98,8 +133,10 @@ def content_box(img) -> tuple[int, int] | None:
     return bw, bh
 
 
-def decode_jpegs(datas: list[bytes], size: int, resize: str, device: str) -> list[tuple[np.ndarray, tuple[int, int], tuple[int, int] | None] | None]:
-    """Decode JPEG bytes as one batch on ``device`` (EXIF orientation applied) and resize each to ``size``.
+def decode_jpegs(datas: list[bytes], size: int, resize: str, device: str,
+                 orientations: list[int] | None = None) -> list[tuple[np.ndarray, tuple[int, int], tuple[int, int] | None] | None]:
+    """Decode JPEG bytes as one batch on ``device``, turn each as its EXIF ``orientations`` say (read from the
+    bytes when not given) and resize it to ``size``.
 
     Per input: ``(uint8 (size, size, 3) pixels, (width, height) as decoded, content box or None)``, or None
     when the decoder refuses that file (the caller decodes it on the CPU or records the error)."""
@@ -118,7 +155,10 @@ def decode_jpegs(datas: list[bytes], size: int, resize: str, device: str) -> lis
             except RuntimeError:
                 imgs.append(None)
     out: list = [None] * len(datas)
-    done = [(i, img) for i, img in enumerate(imgs) if img is not None and img.ndim == 3 and img.shape[0] == 3]
+    if orientations is None:
+        orientations = [exif_orientation(d) for d in datas]
+    done = [(i, orient(img, orientations[i])) for i, img in enumerate(imgs)
+            if img is not None and img.ndim == 3 and img.shape[0] == 3]
     if not done:
         return out
     small = torch.stack([_resize(img, size, resize) for _, img in done]).permute(0, 2, 3, 1).contiguous().cpu().numpy()
@@ -148,7 +188,7 @@ def decode_batch(paths: list[str | Path], size: int, *, resize: str = "squash", 
                     imgs.append(_decode(d, device))
                 except RuntimeError:
                     imgs.append(None)
-        done = [(i, _resize(img, size, resize)) for i, img in zip(jpeg, imgs) if img is not None]
+        done = [(i, _resize(orient(img, exif_orientation(blobs[i])), size, resize)) for i, img in zip(jpeg, imgs) if img is not None]
         if done:
             stacked = torch.stack([t for _, t in done]).permute(0, 2, 3, 1).contiguous().cpu().numpy()
             out.update({i: stacked[j] for j, (i, _) in enumerate(done)})

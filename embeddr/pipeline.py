@@ -103,6 +103,7 @@ class Decoded(NamedTuple):
     pixels: np.ndarray | None = None
     vector: np.ndarray | None = None
     data: bytes | None = None  # a JPEG's bytes, left for the main process's batched decoder (GPU path)
+    orientation: int = 1  # that JPEG's EXIF orientation (from its header), applied after the batched decode
 
 
 class DecodedBatch(list):
@@ -223,10 +224,11 @@ def _read_for_batch_decode(c: Candidate, st: os.stat_result, size: int, resize: 
     t1 = time.perf_counter()
     _TIMES["hash"] += t1 - t0
     try:
-        meta = jpeg_header(c.path, data, max_pixels) if data[:3] == b"\xff\xd8\xff" else None
-        if meta is not None:
+        header = jpeg_header(c.path, data, max_pixels) if data[:3] == b"\xff\xd8\xff" else None
+        if header is not None:
+            meta, orientation = header
             return Decoded(FileRecord(c.path, len(data), st.st_mtime_ns, digest, meta.width, meta.height, meta.format,
-                                      item_id=c.item_id), data=data)
+                                      item_id=c.item_id), data=data, orientation=orientation)
         image, meta = load_image(c.path, min_side=size, max_pixels=max_pixels, data=data)
         pixels = fit(image, size, resize)
     except DecodeError as exc:
@@ -250,7 +252,7 @@ def finish_jpegs(batch: list[Decoded], size: int, resize: str, device: str, max_
     if not idx:
         return batch
     try:
-        got = decode_jpegs([batch[i].data for i in idx], size, resize, device)
+        got = decode_jpegs([batch[i].data for i in idx], size, resize, device, [batch[i].orientation for i in idx])
     except Exception:  # the device failed the batch (out of memory...): every file goes to the CPU decoder
         got = [None] * len(idx)
     out = list(batch)

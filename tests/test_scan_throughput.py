@@ -254,3 +254,29 @@ def test_channels_first_normalisation_is_bitwise_identical_and_leaves_the_file(e
     other = tmp_path / "not_sscd.onnx"  # any other graph runs as shipped
     other.write_bytes(b"not a graph")
     assert onnx_enc.channels_first_normalisation(other) is None
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orient_matches_pillows_exif_transpose(orientation, photo_arrays, tmp_path):
+    """nvJPEG ignores EXIF orientation (torchvision applies it on the CPU only): the GPU path turns the decoded
+    pixels itself, from the header's orientation. Same pixels as Pillow's exif_transpose, all eight cases,
+    and the header gives the displayed size."""
+    torch = pytest.importorskip("torch")
+    from PIL import Image, ImageOps
+
+    from embeddr.decode import jpeg_header
+    from embeddr.gpu_decode import orient
+
+    arr = photo_arrays["astronaut"][:40, :64]  # not square: a wrong turn changes the shape
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.jpg"
+    Image.fromarray(arr).save(path, quality=95, exif=exif)
+    with Image.open(path) as im:
+        im.load()
+        want = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    stored = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)
+    got = orient(stored, orientation).permute(1, 2, 0).numpy()
+    assert got.shape == want.shape and np.array_equal(got, want)
+    meta, o = jpeg_header(str(path), path.read_bytes())
+    assert o == orientation and (meta.width, meta.height) == (want.shape[1], want.shape[0])
