@@ -280,3 +280,23 @@ def test_orient_matches_pillows_exif_transpose(orientation, photo_arrays, tmp_pa
     assert got.shape == want.shape and np.array_equal(got, want)
     meta, o = jpeg_header(str(path), path.read_bytes())
     assert o == orientation and (meta.width, meta.height) == (want.shape[1], want.shape[0])
+
+
+def test_fp16_graph_for_cuda_loads_and_agrees_with_fp32(encoder, photo_arrays):
+    """The float16 graph the CUDA provider is given (--precision auto on a GPU) is a valid graph that onnxruntime
+    loads and runs (here on the CPU provider), with vectors within cosine 0.999 of the float32 graph's; it says
+    it is fp16. (The converter used to refuse SSCD's export, whose weights are already float16 behind Casts.)"""
+    pytest.importorskip("onnxconverter_common")
+    import onnxruntime as ort
+    from PIL import Image
+
+    from embeddr.decode import fit
+    from embeddr.encoders.onnx import graph_precision, to_fp16
+
+    graph = to_fp16(encoder.model_path)
+    assert graph_precision(graph) == "fp16"
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    x = np.stack([fit(Image.fromarray(a).convert("RGB"), 224, "squash") for a in list(photo_arrays.values())[:4]])
+    half = session.run(None, {session.get_inputs()[0].name: x})[0].astype(np.float32)
+    half /= np.linalg.norm(half, axis=1, keepdims=True)
+    assert np.min(np.sum(half * encoder.encode(x), axis=1)) >= 0.999

@@ -57,7 +57,18 @@ def to_fp16(model_path: Path) -> bytes:
     except ImportError:
         raise EmbeddrError("--precision fp16 for an ONNX model needs onnx and onnxconverter-common: "
                            "pip install 'embeddr[gpu]' (or use --precision fp32)") from None
-    model = float16.convert_float_to_float16(onnx.load(str(model_path)), keep_io_types=True)
+    try:
+        model = onnx.load(str(model_path))
+        for i, node in enumerate(model.graph.node):  # the converter needs unique node names (SSCD exports have none)
+            if not node.name:
+                node.name = f"embeddr_{i}_{node.op_type}"
+        # Cast nodes are left as they are: the converter otherwise breaks graphs that already keep their weights
+        # in float16 behind Casts to float32 (the SSCD exports), with check_fp16_ready off for the same reason.
+        model = float16.convert_float_to_float16(model, keep_io_types=True, check_fp16_ready=False,
+                                                 op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, "Cast"])
+    except Exception as exc:  # noqa: BLE001 - the converter's own errors name no option
+        raise EmbeddrError(f"--precision fp16: {model_path.name} could not be converted to float16 ({exc}); "
+                           f"use --precision fp32") from None
     model.producer_name = "embeddr-fp16"
     return model.SerializeToString()
 
@@ -167,7 +178,13 @@ class OnnxEncoder(Encoder):
         try:
             self.session = ort.InferenceSession(source, sess_options=options, providers=onnx_providers(device))
         except Exception as exc:
-            raise ModelUnavailable(f"cannot load ONNX model {model_path}: {exc}") from None
+            if real != "fp16" or explicit_precision:
+                raise ModelUnavailable(f"cannot load ONNX model {model_path}: {exc}") from None
+            source, real = str(self.model_path), graph_precision(model)  # auto: the converted graph failed, run it as shipped
+            try:
+                self.session = ort.InferenceSession(source, sess_options=options, providers=onnx_providers(device))
+            except Exception as exc2:
+                raise ModelUnavailable(f"cannot load ONNX model {model_path}: {exc2}") from None
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.uint8_nhwc = inp.type == "tensor(uint8)"
@@ -178,6 +195,10 @@ class OnnxEncoder(Encoder):
                 raise EmbeddrError(f"--device {device}: onnxruntime could not start its CUDA provider (it fell back to "
                                    f"{', '.join(self.providers)}); check the CUDA/cuDNN libraries, or use --device cpu")
             device = "cpu"
+            if not isinstance(source, str):  # a graph converted for the GPU: on the CPU, the graph as shipped
+                source, real = str(self.model_path), graph_precision(model)
+                self.session = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+                self.input_name, self.providers = self.session.get_inputs()[0].name, self.session.get_providers()
         self.device = "cpu" if "CUDAExecutionProvider" not in self.providers else device
         self.precision = real
         mean = preset.mean or (0.485, 0.456, 0.406)
