@@ -364,7 +364,10 @@ def decode_batch(items: Sequence[Candidate], size: int, resize: str, max_pixels:
     out = DecodedBatch(decode_one(c, size, resize, max_pixels, fetch_options, jpeg_bytes=jpeg_bytes) for c in items)
     out.hash_s, out.decode_s = _TIMES["hash"], _TIMES["decode"]
     if encoding is not None:
-        out.encode_s = _encode_here(out, encoding)
+        try:
+            out.encode_s = _encode_here(out, encoding)
+        except Exception:  # noqa: BLE001 - the worker's encoder failed (cannot load, out of memory): the main process encodes
+            pass
     return out
 
 

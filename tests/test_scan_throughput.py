@@ -300,3 +300,17 @@ def test_fp16_graph_for_cuda_loads_and_agrees_with_fp32(encoder, photo_arrays):
     half = session.run(None, {session.get_inputs()[0].name: x})[0].astype(np.float32)
     half /= np.linalg.norm(half, axis=1, keepdims=True)
     assert np.min(np.sum(half * encoder.encode(x), axis=1)) >= 0.999
+
+
+def _cannot_load():  # a worker encoder recipe that fails (module level: it is pickled to the workers)
+    raise RuntimeError("onnxruntime: out of memory")
+
+
+def test_worker_encoder_that_fails_leaves_the_encoding_to_the_main_process(encoder, photo_dir, tmp_path, monkeypatch):
+    """A worker whose encoder cannot be built (or fails) hands its pixels back: the main process encodes them
+    and the scan completes with every vector."""
+    monkeypatch.setattr(type(encoder), "worker_factory", lambda self, images=0: _cannot_load)
+    before = encoder.images
+    report = embeddr.scan([photo_dir], db=tmp_path / "c.db", encoder=encoder, workers=2)
+    assert (report.processed, report.errors, report.encoded) == (10, 0, 10)
+    assert report.times.worker_encode == 0 and report.times.encode > 0 and encoder.images - before == 10
