@@ -499,6 +499,87 @@ class Catalog:
         return {r[0]: r[1] for r in self.conn.execute(
             "SELECT v.hash, v.id FROM vectors v WHERE v.hash IN (SELECT hash FROM files WHERE status = 'ok')")}
 
+    # -- bounded reads (issue 9): what dupes/apply/report need without a Python object per file -------
+    def _chunked(self, sql: str, values: Iterable, size: int = 500) -> Iterator[sqlite3.Row]:
+        """Rows of ``sql`` (holding one ``{}`` for the placeholders) over ``values``, ``size`` at a time."""
+        values = list(values)
+        for i in range(0, len(values), size):
+            chunk = values[i : i + size]
+            yield from self.conn.execute(sql.format(",".join("?" * len(chunk))), chunk)
+
+    def live_ids(self) -> np.ndarray:
+        """Sorted ids of the vectors at least one ``ok`` file uses (a NumPy array: 8 bytes per vector)."""
+        cur = self.conn.execute("SELECT v.id FROM vectors v WHERE v.hash IN (SELECT hash FROM files WHERE status = 'ok') "
+                                "ORDER BY v.id")
+        return np.fromiter((r[0] for r in cur), np.int64)
+
+    def count_ok_files(self) -> int:
+        """``ok`` files that have a content hash (the files dupes considers)."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM files WHERE status = 'ok' AND hash IS NOT NULL").fetchone()[0])
+
+    def hashes_of_ids(self, ids: Iterable[int]) -> dict[int, str]:
+        """vector id -> content hash, for the given ids."""
+        return {int(r[0]): r[1] for r in self._chunked("SELECT id, hash FROM vectors WHERE id IN ({})",
+                                                       sorted({int(i) for i in ids}))}
+
+    def ids_of_hashes(self, hashes: Iterable[str]) -> dict[str, int]:
+        """content hash -> vector id, for the given hashes that have a vector."""
+        return {r[0]: int(r[1]) for r in self._chunked("SELECT hash, id FROM vectors WHERE hash IN ({})", sorted(set(hashes)))}
+
+    def rows_for_hashes(self, hashes: Iterable[str], status: str = "ok") -> dict[str, list[FileRow]]:
+        """content hash -> its ``status`` files (sorted by path), for the given hashes only."""
+        out: dict[str, list[FileRow]] = {}
+        sql = f"SELECT {_FILE_COLS} FROM files WHERE status = ? AND hash IN ({{}})"
+        hashes = sorted(set(hashes))
+        for i in range(0, len(hashes), 500):
+            chunk = hashes[i : i + 500]
+            for row in self.conn.execute(sql.format(",".join("?" * len(chunk))), [status, *chunk]):
+                r = _row(row)
+                out.setdefault(r.hash, []).append(r)
+        for rows in out.values():
+            rows.sort(key=lambda r: r.path)
+        return out
+
+    def copied_hashes(self, status: str = "ok") -> list[str]:
+        """Content hashes that more than one ``status`` file has (exact copies), sorted."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT hash FROM files WHERE status = ? AND hash IS NOT NULL GROUP BY hash HAVING COUNT(*) > 1 ORDER BY hash",
+            (status,))]
+
+    def bordered_rows(self, status: str = "ok") -> Iterator[tuple[str, int | None, int | None, int, int]]:
+        """(hash, width, height, content_width, content_height) of the files with a uniform border measured
+        (the only ones that can be blank pictures), streamed."""
+        yield from self.conn.execute(
+            "SELECT hash, width, height, content_width, content_height FROM files WHERE status = ? AND hash IS NOT NULL "
+            "AND content_width IS NOT NULL AND content_height IS NOT NULL", (status,))
+
+    def count_by_hash(self, hashes: Iterable[str], status: str = "ok") -> dict[str, int]:
+        """content hash -> how many ``status`` files have it, for the given hashes."""
+        out: dict[str, int] = {}
+        hashes = sorted(set(hashes))
+        for i in range(0, len(hashes), 500):
+            chunk = hashes[i : i + 500]
+            out.update({r[0]: int(r[1]) for r in self.conn.execute(
+                f"SELECT hash, COUNT(*) FROM files WHERE status = ? AND hash IN ({','.join('?' * len(chunk))}) GROUP BY hash",
+                [status, *chunk])})
+        return out
+
+    def hashes_of_paths(self, paths: Iterable[str], status: str = "ok") -> dict[str, str]:
+        """path -> content hash of the given paths' ``status`` files."""
+        out: dict[str, str] = {}
+        paths = sorted(set(paths))
+        for i in range(0, len(paths), 500):
+            chunk = paths[i : i + 500]
+            out.update({from_db(r[0]): r[1] for r in self.conn.execute(
+                f"SELECT path, hash FROM files WHERE status = ? AND hash IS NOT NULL AND path IN ({','.join('?' * len(chunk))})",
+                [status, *[to_db(p) for p in chunk]])})
+        return out
+
+    def path_sizes(self, status: str = "ok") -> Iterator[tuple[str, int]]:
+        """(path, size) of every ``status`` file, streamed from the database (nothing held per file)."""
+        for path, size in self.conn.execute("SELECT path, size FROM files WHERE status = ? AND hash IS NOT NULL", (status,)):
+            yield from_db(path), size or 0
+
     def files_by_hash(self, status: str = "ok") -> dict[str, list[FileRow]]:
         out: dict[str, list[FileRow]] = {}
         for row in self.files(status):

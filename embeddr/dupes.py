@@ -187,27 +187,19 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     results of :func:`embeddr.normalize.decide`, called as ``engine(stored_ids, stored_vecs, ids, vecs,
     threshold, scorer, live) -> (a, b, score, bg)`` (:func:`embeddr.ray_dupes.ray_search`: Ray tasks).
     """
-    from .normalize import Scorer, is_blank
+    from .normalize import Scorer
 
     threshold = preset.threshold.value if threshold is None else float(threshold)
     scorer = Scorer.for_preset(preset, score)
     score = scorer.name
     margin = preset.threshold.group_margin if margin is None else margin
-    by_hash = catalog.files_by_hash("ok")
-    for rows in by_hash.values():
-        rows.sort(key=lambda r: r.path)
-    files = sum(len(v) for v in by_hash.values())
-    vid_of_hash = catalog.live_vector_ids()
-    hash_of = {vid: h for h, vid in vid_of_hash.items()}
+    # No Python object per file or per vector of the collection: the live vector ids are one array, and the
+    # files (rows) are read only for the contents that end up in a pair or have exact copies.
+    files = catalog.count_ok_files()
     rejected = catalog.not_duplicate_pairs()
-    # blank pictures (an empty page, a uniform frame) are only ever exact copies: their vectors are not matched
-    blank = {h for h, rows in by_hash.items()
-             if all(is_blank(r.width, r.height, r.content_width, r.content_height) for r in rows)}
-    for h in blank:
-        hash_of.pop(vid_of_hash.get(h, -1), None)
+    ids = _matched_ids(catalog)
 
     search = search or ("approximate" if approximate else "auto")
-    ids = np.array(sorted(hash_of), np.int64)
     if engine is not None and search != "approximate":
         from .index import load_index, stored
 
@@ -229,10 +221,20 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         stored_ids, stored_vecs = sindex.ids, sindex.vecs
 
     # reviewer verdicts are on paths; a content pair is rejected when any of its file pairs is
-    rejected_content = {tuple(sorted((row_hash, other))) for row_hash, other in _verdict_hashes(rejected, by_hash)}
+    rejected_content = {tuple(sorted((row_hash, other))) for row_hash, other in _verdict_hashes(rejected, catalog)}
+    hash_of = catalog.hashes_of_ids(np.concatenate([a, b]).tolist()) if len(a) else {}
     node_pairs = [(hash_of[int(x)], hash_of[int(y)], float(v)) for x, y, v in zip(a, b, s)]
     node_pairs = [(x, y, v) for x, y, v in node_pairs if tuple(sorted((x, y))) not in rejected_content]
-    bg_of = dict(zip((hash_of[int(i)] for i in ids), bg.tolist()))
+    del a, b, s
+    involved = {h for x, y, _ in node_pairs for h in (x, y)}
+    copied = catalog.copied_hashes()
+    by_hash = catalog.rows_for_hashes(involved.union(copied))  # the files of the results, and only those
+    vid_of_hash = catalog.ids_of_hashes(involved)
+    bg = np.asarray(bg)
+
+    def background(h: str) -> float:
+        i = int(np.searchsorted(ids, vid_of_hash.get(h, -1)))
+        return float(bg[i]) if i < len(ids) and ids[i] == vid_of_hash.get(h, -1) else -1.0
 
     def vector(h: str) -> np.ndarray:
         return np.asarray(stored_vecs[int(np.searchsorted(stored_ids, vid_of_hash[h]))], np.float32)
@@ -242,7 +244,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         if tuple(sorted((x, y))) in rejected_content:
             return -1.0
         raw = np.float32(np.dot(vector(x), vector(y)))
-        return float(scorer.score(np.array([raw]), np.array([bg_of.get(x, -1.0)]), np.array([bg_of.get(y, -1.0)]))[0])
+        return float(scorer.score(np.array([raw]), np.array([background(x)]), np.array([background(y)]))[0])
 
     from .group import group_pairs
 
@@ -260,7 +262,8 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
             scores.append(1.0)
         members = sorted((r for h in hashes for r in by_hash.get(h, ())), key=lambda r: r.path)
         groups.append(Group(0, members, min(scores), max(scores)))
-    for h, rows in by_hash.items():  # exact copies only
+    for h in copied:  # exact copies only
+        rows = by_hash.get(h, [])
         if len(rows) > 1 and h not in grouped:
             groups.append(Group(0, list(rows), 1.0, 1.0))
     groups.sort(key=lambda g: (-len(g.members), g.members[0].path))
@@ -268,14 +271,31 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         g.id = gid
     return DuplicateReport(model=preset.name, threshold=threshold, score=score, groups=groups,
                            pairs=PairList(by_hash, node_pairs, rejected), extra=search_info, files=files,
-                           threshold_provenance=preset.threshold.provenance,
-                           file_rows=[r for rows in by_hash.values() for r in rows])
+                           threshold_provenance=preset.threshold.provenance)
 
 
-def _verdict_hashes(rejected: set[tuple[str, str]], by_hash: dict[str, list[FileRow]]):
+def _matched_ids(catalog: Catalog) -> np.ndarray:
+    """Sorted ids of the vectors to match: those ``ok`` files use, less blank pictures (a blank picture, every
+    file of it blank, is only ever an exact copy: :func:`embeddr.normalize.is_blank`)."""
+    from .normalize import is_blank
+
+    ids = catalog.live_ids()
+    blank_rows: dict[str, int] = {}
+    for h, w, hh, cw, ch in catalog.bordered_rows():  # only files with a measured border can be blank
+        if is_blank(w, hh, cw, ch):
+            blank_rows[h] = blank_rows.get(h, 0) + 1
+    if not blank_rows:
+        return ids
+    counts = catalog.count_by_hash(blank_rows)
+    blank = [h for h, n in blank_rows.items() if counts.get(h) == n]
+    drop = np.fromiter(catalog.ids_of_hashes(blank).values(), np.int64)
+    return ids[~np.isin(ids, drop)] if len(drop) else ids
+
+
+def _verdict_hashes(rejected: set[tuple[str, str]], catalog: Catalog):
     if not rejected:
         return
-    hash_of_path = {r.path: h for h, rows in by_hash.items() for r in rows}
+    hash_of_path = catalog.hashes_of_paths({p for pair in rejected for p in pair})
     for p, q in rejected:
         hp, hq = hash_of_path.get(p), hash_of_path.get(q)
         if hp is not None and hq is not None and hp != hq:

@@ -13,7 +13,9 @@ index itself; anything else (an index left beside a new catalog of the same name
 backup, a crash between the two renames) is rebuilt. :func:`write_identity` and
 :func:`identity_matches` serve any file derived from the catalog, not only this index.
 
-The index is exact (inner product on unit vectors = cosine similarity).
+The index is exact (inner product on unit vectors = cosine similarity). FAISS is imported only where an
+index is built or read: :func:`refresh` (what ``scan`` calls) tells from the identity file alone that the
+index is current, without reading it (a rescan of a million unchanged files does not load 2 GB of vectors).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import json
 import os
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from .catalog import Catalog
@@ -35,10 +36,14 @@ def index_path(catalog: Catalog) -> Path:
 
 
 def _new_index(dim: int) -> faiss.Index:
+    import faiss
+
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
 
 def max_id(index: faiss.Index) -> int:
+    import faiss
+
     if index.ntotal == 0:
         return 0
     return int(faiss.vector_to_array(index.id_map).max())
@@ -105,6 +110,8 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
 
 def write_atomic(index: faiss.Index, path: Path, catalog: Catalog | None = None) -> None:
     """Write ``index`` to ``path`` atomically (and, given its ``catalog``, its identity file)."""
+    import faiss
+
     path = Path(path)
     _write(path, lambda tmp: faiss.write_index(index, str(tmp)))
     if catalog is not None:
@@ -115,6 +122,8 @@ def load_index(catalog: Catalog, *, save: bool = True) -> faiss.Index:
     """The catalog's FAISS index, brought up to date (incrementally) and saved if it changed.
 
     An index file that is not this catalog's (see :func:`identity_matches`) is rebuilt."""
+    import faiss
+
     dim = catalog.dim
     if dim is None:
         return _new_index(1)
@@ -146,11 +155,38 @@ def load_index(catalog: Catalog, *, save: bool = True) -> faiss.Index:
     return index
 
 
+def is_current(catalog: Catalog) -> bool:
+    """True when ``<db>.faiss`` holds exactly the catalog's vectors, as its identity file records (the index
+    itself is not read: whoever loads it, :func:`load_index`, still checks it against its identity)."""
+    if catalog.dim is None:
+        return True
+    path = index_path(catalog)
+    try:
+        recorded = json.loads(identity_path(path).read_text(encoding="utf-8"))
+        if not path.is_file():
+            return False
+    except (OSError, ValueError):
+        return False
+    top = catalog.conn.execute("SELECT COALESCE(MAX(id), 0) FROM vectors").fetchone()[0]
+    return isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in catalog_identity(catalog, top).items())
+
+
+def refresh(catalog: Catalog) -> bool:
+    """Bring ``<db>.faiss`` up to date if it is behind the catalog (what a scan does at its end); returns
+    whether it had to be loaded. An index already current is left unread (no FAISS import, no memory)."""
+    if is_current(catalog):
+        return False
+    load_index(catalog)
+    return True
+
+
 def stored(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
     """(ids, vectors) held by the index, without copying the vectors (a read-only view of FAISS's storage).
 
     Ids are in insertion order, which is increasing (vector ids only grow).
     """
+    import faiss
+
     ids = faiss.vector_to_array(index.id_map).astype(np.int64)
     flat = faiss.downcast_index(index.index)
     if index.ntotal == 0:

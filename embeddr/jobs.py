@@ -186,6 +186,8 @@ def _apply_duplicates(db, *, action, policy, quarantine, journal, yes, really_de
         steps = actions.plan(decisions, action, quarantine=quarantine)
         if yes and action != "report" and steps and journal is None:
             journal = actions.default_journal_path(cat.path)
+        # before acting: the savings stream every file from the catalog (as it was planned on)
+        saved = savings(report, decisions, price_per_gb_month=price_per_gb_month, currency=currency, catalog=cat)
         result = actions.apply(steps, cat, journal, yes=yes, really_delete=really_delete, action=action)
     finally:
         if owned and cat is not None:
@@ -193,7 +195,7 @@ def _apply_duplicates(db, *, action, policy, quarantine, journal, yes, really_de
     result.extra = {
         "model": report.model, "threshold": report.threshold, "policy": policy.as_dict(),
         "groups": [d.as_dict() for d in decisions],
-        "savings": savings(report, decisions, price_per_gb_month=price_per_gb_month, currency=currency),
+        "savings": saved,
     }
     return result
 

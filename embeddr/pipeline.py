@@ -698,9 +698,9 @@ def scan(roots: Iterable[str | os.PathLike], catalog: Catalog, encoder: Encoder,
         report.missing = catalog.mark_missing([r for r in roots if not is_remote(r)], run_id, unwalked=report.unwalked)
         report.times.store += time.perf_counter() - t_store
         t_index = time.perf_counter()
-        from .index import load_index
+        from .index import refresh
 
-        load_index(catalog)
+        refresh(catalog)  # reads the FAISS index only when this scan added vectors (or it is missing or stale)
         from .searchindex import update as update_search
 
         try:

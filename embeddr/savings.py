@@ -11,14 +11,15 @@ under each of the given ``roots``) and overall:
 * ``monthly_cost``       bytes_reclaimable in GB (2^30 bytes, as cloud storage bills a GB-month)
                          times ``price_per_gb_month``, in ``currency``
 
-Files come from ``report.file_rows`` (filled by :func:`embeddr.dupes.find_duplicates`), else from
-``catalog`` if given, else only the group members are known (``files`` then counts those).
+Files come from ``report.file_rows`` when a caller filled it, else from ``catalog`` if given (streamed from
+the database: nothing is held per file, so a million files cost no more memory than a hundred), else only the
+group members are known (``files`` then counts those).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .catalog import Catalog, FileRow
 from .dupes import DuplicateReport
@@ -27,19 +28,40 @@ from .fsutil import common_root
 from .policy import Decision
 
 GB = 1 << 30
-OTHER = "(other)"
 
 
-def _all_files(report: DuplicateReport, catalog: Catalog | None) -> list[tuple[str, int]]:
+def _common_root(paths: Iterable[str]) -> str:
+    """:func:`embeddr.fsutil.common_root` over a stream of paths, holding one path at a time."""
+    root: str | None = None
+    in_paths = False  # the root is itself one of the paths (a lone file: its folder is the root)
+    for p in paths:
+        if root is None:
+            root = os.path.commonpath([p])
+            in_paths = root == p
+        elif p == root:
+            in_paths = True
+        elif not p.startswith(root.rstrip(os.sep) + os.sep):  # the common case (p under root) costs nothing
+            new = os.path.commonpath([root, p])
+            if new != root:
+                root, in_paths = new, new == p
+    if root is None:
+        return ""
+    return os.path.dirname(root) if in_paths else root
+
+
+def _all_files(report: DuplicateReport, catalog: Catalog | None) -> Callable[[], Iterable[tuple[str, int]]]:
+    """A function giving (path, size) of every file counted, afresh each call (a catalog is read twice,
+    streamed, rather than held)."""
     rows: Iterable[FileRow] | None = getattr(report, "file_rows", None) or None
     if rows is None and catalog is not None:
-        rows = catalog.files("ok")
+        return catalog.path_sizes
     if rows is None:
         rows = (m for g in report.groups for m in g.members)
     seen: dict[str, int] = {}
     for r in rows:
         seen[r.path] = r.size or 0
-    return sorted(seen.items())
+    listed = sorted(seen.items())
+    return lambda: listed
 
 
 def money(x: float, currency: str = "") -> str:
@@ -99,13 +121,20 @@ def savings(report: DuplicateReport, decisions: list[Decision], *, roots: list[s
     for d in decisions:
         for row in d.duplicates:
             dup_size[row.path] = row.size or 0
-    known = {p for p, _ in files}  # duplicates missing from the file list still count
-    files += [(p, s) for p, s in dup_size.items() if p not in known]
+    missing = dict(dup_size)  # duplicates missing from the file list still count
+
+    def every_file() -> Iterator[tuple[str, int]]:
+        for path, size in files():
+            missing.pop(path, None)
+            yield path, size
+        yield from sorted(missing.items())
+
     if roots:
         local_folder = _folder_of(list(roots))
     else:
-        common = common_root(p for p, _ in files if "://" not in p)
+        common = _common_root(p for p, _ in every_file() if "://" not in p)
         local_folder = _folder_of([common]) if common else (lambda p: (OTHER, ""))
+        missing = dict(dup_size)
 
     def folder(path: str) -> tuple[str, str]:  # a URL (manifest scan) counts under its scheme://host
         if "://" in path:
@@ -114,7 +143,7 @@ def savings(report: DuplicateReport, decisions: list[Decision], *, roots: list[s
             return site, site
         return local_folder(path)
     agg: dict[tuple[str, str], list[int]] = {}
-    for path, size in files:
+    for path, size in every_file():
         key = folder(path)
         a = agg.setdefault(key, [0, 0, 0, 0])
         a[0] += 1
