@@ -92,7 +92,10 @@ def discover(roots: Iterable[str | os.PathLike], *, exclude: Iterable[str] = (),
     """
     patterns = tuple(exclude)
     roots = [os.path.abspath(os.fspath(r)) for r in roots]
-    seen = _Seen(tuple(r.rstrip(os.sep) + os.sep for r in roots if os.path.isdir(r)))
+    # One root (the usual case, a million files under one folder): every folder is walked once, so a path
+    # cannot come twice and a file with one link is reached once; only hard links and symlinks are
+    # remembered, not every file (memory stays flat). Several roots may overlap: everything is remembered.
+    seen = _Seen(tuple(r.rstrip(os.sep) + os.sep for r in roots if os.path.isdir(r)), every=len(roots) > 1)
     for root in roots:
         if not os.path.isdir(root):
             if os.path.lexists(root):  # a file (or FIFO, device, broken link) named on purpose is always checked
@@ -144,24 +147,35 @@ class _Seen:
     take no space of their own, so they are never reported or acted on as duplicates.
     """
 
-    def __init__(self, prefixes: tuple[str, ...]):
+    def __init__(self, prefixes: tuple[str, ...], every: bool = True):
         self.paths: set[str] = set()
         self.inodes: dict[tuple[int, int], str] = {}
         self.prefixes = prefixes
+        self.every = every  # remember every path and file (several roots); else only links (one root)
+
+    def first_time(self, path: str) -> bool:
+        if not self.every:
+            return True
+        if path in self.paths:
+            return False
+        self.paths.add(path)
+        return True
 
     def link_of(self, path: str, st: os.stat_result) -> str | None:
-        if os.path.islink(path):
+        is_link = os.path.islink(path)
+        if is_link:
             target = os.path.realpath(path)
             if target != path and target.startswith(self.prefixes):
                 return target
+        if not (self.every or is_link or st.st_nlink > 1):  # one link, one root: reached once only
+            return None
         first = self.inodes.setdefault((st.st_dev, st.st_ino), path)
         return None if first == path else first
 
 
 def _one(path: str, seen: _Seen, named: bool = False) -> Iterator[Candidate]:
-    if path in seen.paths:
+    if not seen.first_time(path):
         return
-    seen.paths.add(path)
     has_ext = named or Path(path).suffix.lower() in IMAGE_EXTENSIONS
     try:
         st = os.stat(path)

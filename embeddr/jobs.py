@@ -19,23 +19,20 @@ from pathlib import Path
 import numpy as np
 
 from . import actions
-from . import review as _review
-from . import tune as _tune
 from .catalog import DEFAULT_DB, Catalog, opened
-from .decode import DEFAULT_MAX_PIXELS, fit, load_image
+from .decode import DEFAULT_MAX_PIXELS
 from .dupes import DuplicateReport
 from .dupes import find_duplicates as _find_duplicates
-from .bench import list_images, make_benchmark
 from .encoders import catalog_preset, load_encoder, resolve_preset
 from .errors import EmbeddrError, PolicyError
-from .evaluate import EvalError, score_benchmark
-from .metrics import threshold_for_precision
 from .lock import is_free, writer
 from .pipeline import ScanReport, scan_into
-from .plots import histograms, pr_curves
 from .policy import Policy, decide
 from .presets import DEFAULT_MODEL, Preset, score_and_threshold
 from .savings import savings
+
+# Loaded by the jobs that use them (a command's start-up pays only for its own): embeddr.review, .tune,
+# .bench, .evaluate, .metrics, .plots.
 
 CatalogLike = str | os.PathLike | Catalog
 
@@ -120,6 +117,8 @@ def missed_report(report: DuplicateReport, baseline: str = "phash", *, threshold
     Returns a new report whose pairs carry the embedding score and, in ``extra``, the baseline's score
     of each pair. Only the files of reported pairs are hashed again (bounded by the pairs, not N x N).
     """
+    from .decode import fit, load_image
+
     base = resolve_preset(baseline)
     t = base.threshold.value if threshold is None else float(threshold)
     encoder = load_encoder(base)
@@ -208,6 +207,8 @@ def review(db, *, threshold: float | None = None, policy=None, price_per_gb_mont
     ``policy``: a :class:`~embeddr.policy.Policy` (default: the documented default rules).
     ``html_dir``: write the static report there (see :func:`embeddr.review.write_html_report`).
     """
+    from . import review as _review
+
     policy = policy or Policy()
     with opened(db) as catalog:
         preset = catalog_preset(catalog)
@@ -260,6 +261,12 @@ def tune(folder: str | os.PathLike, *, precision: float = 0.99, model: str | Non
     already holds for the folder's unchanged files are used instead of embedding them again (only the
     derived copies are embedded); ``result.reused`` counts them.
     """
+    from . import tune as _tune
+    from .bench import list_images, make_benchmark
+    from .evaluate import EvalError, score_benchmark
+    from .metrics import threshold_for_precision
+    from .plots import histograms, pr_curves
+
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise EvalError(f"{folder}: not a folder")
