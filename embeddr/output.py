@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -27,17 +28,63 @@ def human_bytes(n: int | None) -> str:
 
 
 def to_json(report: DuplicateReport) -> str:
-    return json.dumps(report.as_dict(), indent=2, ensure_ascii=False)
+    return "".join(iter_json(report))
+
+
+def iter_json(report: DuplicateReport) -> Iterator[str]:
+    """:func:`to_json`'s text in pieces, a group or a pair at a time (the same text): what ``dupes --format
+    json`` writes, so the text and the dicts of every pair never sit in memory at once."""
+    fields = {
+        "model": report.model, "threshold": report.threshold, "score": report.score,
+        "threshold_provenance": report.threshold_provenance, "files": report.files,
+        "duplicate_files": sum(len(g.members) - 1 for g in report.groups),
+        "groups": (g.as_dict() for g in report.groups),
+        "pairs": (p.as_dict() for p in report.pairs),
+        **report.extra,
+    }
+    return stream_json(fields)
+
+
+def stream_json(fields: dict) -> Iterator[str]:
+    """``json.dumps(fields, indent=2, ensure_ascii=False)`` in pieces; values that are iterators (not lists,
+    dicts or strings) are written as lists, an item at a time, without being gathered first."""
+    def dumps(value, indent: str) -> str:
+        return json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n" + indent)
+
+    if not fields:
+        yield "{}"
+        return
+    yield "{"
+    for n, (key, value) in enumerate(fields.items()):
+        yield ("," if n else "") + "\n  " + json.dumps(key, ensure_ascii=False) + ": "
+        if isinstance(value, Iterator):
+            first = True
+            for item in value:
+                yield ("[\n    " if first else ",\n    ") + dumps(item, "    ")
+                first = False
+            yield "[]" if first else "\n  ]"
+        else:
+            yield dumps(value, "  ")
+    yield "\n}"
 
 
 def to_csv(report: DuplicateReport) -> str:
+    return "".join(iter_csv(report))
+
+
+def iter_csv(report: DuplicateReport) -> Iterator[str]:
+    """:func:`to_csv`'s text in pieces of up to 1,000 pairs."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     ids = any(p.a_id is not None or p.b_id is not None for p in report.pairs)  # a manifest scan: ids after the four columns
     writer.writerow(["a", "b", "score", "kind"] + (["a_id", "b_id"] if ids else []))
-    for p in report.pairs:
+    for n, p in enumerate(report.pairs, start=1):
         writer.writerow([p.a, p.b, f"{p.score:.6f}", p.kind] + ([p.a_id or "", p.b_id or ""] if ids else []))
-    return buf.getvalue()
+        if n % 1000 == 0:
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue()
 
 
 def to_parquet(report: DuplicateReport, path: str | os.PathLike) -> None:
@@ -105,6 +152,13 @@ def to_table(report: DuplicateReport, *, width: int | None = None, max_groups: i
     if max_groups is not None and len(report.groups) > max_groups:
         console.print(f"... {len(report.groups) - max_groups} more groups (use --format json for all)")
     return console.export_text()
+
+
+def render_chunks(report: DuplicateReport, fmt: str, *, max_groups: int | None = None) -> Iterator[str]:
+    """:func:`render` in pieces (JSON and CSV are produced as they are written)."""
+    if fmt == "table":
+        return iter([to_table(report, max_groups=max_groups)])
+    return {"json": iter_json, "csv": iter_csv}[fmt](report)
 
 
 def render(report: DuplicateReport, fmt: str, *, max_groups: int | None = None) -> str:

@@ -243,3 +243,25 @@ def test_bench_catalog_script_runs(tmp_path):
         assert got[step]["wall_seconds"] > 0 and got[step]["peak_rss_mib"] > 0
     plan = json.loads((tmp_path / "b" / "plan.out").read_text())
     assert plan["dry_run"] and plan["counts"]["planned"] > 0
+
+
+def test_dupes_json_and_csv_are_streamed_with_the_same_text(catalog_db, runner, tmp_path):
+    """`dupes --format json/csv` write a group or a pair at a time; the text is what json.dumps/csv make of
+    the whole report."""
+    from embeddr.cli import app
+    from embeddr.output import iter_csv, iter_json
+
+    out = runner.invoke(app, ["dupes", "--db", str(catalog_db), "--format", "json", "--output", str(tmp_path / "d.json")])
+    assert out.exit_code == 0, out.output
+    text = (tmp_path / "d.json").read_text(encoding="utf-8")
+    data = json.loads(text)
+    assert text == json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    assert data["pairs"] and data["groups"]
+    import embeddr
+
+    report = embeddr.find_duplicates(catalog_db)
+    want = report.as_dict()
+    assert {k: v for k, v in data.items() if k != "seconds"} == {k: v for k, v in want.items() if k != "seconds"}
+    assert "".join(iter_json(report)) == json.dumps(want, indent=2, ensure_ascii=False)
+    csv_text = runner.invoke(app, ["dupes", "--db", str(catalog_db), "--format", "csv"]).output
+    assert csv_text == "".join(iter_csv(report)) and csv_text.count("\n") == len(report.pairs) + 1

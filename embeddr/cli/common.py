@@ -203,5 +203,30 @@ def emit(text: str, output: Path | None) -> None:
     say(f"wrote {output}")
 
 
+def emit_chunks(chunks, output: Path | None) -> None:
+    """:func:`emit` for text made in pieces (``dupes --format json/csv``): each piece is written as it comes,
+    to stdout or to a temporary file renamed over ``output`` at the end; the whole text is never held."""
+    def write(fh) -> None:
+        last = ""
+        for chunk in chunks:
+            if chunk:
+                fh.write(shown(chunk))
+                last = chunk
+        if not last.endswith("\n"):
+            fh.write("\n")
+
+    if output is None:
+        write(sys.stdout)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    def to_file(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            write(fh)
+
+    atomic_write(output, to_file)
+    say(f"wrote {output}")
+
+
 def to_json(data) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False, default=str)

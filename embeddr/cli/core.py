@@ -12,9 +12,9 @@ from rich.text import Text
 from .. import api
 from ..decode import DEFAULT_MAX_PIXELS
 from ..errors import EmbeddrError
-from ..output import human_bytes, render
+from ..output import human_bytes, render, render_chunks
 from .common import (DEFAULT_DB_PATH, CheckpointOpt, DbOpt, DeviceOpt, FormatOpt, Hash, ModelOpt, OutputOpt, PrecisionOpt,
-                     ScoreOpt, ThresholdOpt, WaitOpt, check_format, emit, err_console, handle_errors, print_error, say,
+                     ScoreOpt, ThresholdOpt, WaitOpt, check_format, emit, emit_chunks, err_console, handle_errors, print_error, say,
                      score_name, to_json, value_of)
 
 
@@ -193,7 +193,7 @@ def register(app: typer.Typer) -> None:
             to_parquet(report, output)
             say(f"wrote {output}")
             return
-        emit(render(report, fmt, max_groups=max_groups or None), output)
+        emit_chunks(render_chunks(report, fmt, max_groups=max_groups or None), output)
 
     @app.command()
     @handle_errors
