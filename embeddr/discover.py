@@ -13,7 +13,6 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .gif .webp .bmp .dib .tif .tiff .ico .ppm .pgm .pbm .pnm .tga "
@@ -125,8 +124,7 @@ def discover(roots: Iterable[str | os.PathLike], *, exclude: Iterable[str] = (),
                 continue
             subdirs = []
             for entry in entries:
-                rel = os.path.relpath(entry.path, root)
-                if _excluded(rel, entry.name, patterns):
+                if patterns and _excluded(os.path.relpath(entry.path, root), entry.name, patterns):
                     continue
                 try:
                     is_dir = entry.is_dir(follow_symlinks=follow_links)
@@ -135,7 +133,7 @@ def discover(roots: Iterable[str | os.PathLike], *, exclude: Iterable[str] = (),
                 if is_dir:
                     subdirs.append(entry.path)
                 else:
-                    yield from _one(entry.path, seen)
+                    yield from _one(entry.path, seen, is_link=entry.is_symlink())
             stack.extend(reversed(subdirs))
 
 
@@ -161,8 +159,8 @@ class _Seen:
         self.paths.add(path)
         return True
 
-    def link_of(self, path: str, st: os.stat_result) -> str | None:
-        is_link = os.path.islink(path)
+    def link_of(self, path: str, st: os.stat_result, is_link: bool | None = None) -> str | None:
+        is_link = os.path.islink(path) if is_link is None else is_link
         if is_link:
             target = os.path.realpath(path)
             if target != path and target.startswith(self.prefixes):
@@ -173,10 +171,11 @@ class _Seen:
         return None if first == path else first
 
 
-def _one(path: str, seen: _Seen, named: bool = False) -> Iterator[Candidate]:
+def _one(path: str, seen: _Seen, named: bool = False, is_link: bool | None = None) -> Iterator[Candidate]:
+    """``is_link``: whether ``path`` is a symlink, when the folder listing already said so (None: ask)."""
     if not seen.first_time(path):
         return
-    has_ext = named or Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    has_ext = named or os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -192,4 +191,4 @@ def _one(path: str, seen: _Seen, named: bool = False) -> Iterator[Candidate]:
             yield Candidate(path, error=not_regular(st.st_mode))
         return
     if has_ext or sniff(path):
-        yield Candidate(path, size=st.st_size, mtime_ns=st.st_mtime_ns, link_of=seen.link_of(path, st))
+        yield Candidate(path, size=st.st_size, mtime_ns=st.st_mtime_ns, link_of=seen.link_of(path, st, is_link))

@@ -229,10 +229,15 @@ def _check_columns(manifest: Path, names: list[str], columns: list[str]) -> None
 def list_inputs(roots: Iterable[str | os.PathLike] = (), *, manifest: str | os.PathLike | None = None,
                 path_column: str = "path", id_column: str | None = None, exclude: Iterable[str] = ()) -> Iterator[Candidate]:
     """Candidates for every input: folders and files walked, URLs as given, manifest rows (each once)."""
+    roots = list(roots)
     local = [r for r in roots if not is_remote(os.fspath(r))]
     seen: set[str] = set()
+    # walked paths are remembered only when URLs or a manifest's rows may repeat them (a plain folder scan
+    # of a million files keeps no set of a million paths)
+    remember = manifest is not None or len(local) < len(roots)
     for cand in discover(local, exclude=exclude) if local else ():
-        seen.add(cand.path)
+        if remember:
+            seen.add(cand.path)
         yield cand
     for r in roots:
         url = os.fspath(r)
