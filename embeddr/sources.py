@@ -26,8 +26,6 @@ import csv
 import os
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +95,9 @@ def fetch(url: str, options: FetchOptions = FetchOptions()) -> Fetched:
 
 
 def _fetch_http(url: str, options: FetchOptions) -> Fetched:
+    import urllib.error  # here, not at the top: http/ssl/email cost every command's start-up ~20 ms
+    import urllib.request
+
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
         with urllib.request.urlopen(request, timeout=options.timeout) as response:
@@ -166,6 +167,8 @@ def stat(url: str, options: FetchOptions = FetchOptions()) -> tuple[int | None, 
     """(size, version) of ``url`` without its body (HTTP HEAD / object metadata); None when unknown."""
     try:
         if _is_http(url):
+            import urllib.request
+
             request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
             with urllib.request.urlopen(request, timeout=options.timeout) as response:
                 length = response.headers.get("Content-Length")

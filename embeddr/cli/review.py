@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import webbrowser
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -69,6 +68,8 @@ def register(app: typer.Typer) -> None:
             say(f"wrote {h.index} ({h.groups} groups on {h.pages} page(s), {h.thumbnails} thumbnails"
                 + (f", {h.thumbnail_errors} files without preview" if h.thumbnail_errors else "") + ")")
             if open_:
+                import webbrowser
+
                 webbrowser.open(h.index.resolve().as_uri())
         elif open_:
             say("--open needs --html OUT")
