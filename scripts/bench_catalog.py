@@ -265,6 +265,8 @@ def main() -> int:
         "report": ["report", "--db", str(db), "--html", str(root / "html"), "--format", "json"],
     }
     for name in [s for s in args.steps.split(",") if s]:
+        if name == "report":
+            shutil.rmtree(root / "html", ignore_errors=True)  # no thumbnail left by an earlier run is reused
         result[name] = run_step(name, steps[name], args.code, stub, root / f"{name}.out")
     try:
         import subprocess as sp
