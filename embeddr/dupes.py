@@ -144,13 +144,33 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
     rows = index.rows_of(live_ids)
     k = scorer.neighbours if scorer.normalized else 0
 
-    def neighbours(q: np.ndarray, nn_scores: np.ndarray, nn_rows: np.ndarray) -> np.ndarray:
-        nn_ids = np.where(nn_rows >= 0, index.ids[np.maximum(nn_rows, 0)], -1)
-        # the vectors too: the scorer's reference background needs them (as dupes, check, serve and eval do)
-        return scorer.backgrounds(index.ids[q], np.asarray(index.vecs[q], np.float32), nn_scores, nn_ids)
+    # The background is max(collection part, reference part) and a pair's score only falls as a background
+    # rises, so the join gives each row its collection part (from the neighbours it found), a pair whose score
+    # is below the threshold with that alone is out, and the reference-set search runs only for the rows of the
+    # pairs left (a minority: most candidate pairs are in crowds the collection part already rules out).
+    ref = np.full(len(index), np.nan, np.float32)  # the reference part, where computed
+
+    def neighbours(q: np.ndarray, nn_scores: np.ndarray) -> np.ndarray:
+        return scorer.backgrounds_of_others(None, nn_scores)  # the collection part (no reference set)
+
+    def whole(per_row: np.ndarray, rows_: np.ndarray) -> np.ndarray:
+        """The background (both parts) of ``rows_``."""
+        todo = np.unique(rows_)
+        todo = todo[np.isnan(ref[todo])]
+        for s in range(0, len(todo), 16384):
+            r = todo[s : s + 16384]
+            ref[r] = scorer.reference_background(np.asarray(index.vecs[r], np.float32))
+        if len(todo):
+            engine._release(index.vecs)
+        return np.maximum(per_row[rows_], ref[rows_])
 
     def decide(a: np.ndarray, b: np.ndarray, raw: np.ndarray, per_row: np.ndarray) -> np.ndarray:
-        return scorer.score(raw, per_row[a], per_row[b]) >= threshold - EPS
+        keep = scorer.score(raw, per_row[a], per_row[b]) >= threshold - EPS  # at most the pairs kept
+        if scorer.normalized and scorer.has_reference and keep.any():
+            ka, kb = a[keep], b[keep]
+            bg = whole(per_row, np.concatenate([ka, kb]))
+            keep[keep] = scorer.score(raw[keep], bg[: len(ka)], bg[len(ka) :]) >= threshold - EPS
+        return keep
 
     if search == "approximate":
         index = index.with_layout()
@@ -165,12 +185,13 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
 
         joiner = partial(cluster_join, device=dev)
     result = engine.join(index.vecs, scorer.min_raw(threshold), k, neighbours, decide, rows=rows,
-                         layout=index.layout, method=search, joiner=joiner)
+                         layout=index.layout, method=search, joiner=joiner, summary=scorer.summary)
     per_row = result.per_row if k else np.full(len(result.per_row), NO_BACKGROUND, np.float32)
-    scores = scorer.score(result.raw, per_row[result.a], per_row[result.b])
-    keep = scores >= threshold - EPS
-    return (index.ids[result.a[keep]], index.ids[result.b[keep]], scores[keep], per_row[rows], dict(result.info),
-            index)
+    keep = decide(result.a, result.b, result.raw, per_row)
+    a, b, raw = result.a[keep], result.b[keep], result.raw[keep]
+    bg = np.where(np.isnan(ref), per_row, np.maximum(per_row, ref))  # rows of no kept pair: collection part only
+    scores = scorer.score(raw, bg[a], bg[b])
+    return index.ids[a], index.ids[b], scores, bg[rows], dict(result.info), index
 
 
 def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None = None, score: str | None = None,

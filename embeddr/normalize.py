@@ -206,6 +206,23 @@ class Scorer:
             bg = np.maximum(bg, self.reference_background(vecs))
         return bg
 
+    def backgrounds_of_others(self, vecs: np.ndarray | None, nn_scores: np.ndarray) -> np.ndarray:
+        """:meth:`backgrounds` when ``nn_scores`` are already the scores of each query's nearest *other* live
+        vectors, best first (a search that left out the query itself and dead vectors, so no ids are needed):
+        the same background. Used by :mod:`embeddr.search`, which keeps only the scores."""
+        if not self.normalized:
+            return np.full(len(nn_scores), NO_BACKGROUND, np.float32)
+        bg = kth_background(nn_scores, self.k, self.ceiling)
+        if self._ref is not None and vecs is not None:
+            bg = np.maximum(bg, self.reference_background(vecs))
+        return bg
+
+    @property
+    def summary(self) -> tuple[int, float] | None:
+        """What :meth:`backgrounds` reads of the top :attr:`neighbours`: the number at or above ``ceiling`` and the
+        ``k`` best below it (:class:`embeddr.search.Neighbours` keeps only these)."""
+        return (self.k, self.ceiling) if self.normalized else None
+
     def score(self, raw: np.ndarray, bg_a: np.ndarray, bg_b: np.ndarray) -> np.ndarray:
         raw = np.minimum(np.asarray(raw, np.float32), 1.0)
         if not self.normalized:

@@ -1,21 +1,30 @@
-"""Search stage: every pair of vectors at or above a raw cosine, and each vector's nearest neighbours, in one pass.
+"""Search stage: every pair of vectors at or above a raw cosine, and what the decision reads of each vector's
+nearest neighbours, in one pass.
 
 What a decision needs from the collection is (1) every candidate pair whose raw cosine reaches the
-scorer's ``min_raw`` and (2) each vector's ``k`` nearest neighbours (its background, see
-:mod:`embeddr.normalize`). Both come out of the same matrix products, so they are computed together:
+scorer's ``min_raw`` and (2) each vector's nearest neighbours (its background, see :mod:`embeddr.normalize`).
+Both come out of the same matrix products, so they are computed together:
 
 * :func:`exact_join` -- the reference. Blocks of rows against all vectors (one BLAS product per
   block, never an N x N matrix): O(N^2 * dim), about a minute for 100k vectors on 2 cores.
 * :func:`cluster_join` -- k-means-partitioned self-join for large collections. The vectors are split
-  into ``nlist`` lists of about :data:`LIST_SIZE` by k-means; every vector knows its ``nprobe``
-  nearest lists (its first is its own list). For each list, one product of its members against the
-  members of every list any of them probes gives the members' candidate pairs *and* their top-k
-  neighbours. Each vector therefore sees at least its own ``nprobe`` nearest lists. A pair found from
-  both of its ends is kept once, by a vectorised rule (no Python loop per pair). The cost is about
-  N * nprobe * LIST_SIZE * dim * (union factor), linear in N at a fixed list size.
+  into ``nlist`` lists by k-means (:func:`list_size`: the lists grow with N, so the share of the
+  neighbours a probe count finds holds as N grows); every vector knows its nearest lists (the first is its
+  own). For each list, one product of the rows that probe it against its members gives their candidate
+  pairs *and* their neighbours in it. Each vector therefore sees its ``nprobe`` nearest lists. A pair
+  found from both of its ends is kept once, by a vectorised rule (no Python loop per pair or per row).
+* :class:`Neighbours` -- what is kept of each row's neighbours while the join runs: not the top ``k``
+  (scores and rows), but only what the decision reads of them (``summary=(rank, ceiling)``: how many
+  neighbours score at or above ``ceiling`` -- copies -- and the ``rank`` best below it): 33 numbers a row
+  for the shipped presets instead of 96 x 2. From that the callback gets the scores the top ``k`` would
+  give it for every rule that reads only those (the normalised score's background), so the results are
+  those of the full top ``k``.
+* The per-row values (the background) are computed only for the rows a decision reads: the ends of the
+  candidate pairs (:meth:`Join.values`), so the reference-set search of the normalised score runs for
+  those rows, not for every vector.
 * :func:`estimate_recall` -- an exact check of a seeded sample of rows: the share of their exact pairs
-  the join found, and how often their background (the ``neighbours`` callback) agrees. :func:`join`
-  raises ``nprobe`` and runs again while the estimate is short of the target.
+  the join found, and how often their background agrees with the exact one. :func:`join` raises
+  ``nprobe`` and runs again while the estimate is short of the target.
 * :func:`query` -- single queries (``check``, ``serve``) against the same vectors, exact.
 
 Rows are positions in the ``vecs`` array; callers map them to vector ids.
@@ -23,6 +32,7 @@ Rows are positions in the ``vecs`` array; callers map them to vector ids.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,27 +41,111 @@ import numpy as np
 
 EPS = 1e-5  # float32 slack so a score of exactly the threshold counts as "at or above"
 EXACT_BELOW = 30_000  # collections smaller than this are joined exactly (under ~20 s on 2 cores)
-LIST_SIZE = 128  # vectors per k-means list
+LIST_SIZE = 128  # vectors per k-means list at EXACT_BELOW vectors; grows with N (list_size)
 NPROBE = 12  # lists each vector is compared with; raised while the recall estimate falls short
 MAX_PROBES = 24  # probe lists kept per vector in the persisted layout
 RECALL_TARGET = 0.99
 SAMPLE_ROWS = 2000
 
-# neighbours callback: (rows, nn_scores (m, k) best first, nn_rows (m, k), -1 = none) -> one float per row
-NeighbourFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+# neighbours callback: (rows, nn_scores (m, k): the scores of each row's nearest *other* rows taking part in the
+# join, best first, -inf = none) -> one float per row (e.g. the background)
+NeighbourFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # decision callback: (rows a, rows b, raw, per_row values) -> which candidate pairs the decision keeps
 DecideFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
+def list_size(n: int) -> int:
+    """Vectors per k-means list for a collection of ``n``: :data:`LIST_SIZE` up to 30k vectors, then growing
+    as the square root of N (so the share of the collection a vector's probes cover shrinks only as
+    1/sqrt(N), and the recall at a fixed probe count holds; measured in docs/benchmarks.md)."""
+    return int(max(LIST_SIZE, round(LIST_SIZE * math.sqrt(max(n, 1) / EXACT_BELOW))))
+
+
+class Neighbours:
+    """Per row (position), what the decision reads of its nearest neighbours, kept while a join runs.
+
+    ``summary=(rank, ceiling)``: only the number of neighbours at or above ``ceiling`` and the ``rank`` best
+    below it are kept (``None``: the plain top ``k``). :meth:`scores` gives each row the scores its top ``k``
+    would have for every rule that reads only those; copies at or above the ceiling read as ``ceiling``."""
+
+    def __init__(self, n: int, k: int, summary: tuple[int, float] | None = None):
+        self.k = int(k)
+        rank, ceiling = summary if summary is not None else (k, math.inf)
+        self.keep, self.ceiling = int(min(rank, k)), float(ceiling)
+        self.best = np.full((n, self.keep), -np.inf, np.float32)  # the `keep` best below the ceiling, unordered
+        self.copies = np.zeros(n, np.int32) if math.isfinite(self.ceiling) else None
+
+    def add(self, pos: np.ndarray, S: np.ndarray, *, prefilter: bool = True) -> None:
+        """Merge scores ``S`` (len(pos) x c; the row itself already -inf) into rows ``pos`` (distinct).
+        ``S`` is overwritten."""
+        if self.keep == 0 or S.shape[1] == 0:
+            return
+        if self.copies is not None:
+            hi = S >= self.ceiling
+            if hi.any():
+                self.copies[pos] += hi.sum(1, dtype=np.int32)
+                S[hi] = -np.inf
+        cur = self.best[pos]
+        if prefilter:  # only rows with a score better than their worst kept one change
+            upd = S.max(1) > cur.min(1)
+            if not upd.all():
+                pos, S, cur = pos[upd], S[upd], cur[upd]
+                if len(pos) == 0:
+                    return
+        X = np.concatenate([cur, S], axis=1)
+        self.best[pos] = np.partition(X, X.shape[1] - self.keep, axis=1)[:, -self.keep :]
+
+    def scores(self, pos: np.ndarray) -> np.ndarray:
+        """(len(pos), k) scores best first, as the top ``k`` neighbours would give them."""
+        m = len(pos)
+        out = np.full((m, self.k), -np.inf, np.float32)
+        best = -np.sort(-self.best[pos], axis=1)
+        start = np.zeros(m, np.int64)
+        if self.copies is not None:
+            start = np.minimum(self.copies[pos], self.k).astype(np.int64)
+            out[np.arange(self.k)[None, :] < start[:, None]] = self.ceiling
+        col = start[:, None] + np.arange(self.keep)[None, :]
+        ok = col < self.k
+        out[np.nonzero(ok)[0], col[ok]] = best[ok]
+        return out
+
+
 @dataclass
 class Join:
-    """Candidate pairs (rows ``a < b``, raw cosine) and one value per row from the neighbours callback."""
+    """Candidate pairs (rows ``a < b``, raw cosine) and one value per row from the neighbours callback
+    (:meth:`values`: computed for the rows asked for, once; ``per_row`` holds those computed, NaN elsewhere)."""
 
     a: np.ndarray
     b: np.ndarray
     raw: np.ndarray
-    per_row: np.ndarray  # what ``neighbours`` returned for each row (e.g. the background); NaN for rows not joined
+    per_row: np.ndarray
     info: dict = field(default_factory=dict)
+    nn: Neighbours | None = None  # kept neighbours of the joined rows, by position
+    pos: np.ndarray | None = None  # row -> position in nn (-1: not joined)
+    neighbours: NeighbourFn | None = None
+    vecs: np.ndarray | None = None  # the joined vectors (memory-mapped pages are released after use)
+    _done: np.ndarray | None = None
+
+    def values(self, rows: np.ndarray) -> np.ndarray:
+        """The neighbours callback's value of each of ``rows`` (NaN for rows not joined), computed on first use."""
+        rows = np.asarray(rows, np.int64)
+        if self.nn is not None and self.neighbours is not None and len(rows):
+            if self._done is None:
+                self._done = np.zeros(len(self.per_row), bool)
+            todo = np.unique(rows[~self._done[rows]])
+            todo = todo[self.pos[todo] >= 0]
+            for s in range(0, len(todo), 65536):
+                r = todo[s : s + 65536]
+                self.per_row[r] = self.neighbours(r, self.nn.scores(self.pos[r]))
+                if self.vecs is not None:  # the callback may have read the rows' vectors
+                    _release(self.vecs)
+            self._done[rows] = True
+        return self.per_row[rows]
+
+    def finish(self) -> None:
+        """Compute the values of every pair's rows, then drop the kept neighbours (memory)."""
+        self.values(np.concatenate([self.a, self.b]))
+        self.nn = self.pos = None
 
 
 def _release(vecs: np.ndarray) -> None:
@@ -84,23 +178,30 @@ def _topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return sc.astype(np.float32, copy=False), cols
 
 
-def _no_neighbours(rows: np.ndarray, nn_scores: np.ndarray, nn_rows: np.ndarray) -> np.ndarray:
-    return np.full(len(rows), np.nan, np.float32)
-
-
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
 
+def _finish(a: np.ndarray, b: np.ndarray, raw: np.ndarray, vecs: np.ndarray, rows: np.ndarray,
+            nn: Neighbours | None, neighbours: NeighbourFn | None, info: dict) -> Join:
+    n_all = len(vecs)
+    pos = None
+    if nn is not None:
+        pos = np.full(n_all, -1, np.int64)
+        pos[rows] = np.arange(len(rows))
+    return Join(a, b, np.minimum(raw, 1.0), np.full(n_all, np.nan, np.float32), info, nn, pos,
+                neighbours if nn is not None else None, vecs)
+
+
 def exact_join(vecs: np.ndarray, min_raw: float, k: int, neighbours: NeighbourFn | None = None, *,
-               rows: np.ndarray | None = None, block_elems: int = 1 << 24) -> Join:
-    """Every pair of ``rows`` (default: all) with raw cosine >= ``min_raw``, and ``neighbours`` of each
-    row's top-``k`` among ``rows`` (itself excluded). Exact."""
+               rows: np.ndarray | None = None, block_elems: int = 1 << 24,
+               summary: tuple[int, float] | None = None) -> Join:
+    """Every pair of ``rows`` (default: all) with raw cosine >= ``min_raw``, and the ``neighbours`` value of each
+    row from its top-``k`` among ``rows`` (itself excluded; ``summary``: see :class:`Neighbours`). Exact."""
     t0 = time.perf_counter()
-    neighbours = neighbours or _no_neighbours
     rows = np.arange(len(vecs)) if rows is None else np.asarray(rows, np.int64)
     n = len(rows)
-    per_row = np.full(len(vecs), np.nan, np.float32)
+    nn = Neighbours(n, k, summary) if k and neighbours is not None else None
     sub = np.ascontiguousarray(vecs[rows], dtype=np.float32)
     A, B, R = [], [], []
     bs = max(1, min(n, block_elems // max(n, 1)))
@@ -108,20 +209,20 @@ def exact_join(vecs: np.ndarray, min_raw: float, k: int, neighbours: NeighbourFn
         e = min(n, s + bs)
         S = sub[s:e] @ sub.T
         S[np.arange(e - s), np.arange(s, e)] = -np.inf
-        if k:
-            sc, cols = _topk(S, k)
-            nn = np.where(cols >= 0, rows[np.maximum(cols, 0)], -1)
-            per_row[rows[s:e]] = neighbours(rows[s:e], sc, nn)
         r, c = np.nonzero(S[:, s:] >= min_raw - EPS)  # columns >= s: only c > r can be kept
         c += s
         keep = c > r + s
         r, c = r[keep], c[keep]
         A.append(rows[r + s]), B.append(rows[c]), R.append(S[r, c])
+        if nn is not None:
+            nn.add(np.arange(s, e), S, prefilter=False)
     a, b = _concat(A, np.int64), _concat(B, np.int64)
     swap = a > b  # rows need not be sorted
     a[swap], b[swap] = b[swap], a[swap]
-    return Join(a, b, np.minimum(_concat(R, np.float32), 1.0), per_row,
-                {"search": "exact", "device": "cpu", "seconds": round(time.perf_counter() - t0, 3)})
+    res = _finish(a, b, _concat(R, np.float32), vecs, rows, nn, neighbours,
+                  {"search": "exact", "device": "cpu"})
+    res.info["seconds"] = round(time.perf_counter() - t0, 3)
+    return res
 
 
 # -- k-means layout ---------------------------------------------------------------------------------------------
@@ -149,77 +250,82 @@ LARGE_NLIST = 2048  # above this many lists, k-means trains on a smaller sample 
 
 def assign(vecs: np.ndarray, centroids: np.ndarray, nprobe: int = MAX_PROBES, *, block: int = 16384) -> np.ndarray:
     """The ``nprobe`` nearest lists of each vector (int32, nearest first: column 0 is its own list)."""
+    import faiss
+
     n = len(vecs)
     p = min(nprobe, len(centroids))
     out = np.empty((n, p), np.int32)
-    ct = centroids.T.copy()
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, np.float32))
     for s in range(0, n, block):
-        out[s : s + block] = _topk(np.asarray(vecs[s : s + block], np.float32) @ ct, p)[1]
+        out[s : s + block] = index.search(np.ascontiguousarray(vecs[s : s + block], np.float32), p)[1]
         _release(vecs)
     return out
 
 
 def cluster_join(vecs: np.ndarray, probes: np.ndarray, nlist: int, min_raw: float, k: int,
-                 neighbours: NeighbourFn | None = None, *, nprobe: int = NPROBE, rows: np.ndarray | None = None) -> Join:
+                 neighbours: NeighbourFn | None = None, *, nprobe: int = NPROBE, rows: np.ndarray | None = None,
+                 summary: tuple[int, float] | None = None) -> Join:
     """Approximate :func:`exact_join` over a k-means layout (``probes``: :func:`assign` of every row of ``vecs``).
 
     Each row is compared with the members of its ``nprobe`` nearest lists: list by list, one product of the
-    rows that probe the list against its members gives their candidate pairs and their best neighbours in it,
-    merged into a running top-``k`` per row. Only ``rows`` (default: all) take part, as queries and matches.
+    rows that probe the list against its members gives their candidate pairs and their neighbours in it,
+    merged into each row's kept neighbours (:class:`Neighbours`). Only ``rows`` (default: all) take part, as
+    queries and matches.
     """
     t0 = time.perf_counter()
-    neighbours = neighbours or _no_neighbours
     n_all = len(vecs)
     rows = np.arange(n_all) if rows is None else np.asarray(rows, np.int64)
+    n = len(rows)
     nprobe = max(1, min(nprobe, probes.shape[1]))
-    pr = np.asarray(probes[rows, :nprobe], np.int64)  # (n, nprobe)
+    pr = np.asarray(probes[rows, :nprobe], np.int32)  # (n, nprobe), by position
     own = pr[:, 0]
-    pos = np.full(n_all, -1, np.int64)  # row -> position in `rows`
-    pos[rows] = np.arange(len(rows))
-    m_order = np.argsort(own, kind="stable")  # members grouped by list
-    m_offs = np.concatenate([[0], np.cumsum(np.bincount(own, minlength=nlist))])
-    flat = pr.ravel()
-    q_order = np.argsort(flat, kind="stable")  # (position, probe) grouped by probed list
-    q_offs = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=nlist))])
-    q_pos_all = q_order // nprobe
-    best_s = np.full((len(rows), k), -np.inf, np.float32) if k else None
-    best_r = np.full((len(rows), k), -1, np.int32 if n_all < 2**31 else np.int64) if k else None
+    counts = np.bincount(own, minlength=nlist)
+    # (position, probe) grouped by probed list; within a list its members (probe 0) first, by position
+    flat = pr.ravel().astype(np.int64) * 2 + (np.arange(pr.size) % nprobe > 0)
+    q_order = np.argsort(flat, kind="stable")
+    q_offs = np.concatenate([[0], np.cumsum(np.bincount(flat // 2, minlength=nlist))])
+    q_pos_all = (q_order // nprobe).astype(np.int64)
+    del flat, q_order
+    nn = Neighbours(n, k, summary) if k and neighbours is not None else None
     A, B, R = [], [], []
     compared = 0
+    thr = np.float32(min_raw - EPS)
     for L in range(nlist):
-        mem = m_order[m_offs[L] : m_offs[L + 1]]  # positions of the list's members
-        if len(mem) == 0:
+        nm = int(counts[L])
+        if nm == 0:
             continue
-        qp = q_pos_all[q_offs[L] : q_offs[L + 1]]  # positions of the rows that probe it (members first: own probe)
-        S = np.asarray(vecs[rows[qp]], np.float32) @ np.asarray(vecs[rows[mem]], np.float32).T
+        qp = q_pos_all[q_offs[L] : q_offs[L + 1]]  # members first
+        Q = np.asarray(vecs[rows[qp]], np.float32)
+        S = Q @ Q[:nm].T
         compared += S.size
-        S[qp[:, None] == mem[None, :]] = -np.inf  # itself
-        if k:
-            sc, cols = _topk(S, k)
-            cand_r = np.where(cols >= 0, rows[mem][np.maximum(cols, 0)], -1)
-            merged_s, pick = _topk(np.hstack([best_s[qp], sc]), k)
-            both = np.hstack([best_r[qp].astype(np.int64), cand_r])
-            best_s[qp] = merged_s
-            best_r[qp] = np.where(pick >= 0, np.take_along_axis(both, np.maximum(pick, 0), 1), -1)
+        idx = np.arange(nm)
+        S[idx, idx] = -np.inf  # itself
+        r, c = np.nonzero(S >= thr)
+        if len(r):
+            mem = r < nm
+            # two members: found twice in this product, kept once (c > r); a query from another list: (x, y) is
+            # found again when y probes x's list, and is then kept from the smaller row's side only
+            keep = np.where(mem, c > r, True)
+            o = ~mem
+            if o.any():
+                xp, yp = qp[r[o]], qp[c[o]]
+                other = (pr[yp] == own[xp][:, None]).any(1)
+                keep[o] = (xp < yp) | ~other
+            r, c = r[keep], c[keep]
+            x, y = qp[r], qp[c]
+            A.append(np.minimum(x, y)), B.append(np.maximum(x, y)), R.append(S[r, c])
+        if nn is not None:
+            nn.add(qp, S)
         if L % 256 == 255:
             _release(vecs)
-        r, c = np.nonzero(S >= min_raw - EPS)
-        xp, yp = qp[r], mem[c]
-        # (x, y) is also found when y probes x's list, unless x is in this list too: keep it once
-        other = (pr[yp] == own[xp][:, None]).any(1)
-        keep = (rows[xp] < rows[yp]) | ~other
-        x, y, sv = rows[xp[keep]], rows[yp[keep]], S[r[keep], c[keep]]
-        A.append(np.minimum(x, y)), B.append(np.maximum(x, y)), R.append(sv)
-    per_row = np.full(n_all, np.nan, np.float32)
-    if k:
-        for s in range(0, len(rows), 65536):
-            br = best_r[s : s + 65536].astype(np.int64)
-            per_row[rows[s : s + 65536]] = neighbours(rows[s : s + 65536], best_s[s : s + 65536], br)
-    a, b, raw = _concat(A, np.int64), _concat(B, np.int64), _concat(R, np.float32)
+    _release(vecs)
+    a, b = rows[_concat(A, np.int64)], rows[_concat(B, np.int64)]
     info = {"search": "approximate", "device": "cpu", "nlist": int(nlist), "nprobe": int(nprobe),
-            "compared_share": round(compared / max(1, len(rows)) ** 2, 5),
-            "seconds": round(time.perf_counter() - t0, 3)}
-    return Join(a, b, np.minimum(raw, 1.0), per_row, info)
+            "compared_share": round(compared / max(1, n) ** 2, 5)}
+    res = _finish(a, b, _concat(R, np.float32), vecs, rows, nn, neighbours, info)
+    res.info["seconds"] = round(time.perf_counter() - t0, 3)
+    return res
 
 
 def _exact_rows(vecs: np.ndarray, Q: np.ndarray, min_raw: float, k: int, *, live: np.ndarray | None = None,
@@ -267,16 +373,20 @@ def estimate_recall(vecs: np.ndarray, result: Join, min_raw: float, k: int, neig
     nb_exact = np.full(len(pick), np.nan, np.float32)
     for s in range(0, len(pick), 256):
         q = pick[s : s + 256]
-        r, c, sc, nn_s, nn_r = _exact_rows(vecs, np.asarray(vecs[q], np.float32), min_raw, k, live=live, exclude=q)
+        r, c, sc, nn_s, _ = _exact_rows(vecs, np.asarray(vecs[q], np.float32), min_raw, k, live=live, exclude=q)
         if k and neighbours is not None:
-            nb_exact[s : s + len(q)] = neighbours(q, nn_s, nn_r)
+            nb_exact[s : s + len(q)] = neighbours(q, nn_s)
         want_a.append(q[r]), want_b.append(c), want_s.append(sc)
     wa, wb, ws = _concat(want_a, np.int64), _concat(want_b, np.int64), _concat(want_s, np.float32)
     lo, hi = np.minimum(wa, wb), np.maximum(wa, wb)
     n_rows = int(max(len(vecs), 1))
     in_pick = np.isin(result.a, pick) | np.isin(result.b, pick)
     found = np.isin(lo * n_rows + hi, result.a[in_pick] * n_rows + result.b[in_pick])
-    kept = decide(lo, hi, ws, result.per_row) if decide is not None else np.ones(len(ws), bool)
+    if decide is not None:
+        result.values(np.concatenate([lo, hi]))
+        kept = decide(lo, hi, ws, result.per_row)
+    else:
+        kept = np.ones(len(ws), bool)
     is_loose = kept & (ws >= loose[0]) & (ws < loose[1])
 
     def share(mask: np.ndarray) -> float:
@@ -286,7 +396,7 @@ def estimate_recall(vecs: np.ndarray, result: Join, min_raw: float, k: int, neig
            "pair_recall_estimate": share(kept), "loose_pair_recall_estimate": share(is_loose),
            "candidate_recall_estimate": share(np.ones(len(ws), bool))}
     if k and neighbours is not None:
-        got = result.per_row[pick]
+        got = result.values(pick)
         same = np.isclose(got, nb_exact, atol=1e-4) | (np.isnan(got) & np.isnan(nb_exact))
         out["neighbour_agreement_estimate"] = round(float(same.mean()), 5)
     return out
@@ -296,29 +406,35 @@ def join(vecs: np.ndarray, min_raw: float, k: int, neighbours: NeighbourFn | Non
          decide: DecideFn | None = None, *,
          rows: np.ndarray | None = None, layout: tuple[np.ndarray, int] | None = None, method: str = "auto",
          nprobe: int = NPROBE, target: float = RECALL_TARGET, sample: int = SAMPLE_ROWS,
-         joiner: Callable[..., Join] | None = None) -> Join:
+         joiner: Callable[..., Join] | None = None, summary: tuple[int, float] | None = None) -> Join:
     """The search every command uses. ``method``: ``exact``, ``approximate`` or ``auto`` (exact below
     :data:`EXACT_BELOW` rows or without a ``layout`` = (probes, nlist)). The approximate search checks a sample
     of rows exactly and doubles ``nprobe`` (up to the layout's) until the estimate reaches ``target``, for all the
-    decision's pairs and for the loose ones (raw cosine 0.6-0.8)."""
+    decision's pairs and for the loose ones (raw cosine 0.6-0.8). ``summary``: what the decision reads of each
+    row's top ``k`` neighbours (:class:`Neighbours`). The returned join has the per-row values of every pair's rows."""
     rows = None if rows is None else np.sort(np.asarray(rows, np.int64))
     n = len(vecs) if rows is None else len(rows)
     if method == "exact" or layout is None or (method == "auto" and n < EXACT_BELOW):
-        return exact_join(vecs, min_raw, k, neighbours, rows=rows)
+        result = exact_join(vecs, min_raw, k, neighbours, rows=rows, summary=summary)
+        result.finish()
+        return result
     probes, nlist = layout
     t0 = time.perf_counter()
     tries = []
     while True:
-        result = (joiner or cluster_join)(vecs, probes, nlist, min_raw, k, neighbours, nprobe=nprobe, rows=rows)
+        result = (joiner or cluster_join)(vecs, probes, nlist, min_raw, k, neighbours, nprobe=nprobe, rows=rows,
+                                          summary=summary)
         t1 = time.perf_counter()
         est = estimate_recall(vecs, result, min_raw, k, neighbours, decide, rows=rows, sample=sample)
         est["recall_check_seconds"] = round(time.perf_counter() - t1, 3)
-        tries.append({"nprobe": nprobe, "pair_recall_estimate": est["pair_recall_estimate"],
+        tries.append({"nprobe": nprobe, "seconds": result.info["seconds"],
+                      "pair_recall_estimate": est["pair_recall_estimate"],
                       "loose_pair_recall_estimate": est["loose_pair_recall_estimate"]})
         short = min(est["pair_recall_estimate"], est["loose_pair_recall_estimate"]) < target
         if not short or nprobe >= probes.shape[1]:
             break
         nprobe = min(probes.shape[1], nprobe * 2)
+    result.finish()
     result.info.update(est)
     result.info["recall_target"] = target
     result.info["tries"] = tries
@@ -343,7 +459,18 @@ def search_device(requested: str = "auto", n: int = 0) -> str:
     from .devices import select_device
 
     requested = (requested or "auto").lower()
-    if requested == "auto" and n < EXACT_BELOW:
+    if requested == "auto" and (n < EXACT_BELOW or not _may_have_cuda()):
         return "cpu"
     dev = select_device(requested)
     return dev if dev.startswith("cuda") else "cpu"
+
+
+def _may_have_cuda() -> bool:
+    """Whether an NVIDIA GPU may be here, without importing torch (half a gigabyte of memory and seconds of
+    start-up on a CPU-only machine just to learn that there is none)."""
+    import glob
+    import os
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/proc/driver/nvidia"))

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .search import EPS, MAX_PROBES, NPROBE, Join, NeighbourFn, _no_neighbours
+from .search import EPS, MAX_PROBES, NPROBE, Join, NeighbourFn, Neighbours, _finish
 
 
 def _torch():
@@ -59,68 +59,70 @@ def assign(vecs: np.ndarray, centroids: np.ndarray, nprobe: int = MAX_PROBES, *,
 
 def cluster_join(vecs: np.ndarray, probes: np.ndarray, nlist: int, min_raw: float, k: int,
                  neighbours: NeighbourFn | None = None, *, nprobe: int = NPROBE, rows: np.ndarray | None = None,
-                 device: str = "cuda") -> Join:
-    """:func:`embeddr.search.cluster_join` on a torch ``device``."""
+                 summary: tuple[int, float] | None = None, device: str = "cuda") -> Join:
+    """:func:`embeddr.search.cluster_join` on a torch ``device`` (the same pairs, and the same kept neighbours)."""
     torch = _torch()
     t0 = time.perf_counter()
-    neighbours = neighbours or _no_neighbours
     n_all = len(vecs)
     rows_np = np.arange(n_all) if rows is None else np.asarray(rows, np.int64)
     nprobe = max(1, min(nprobe, probes.shape[1]))
     pr_np = np.asarray(probes[rows_np, :nprobe], np.int64)
     own_np = pr_np[:, 0]
-    m_order = np.argsort(own_np, kind="stable")
-    m_offs = np.concatenate([[0], np.cumsum(np.bincount(own_np, minlength=nlist))])
-    flat = pr_np.ravel()
+    counts = np.bincount(own_np, minlength=nlist)
+    flat = pr_np.ravel() * 2 + (np.arange(pr_np.size) % nprobe > 0)  # members of a list first (as the NumPy join)
     q_order = np.argsort(flat, kind="stable")
-    q_offs = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=nlist))])
+    q_offs = np.concatenate([[0], np.cumsum(np.bincount(flat // 2, minlength=nlist))])
 
     dev = torch.device(device)
     V = torch.from_numpy(np.ascontiguousarray(vecs[rows_np], np.float32)).to(dev)  # positions, not rows
     pr = torch.from_numpy(pr_np).to(dev)
     own = pr[:, 0]
-    m_ord = torch.from_numpy(m_order).to(dev)
     q_pos = torch.from_numpy(q_order // nprobe).to(dev)
     n = len(rows_np)
-    best_s = torch.full((n, k), -float("inf"), device=dev) if k else None
-    best_p = torch.full((n, k), -1, dtype=torch.long, device=dev) if k else None
+    nn = Neighbours(n, k, summary) if k and neighbours is not None else None
+    if nn is not None:
+        keep_n, ceiling = nn.keep, nn.ceiling
+        best = torch.full((n, keep_n), -float("inf"), device=dev)
+        copies = torch.zeros(n, dtype=torch.int32, device=dev)
     A, B, R = [], [], []
     compared = 0
     for L in range(nlist):
-        lo, hi = int(m_offs[L]), int(m_offs[L + 1])
-        if lo == hi:
+        nm = int(counts[L])
+        if nm == 0:
             continue
-        mem = m_ord[lo:hi]
         qp = q_pos[int(q_offs[L]) : int(q_offs[L + 1])]
-        S = V[qp] @ V[mem].T
+        Q = V[qp]
+        S = Q @ Q[:nm].T
         compared += S.numel()
-        S[qp[:, None] == mem[None, :]] = -float("inf")
-        if k:
-            kk = min(k, S.shape[1])
-            sc, cols = torch.topk(S, kk, dim=1)
-            merged = torch.cat([best_s[qp], sc], 1)
-            both = torch.cat([best_p[qp], mem[cols]], 1)
-            ms, pick = torch.topk(merged, k, dim=1)
-            best_s[qp] = ms
-            best_p[qp] = torch.gather(both, 1, pick)
+        idx = torch.arange(nm, device=dev)
+        S[idx, idx] = -float("inf")
         r, c = torch.nonzero(S >= min_raw - EPS, as_tuple=True)
-        xp, yp = qp[r], mem[c]
-        other = (pr[yp] == own[xp][:, None]).any(1)
-        keep = (xp < yp) | ~other  # positions are in row order, so comparing them compares rows
-        A.append(torch.minimum(xp, yp)[keep]), B.append(torch.maximum(xp, yp)[keep]), R.append(S[r[keep], c[keep]])
-    per_row = np.full(n_all, np.nan, np.float32)
-    if k:
-        best_p[~torch.isfinite(best_s)] = -1
-        for s in range(0, n, 65536):
-            bs = best_s[s : s + 65536].cpu().numpy()
-            bp = best_p[s : s + 65536].cpu().numpy()
-            nn = np.where(bp >= 0, rows_np[np.maximum(bp, 0)], -1)
-            per_row[rows_np[s : s + 65536]] = neighbours(rows_np[s : s + 65536], bs, nn)
+        if len(r):
+            mem = r < nm
+            xp, yp = qp[r], qp[c]
+            other = (pr[yp] == own[xp][:, None]).any(1)
+            keep = torch.where(mem, c > r, (xp < yp) | ~other)
+            r, c = r[keep], c[keep]
+            x, y = qp[r], qp[c]
+            A.append(torch.minimum(x, y)), B.append(torch.maximum(x, y)), R.append(S[r, c])
+        if nn is not None and keep_n:
+            if np.isfinite(ceiling):
+                hi = S >= ceiling
+                copies[qp] += hi.sum(1, dtype=torch.int32)
+                S = S.masked_fill(hi, -float("inf"))
+            merged = torch.cat([best[qp], S], 1)
+            best[qp] = torch.topk(merged, keep_n, dim=1).values
+    if nn is not None:
+        nn.best[:] = best.cpu().numpy()
+        if nn.copies is not None:
+            nn.copies[:] = copies.cpu().numpy()
 
     def cat(parts, dtype):
         return torch.cat(parts).cpu().numpy().astype(dtype) if parts else np.zeros(0, dtype)
 
     a, b, raw = rows_np[cat(A, np.int64)], rows_np[cat(B, np.int64)], cat(R, np.float32)
     info = {"search": "approximate", "device": str(dev), "nlist": int(nlist), "nprobe": int(nprobe),
-            "compared_share": round(compared / max(1, n) ** 2, 5), "seconds": round(time.perf_counter() - t0, 3)}
-    return Join(a, b, np.minimum(raw, 1.0), per_row, info)
+            "compared_share": round(compared / max(1, n) ** 2, 5)}
+    res = _finish(a, b, raw, vecs, rows_np, nn, neighbours, info)
+    res.info["seconds"] = round(time.perf_counter() - t0, 3)
+    return res

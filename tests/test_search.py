@@ -31,8 +31,8 @@ def brute(vecs: np.ndarray, t: float, k: int):
 
 
 def scorer_fns(scorer: Scorer, threshold: float):
-    def neighbours(q, s, r):
-        return scorer.backgrounds(q, None, s, r)
+    def neighbours(q, s):
+        return scorer.backgrounds_of_others(None, s)
 
     def decide(a, b, raw, per_row):
         return scorer.score(raw, per_row[a], per_row[b]) >= threshold - search.EPS
@@ -45,7 +45,7 @@ def test_exact_join_is_brute_force_pairs_and_neighbours():
     want, nn = brute(vecs, 0.5, 10)
     got_nn = {}
 
-    def record(q, s, r):
+    def record(q, s):
         for row, sc in zip(q.tolist(), s):
             got_nn[row] = sc
         return np.zeros(len(q), np.float32)
@@ -53,11 +53,70 @@ def test_exact_join_is_brute_force_pairs_and_neighbours():
     res = search.exact_join(vecs, 0.5, 10, record, block_elems=1500 * 97)  # many blocks
     assert set(zip(res.a.tolist(), res.b.tolist())) == want and len(res.a) == len(want)
     assert (res.a < res.b).all()
+    assert not got_nn  # the per-row values are computed when asked for
+    res.values(np.arange(len(vecs)))
     np.testing.assert_allclose(np.stack([got_nn[i] for i in range(len(vecs))]), nn, atol=1e-5)
     # a subset of rows: only pairs and neighbours among them
     rows = np.arange(0, 1500, 3)
     sub = search.exact_join(vecs, 0.5, 0, rows=rows)
     assert set(zip(sub.a.tolist(), sub.b.tolist())) == {(a, b) for a, b in want if a % 3 == 0 and b % 3 == 0}
+
+
+def test_kept_neighbours_give_the_background_of_the_full_top_k():
+    """The join keeps per row only the number of copies (>= ceiling) and the rank-k best below the ceiling, not
+    the top 96 with their ids: the background is the one the full top 96 gives, also for a row with more copies
+    than the top 96 can hold past them (no background) and for rows with few neighbours."""
+    from embeddr.normalize import background_from_knn
+
+    rng = np.random.default_rng(7)
+    vecs = realistic(1800, 64, seed=7)
+    burst = vecs[0] + 0.03 * rng.standard_normal((80, 64)).astype(np.float32)  # 80 copies of row 0 above 0.9
+    vecs = np.vstack([vecs, burst / np.linalg.norm(burst, axis=1, keepdims=True)]).astype(np.float32)
+    scorer = Scorer(k=32, ceiling=0.9)
+    S = vecs @ vecs.T
+    np.fill_diagonal(S, -np.inf)
+    order = np.argsort(-S, axis=1, kind="stable")[:, : scorer.neighbours]
+    ids = np.arange(len(vecs))
+    want = background_from_knn(np.take_along_axis(S, order, 1), order, ids, scorer.k, ceiling=scorer.ceiling)
+    res = search.exact_join(vecs, 0.6, scorer.neighbours, lambda q, s: scorer.backgrounds_of_others(None, s),
+                            summary=scorer.summary, block_elems=len(vecs) * 200)
+    got = res.values(ids)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert (want[1800:] == -1).any() and (want > 0).sum() > 1000  # both cases occur
+    sub = np.arange(0, len(vecs), 7)  # few rows: fewer than k neighbours, no background
+    res = search.exact_join(vecs, 0.6, scorer.neighbours, lambda q, s: scorer.backgrounds_of_others(None, s),
+                            rows=sub, summary=scorer.summary)
+    S2 = S[np.ix_(sub, sub)]
+    o2 = np.argsort(-S2, axis=1, kind="stable")[:, : scorer.neighbours]
+    want2 = background_from_knn(np.take_along_axis(S2, o2, 1), o2, np.arange(len(sub)), scorer.k, ceiling=0.9)
+    np.testing.assert_allclose(res.values(sub), want2, atol=1e-6)
+
+
+def test_dupes_is_the_reference_decision_with_the_reference_set(tmp_path):
+    """512-d vectors, so the preset's reference set applies: the pairs and scores of `dupes` (exact search, the
+    reference-set search run only for the rows of pairs the collection part leaves) are those of the exact
+    reference decision (embeddr.normalize.decide over a FAISS index, every row's whole background)."""
+    import faiss
+
+    from embeddr.normalize import decide
+
+    vecs = realistic(2500, 512, seed=8)
+    db = tmp_path / "c.db"
+    synthetic_catalog(db, vecs)
+    preset = get_preset("sscd-distilled")
+    scorer = Scorer.for_preset(preset)
+    assert scorer.has_reference
+    index = faiss.IndexIDMap(faiss.IndexFlatIP(512))
+    ids = np.arange(1, len(vecs) + 1, dtype=np.int64)
+    index.add_with_ids(vecs, ids)
+    a, b, s, _ = decide(index, ids, vecs, preset.threshold.value, scorer)
+    want = {(f"/s/{x - 1:06d}.jpg", f"/s/{y - 1:06d}.jpg"): v for x, y, v in zip(a.tolist(), b.tolist(), s.tolist())}
+    with Catalog(db) as catalog:
+        report = find_duplicates(catalog, preset, search="exact")
+    got = {(p.a, p.b): p.score for p in report.pairs}
+    assert len(want) > 200 and set(got) == set(want)
+    for key, v in want.items():
+        assert got[key] == pytest.approx(v, abs=1e-5)
 
 
 def test_cluster_join_matches_exact_on_realistic_vectors():
@@ -67,11 +126,11 @@ def test_cluster_join_matches_exact_on_realistic_vectors():
     vecs = realistic(12000, 128, seed=2)
     scorer = Scorer()
     neighbours, decide = scorer_fns(scorer, THRESHOLD)
-    exact = search.exact_join(vecs, THRESHOLD, scorer.neighbours, neighbours)
+    exact = search.join(vecs, THRESHOLD, scorer.neighbours, neighbours, method="exact", summary=scorer.summary)
     centroids = search.train_centroids(vecs, len(vecs) // search.LIST_SIZE)
     probes = search.assign(vecs, centroids)
     approx = search.join(vecs, THRESHOLD, scorer.neighbours, neighbours, decide, layout=(probes, len(centroids)),
-                         method="approximate")
+                         method="approximate", summary=scorer.summary)
     assert approx.info["search"] == "approximate"
     keys = list(zip(approx.a.tolist(), approx.b.tolist()))
     assert len(set(keys)) == len(keys) and (approx.a < approx.b).all()
@@ -236,9 +295,11 @@ def test_torch_join_is_the_numpy_join():
     centroids = search.train_centroids(vecs, 30)
     probes = search.assign(vecs, centroids, 8)
     rows = np.arange(0, 4000, 2)[:1800]
-    want = search.cluster_join(vecs, probes, 30, THRESHOLD, scorer.neighbours, neighbours, nprobe=6, rows=rows)
+    want = search.cluster_join(vecs, probes, 30, THRESHOLD, scorer.neighbours, neighbours, nprobe=6, rows=rows,
+                               summary=scorer.summary)
     got = search_torch.cluster_join(vecs, probes, 30, THRESHOLD, scorer.neighbours, neighbours, nprobe=6, rows=rows,
-                                    device="cpu")
+                                    summary=scorer.summary, device="cpu")
+    want.values(rows), got.values(rows)
     order_w, order_g = np.lexsort((want.b, want.a)), np.lexsort((got.b, got.a))
     np.testing.assert_array_equal(want.a[order_w], got.a[order_g])
     np.testing.assert_array_equal(want.b[order_w], got.b[order_g])
