@@ -8,9 +8,8 @@ Both come out of the same matrix products, so they are computed together:
 * :func:`exact_join` -- the reference. Blocks of rows against all vectors (one BLAS product per
   block, never an N x N matrix): O(N^2 * dim), about a minute for 100k vectors on 2 cores.
 * :func:`cluster_join` -- k-means-partitioned self-join for large collections. The vectors are split
-  into ``nlist`` lists by k-means (:func:`list_size`: the lists grow with N, so the share of the
-  neighbours a probe count finds holds as N grows); every vector knows its nearest lists (the first is its
-  own). For each list, one product of the rows that probe it against its members gives their candidate
+  into ``nlist`` lists of :data:`LIST_SIZE` by k-means; every vector knows its nearest lists (the first is
+  its own). For each list, one product of the rows that probe it against its members gives their candidate
   pairs *and* their neighbours in it. Each vector therefore sees its ``nprobe`` nearest lists. A pair
   found from both of its ends is kept once, by a vectorised rule (no Python loop per pair or per row).
 * :class:`Neighbours` -- what is kept of each row's neighbours while the join runs: not the top ``k``
@@ -41,7 +40,7 @@ import numpy as np
 
 EPS = 1e-5  # float32 slack so a score of exactly the threshold counts as "at or above"
 EXACT_BELOW = 30_000  # collections smaller than this are joined exactly (under ~20 s on 2 cores)
-LIST_SIZE = 128  # vectors per k-means list at EXACT_BELOW vectors; grows with N (list_size)
+LIST_SIZE = 128  # vectors per k-means list (fixed: larger lists found fewer pairs for the same work)
 NPROBE = 12  # lists each vector is compared with; raised while the recall estimate falls short
 MAX_PROBES = 24  # probe lists kept per vector in the persisted layout
 RECALL_TARGET = 0.99
@@ -52,13 +51,6 @@ SAMPLE_ROWS = 2000
 NeighbourFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # decision callback: (rows a, rows b, raw, per_row values) -> which candidate pairs the decision keeps
 DecideFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-
-
-def list_size(n: int) -> int:
-    """Vectors per k-means list for a collection of ``n``: :data:`LIST_SIZE` up to 30k vectors, then growing
-    as the square root of N (so the share of the collection a vector's probes cover shrinks only as
-    1/sqrt(N), and the recall at a fixed probe count holds; measured in docs/benchmarks.md)."""
-    return int(max(LIST_SIZE, round(LIST_SIZE * math.sqrt(max(n, 1) / EXACT_BELOW))))
 
 
 class Neighbours:
@@ -86,14 +78,31 @@ class Neighbours:
                 self.copies[pos] += hi.sum(1, dtype=np.int32)
                 S[hi] = -np.inf
         cur = self.best[pos]
+        kth = cur.min(1)
+        keep, c = self.keep, S.shape[1]
+        if c > 8 * keep and not np.isfinite(kth).all():  # a wide block, rows not full yet: its own best first
+            S = np.partition(S, c - keep, axis=1)[:, -keep:]
+        elif c > 8 * keep:  # a wide block (exact search): only the scores above a row's worst kept one count
+            r, col = np.nonzero(S > kth[:, None])
+            cnt = np.bincount(r, minlength=len(pos))
+            width = int(cnt.max()) if len(cnt) else 0
+            if width == 0:
+                return
+            if width > 4 * keep:  # many: the block's own best first
+                S = np.partition(S, c - keep, axis=1)[:, -keep:]
+            else:
+                P = np.full((len(pos), width), -np.inf, np.float32)
+                P[r, np.arange(len(r)) - np.repeat(np.cumsum(cnt) - cnt, cnt)] = S[r, col]
+                S = P
+            prefilter = True
         if prefilter:  # only rows with a score better than their worst kept one change
-            upd = S.max(1) > cur.min(1)
+            upd = S.max(1) > kth
             if not upd.all():
                 pos, S, cur = pos[upd], S[upd], cur[upd]
                 if len(pos) == 0:
                     return
         X = np.concatenate([cur, S], axis=1)
-        self.best[pos] = np.partition(X, X.shape[1] - self.keep, axis=1)[:, -self.keep :]
+        self.best[pos] = np.partition(X, X.shape[1] - keep, axis=1)[:, -keep:]
 
     def scores(self, pos: np.ndarray) -> np.ndarray:
         """(len(pos), k) scores best first, as the top ``k`` neighbours would give them."""
@@ -228,24 +237,23 @@ def exact_join(vecs: np.ndarray, min_raw: float, k: int, neighbours: NeighbourFn
 # -- k-means layout ---------------------------------------------------------------------------------------------
 
 def train_centroids(vecs: np.ndarray, nlist: int, *, seed: int = 1234, per_list: int = 32, niter: int = 8) -> np.ndarray:
-    """Spherical k-means centroids (``nlist`` x dim) from a seeded sample of ``per_list`` vectors per list
-    (16 above :data:`LARGE_NLIST` lists, where training dominates; the lists only need to be roughly even)."""
+    """Spherical k-means centroids (``nlist`` x dim) from a seeded sample of ``per_list`` vectors per list.
+
+    The lists' quality decides the recall at a given probe count, so the sample and the iterations are not cut
+    for large ``nlist`` (measured on 200k realistic vectors: 16 a list and 6 iterations missed 5x more pairs at
+    12 probes, a two-level k-means 18x more; docs/benchmarks.md)."""
     import faiss
 
     n, dim = vecs.shape
-    if nlist > LARGE_NLIST:
-        per_list, niter = min(per_list, 16), min(niter, 6)
     nlist = max(1, min(nlist, n))
     rng = np.random.default_rng(seed)
     m = min(n, nlist * per_list)
     sample = np.ascontiguousarray(vecs[np.sort(rng.choice(n, m, replace=False))] if m < n else vecs, dtype=np.float32)
+    _release(vecs)
     km = faiss.Kmeans(dim, nlist, niter=niter, seed=seed, spherical=True, max_points_per_centroid=per_list,
                       min_points_per_centroid=1, verbose=False)
     km.train(sample)
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
-
-
-LARGE_NLIST = 2048  # above this many lists, k-means trains on a smaller sample (training dominates the build)
 
 
 def assign(vecs: np.ndarray, centroids: np.ndarray, nprobe: int = MAX_PROBES, *, block: int = 16384) -> np.ndarray:
@@ -356,9 +364,33 @@ def _exact_rows(vecs: np.ndarray, Q: np.ndarray, min_raw: float, k: int, *, live
     return _concat(PA, np.int64), _concat(PB, np.int64), np.minimum(_concat(PS, np.float32), 1.0), best_s, best_r
 
 
+def _exact_pairs(vecs: np.ndarray, Q: np.ndarray, min_raw: float, nn: Neighbours | None, *,
+                 live: np.ndarray | None = None, exclude: np.ndarray | None = None, col_block: int = 65536):
+    """Queries ``Q`` against every (live) row of ``vecs``, column block by column block (bounded memory):
+    (query index, row, raw) of the pairs >= ``min_raw``, and the queries' neighbours kept in ``nn``."""
+    n = len(vecs)
+    PA, PB, PS = [], [], []
+    allq = np.arange(len(Q))
+    for cs in range(0, n, col_block):
+        ce = min(n, cs + col_block)
+        S = Q @ np.asarray(vecs[cs:ce], np.float32).T
+        if live is not None:
+            S[:, ~live[cs:ce]] = -np.inf
+        if exclude is not None:
+            hit = np.flatnonzero((exclude >= cs) & (exclude < ce))
+            S[hit, exclude[hit] - cs] = -np.inf
+        _release(vecs)
+        r, c = np.nonzero(S >= min_raw - EPS)
+        PA.append(r), PB.append(c + cs), PS.append(S[r, c])
+        if nn is not None:
+            nn.add(allq, S)
+    return _concat(PA, np.int64), _concat(PB, np.int64), np.minimum(_concat(PS, np.float32), 1.0)
+
+
 def estimate_recall(vecs: np.ndarray, result: Join, min_raw: float, k: int, neighbours: NeighbourFn | None = None,
                     decide: DecideFn | None = None, *, rows: np.ndarray | None = None, sample: int = SAMPLE_ROWS,
-                    seed: int = 0, loose: tuple[float, float] = (0.6, 0.8)) -> dict:
+                    seed: int = 0, loose: tuple[float, float] = (0.6, 0.8),
+                    summary: tuple[int, float] | None = None) -> dict:
     """Exact check of a seeded sample of rows: the share of their exact pairs the join found -- the pairs the
     decision keeps (``decide``, judged with the join's per-row values), and among them those of raw cosine in
     ``loose`` -- the share of all raw candidate pairs found, and how often the ``neighbours`` value is the exact one."""
@@ -373,9 +405,10 @@ def estimate_recall(vecs: np.ndarray, result: Join, min_raw: float, k: int, neig
     nb_exact = np.full(len(pick), np.nan, np.float32)
     for s in range(0, len(pick), 256):
         q = pick[s : s + 256]
-        r, c, sc, nn_s, _ = _exact_rows(vecs, np.asarray(vecs[q], np.float32), min_raw, k, live=live, exclude=q)
-        if k and neighbours is not None:
-            nb_exact[s : s + len(q)] = neighbours(q, nn_s)
+        nn = Neighbours(len(q), k, summary) if k and neighbours is not None else None
+        r, c, sc = _exact_pairs(vecs, np.asarray(vecs[q], np.float32), min_raw, nn, live=live, exclude=q)
+        if nn is not None:
+            nb_exact[s : s + len(q)] = neighbours(q, nn.scores(np.arange(len(q))))
         want_a.append(q[r]), want_b.append(c), want_s.append(sc)
     wa, wb, ws = _concat(want_a, np.int64), _concat(want_b, np.int64), _concat(want_s, np.float32)
     lo, hi = np.minimum(wa, wb), np.maximum(wa, wb)
@@ -425,7 +458,8 @@ def join(vecs: np.ndarray, min_raw: float, k: int, neighbours: NeighbourFn | Non
         result = (joiner or cluster_join)(vecs, probes, nlist, min_raw, k, neighbours, nprobe=nprobe, rows=rows,
                                           summary=summary)
         t1 = time.perf_counter()
-        est = estimate_recall(vecs, result, min_raw, k, neighbours, decide, rows=rows, sample=sample)
+        est = estimate_recall(vecs, result, min_raw, k, neighbours, decide, rows=rows, sample=sample,
+                              summary=summary)
         est["recall_check_seconds"] = round(time.perf_counter() - t1, 3)
         tries.append({"nprobe": nprobe, "seconds": result.info["seconds"],
                       "pair_recall_estimate": est["pair_recall_estimate"],
