@@ -149,6 +149,7 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
     # is below the threshold with that alone is out, and the reference-set search runs only for the rows of the
     # pairs left (a minority: most candidate pairs are in crowds the collection part already rules out).
     ref = np.full(len(index), np.nan, np.float32)  # the reference part, where computed
+    reader = engine.RowReader(index.vecs)  # random rows without mapping the whole file (engine._Gather)
 
     def neighbours(q: np.ndarray, nn_scores: np.ndarray) -> np.ndarray:
         return scorer.backgrounds_of_others(None, nn_scores)  # the collection part (no reference set)
@@ -159,9 +160,7 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
         todo = todo[np.isnan(ref[todo])]
         for s in range(0, len(todo), 16384):
             r = todo[s : s + 16384]
-            ref[r] = scorer.reference_background(np.asarray(index.vecs[r], np.float32))
-        if len(todo):
-            engine._release(index.vecs)
+            ref[r] = scorer.reference_background(reader(r))
         return np.maximum(per_row[rows_], ref[rows_])
 
     def decide(a: np.ndarray, b: np.ndarray, raw: np.ndarray, per_row: np.ndarray) -> np.ndarray:
@@ -239,7 +238,9 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     else:
         a, b, s, bg, search_info, sindex = content_pairs(catalog, scorer, threshold, search=search, live_ids=ids,
                                                          device=device)
-        stored_ids, stored_vecs = sindex.ids, sindex.vecs
+        from .search import RowReader
+
+        stored_ids, stored_vecs = sindex.ids, RowReader(sindex.vecs)  # single rows read, not mapped
 
     # reviewer verdicts are on paths; a content pair is rejected when any of its file pairs is
     rejected_content = {tuple(sorted((row_hash, other))) for row_hash, other in _verdict_hashes(rejected, catalog)}
