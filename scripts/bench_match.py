@@ -38,10 +38,6 @@ def path_of(i: int) -> str:
     return f"/synthetic/{i:09d}.jpg"
 
 
-def index_of(paths: np.ndarray) -> np.ndarray:
-    return np.array([int(p[11:20]) for p in paths], np.int64)
-
-
 def real_vectors() -> np.ndarray | None:
     folder = REPO.parent / "shared" / "data" / "realimages" / "images"
     if not folder.is_dir():
@@ -97,13 +93,17 @@ def run_dupes(db: str, search: str, score: str, out: str) -> None:
     with Catalog(db) as catalog:
         report = find_duplicates(catalog, get_preset(MODEL), score=score, search=search)
     seconds = time.perf_counter() - t
-    near = [p for p in report.pairs if p.kind == "near"]
-    a = index_of(np.array([p.a for p in near])) if near else np.zeros(0, np.int64)
-    b = index_of(np.array([p.b for p in near])) if near else np.zeros(0, np.int64)
+    from array import array
+
+    a, b = array("q"), array("q")  # the near pairs, streamed (no list of Pair objects)
+    for p in report.pairs:
+        if p.kind == "near":
+            a.append(int(p.a[11:20])), b.append(int(p.b[11:20]))
+    a, b = np.frombuffer(a, np.int64) if len(a) else np.zeros(0, np.int64), np.frombuffer(b, np.int64) if len(b) else np.zeros(0, np.int64)
     np.savez(out, a=a, b=b)
     info = {k: v for k, v in report.extra.items() if not isinstance(v, (list, dict))}
     print(json.dumps({"seconds": round(seconds, 2), "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                      "pairs": len(near), "groups": len(report.groups), "files": report.files, "search_info": info}))
+                      "pairs": len(a), "groups": len(report.groups), "files": report.files, "search_info": info}))
 
 
 def child(db: Path, search: str, score: str, out: Path) -> dict:
