@@ -360,12 +360,18 @@ def cluster_join(vecs: np.ndarray, probes: np.ndarray, nlist: int, min_raw: floa
     compared = 0
     thr = np.float32(min_raw - EPS)
     gather = _Gather(vecs)
-    for L in range(nlist):
+    todo = np.flatnonzero(counts)
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1)  # reads the next list's rows (preadv lets go of the GIL) while this one is joined
+    nxt = pool.submit(gather, rows[q_pos_all[q_offs[todo[0]] : q_offs[todo[0] + 1]]]) if len(todo) else None
+    for i, L in enumerate(todo.tolist()):
         nm = int(counts[L])
-        if nm == 0:
-            continue
         qp = q_pos_all[q_offs[L] : q_offs[L + 1]]  # members first
-        Q = gather(rows[qp])
+        Q = nxt.result()
+        if i + 1 < len(todo):
+            L2 = todo[i + 1]
+            nxt = pool.submit(gather, rows[q_pos_all[q_offs[L2] : q_offs[L2 + 1]]])
         S = Q @ Q[:nm].T
         compared += S.size
         idx = np.arange(nm)
@@ -386,6 +392,7 @@ def cluster_join(vecs: np.ndarray, probes: np.ndarray, nlist: int, min_raw: floa
             A.append(np.minimum(x, y)), B.append(np.maximum(x, y)), R.append(S[r, c])
         if nn is not None:
             nn.add(qp, S)
+    pool.shutdown()
     gather.close()
     a, b = rows[_concat(A, np.int64)], rows[_concat(B, np.int64)]
     info = {"search": "approximate", "device": "cpu", "nlist": int(nlist), "nprobe": int(nprobe),
