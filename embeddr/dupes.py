@@ -25,11 +25,14 @@ class Pair:
     kind: str  # "exact" | "near"
     a_id: str | None = None  # the manifest ids of a and b (None for a plain scan)
     b_id: str | None = None
+    verified: bool | None = None  # True: a pair below the threshold kept by the second look (embeddr.verify)
 
     def as_dict(self) -> dict:
         d = {"a": self.a, "b": self.b, "score": round(self.score, 6), "kind": self.kind}
         if self.a_id is not None or self.b_id is not None:
             d["a_id"], d["b_id"] = self.a_id, self.b_id
+        if self.verified is not None:
+            d["verified"] = self.verified
         return d
 
 
@@ -51,8 +54,9 @@ class PairList(Sequence):
     builds it once. ``len`` counts without building it."""
 
     def __init__(self, by_hash: dict[str, list[FileRow]], node_pairs: list[tuple[str, str, float]],
-                 rejected: set[tuple[str, str]]) -> None:
+                 rejected: set[tuple[str, str]], verified: set[tuple[str, str]] | None = None) -> None:
         self._by_hash, self._rejected = by_hash, rejected
+        self._verified = verified
         first = {h: rows[0].path for h, rows in by_hash.items() if rows}
         self._node_pairs = sorted(node_pairs, key=lambda t: (-t[2], first[t[0]], first[t[1]]))
         self._list: list[Pair] | None = None
@@ -67,12 +71,14 @@ class PairList(Sequence):
             for x, y in combinations(by_hash[h], 2):  # rows are sorted by path
                 if (x.path, y.path) not in rejected:
                     yield Pair(x.path, y.path, 1.0, "exact", x.item_id, y.item_id)
+        verified = self._verified
         for hx, hy, v in self._node_pairs:
+            checked = True if verified and (hx, hy) in verified else None
             for x in by_hash.get(hx, ()):
                 for y in by_hash.get(hy, ()):
                     a, b = sorted((x, y), key=lambda r: r.path)
                     if (a.path, b.path) not in rejected:
-                        yield Pair(a.path, b.path, v, "near", a.item_id, b.item_id)
+                        yield Pair(a.path, b.path, v, "near", a.item_id, b.item_id, checked)
 
     def __len__(self) -> int:
         if self._list is not None:
@@ -195,7 +201,8 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
 
 def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None = None, score: str | None = None,
                     margin: float | None = None, chunk: int = 2048, approximate: bool = False,
-                    engine=None, search: str | None = None, device: str = "auto") -> DuplicateReport:
+                    engine=None, search: str | None = None, device: str = "auto", verify: bool | None = None,
+                    verifier=None) -> DuplicateReport:
     """Every pair at or above ``threshold`` among the catalog's ``ok`` files, and their groups.
 
     Files with identical bytes are one node (one vector): matching, scoring and grouping run on distinct
@@ -206,6 +213,10 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     ``approximate`` (``approximate=True`` is the same). ``engine``: another exact search with the
     results of :func:`embeddr.normalize.decide`, called as ``engine(stored_ids, stored_vecs, ids, vecs,
     threshold, scorer, live) -> (a, b, score, bg)`` (:func:`embeddr.ray_dupes.ray_search`: Ray tasks).
+
+    ``verify``: give pairs scored near the threshold a second, geometric look (:mod:`embeddr.verify`;
+    default: the preset's ``[verify]`` table, and only with the preset's own score); ``verifier``: a
+    :class:`embeddr.verify.Verifier` to reuse (its key points and looks are kept between calls).
     """
     from .normalize import Scorer
 
@@ -220,6 +231,10 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     ids = _matched_ids(catalog)
 
     search = search or ("approximate" if approximate else "auto")
+    vcfg = preset.verify
+    verifying = (vcfg.enabled if verify is None else bool(verify)) and score == preset.score and not preset.is_hash
+    band = vcfg.band(threshold, preset.threshold.value) if verifying else (threshold, threshold)
+    low = min(band[0], threshold)  # pairs are searched down to the band's low end
     if engine is not None and search != "approximate":
         from .index import load_index, stored
 
@@ -233,10 +248,10 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         else:
             live = ids
             vecs = stored_vecs[np.flatnonzero(np.isin(stored_ids, live))]
-        a, b, s, bg = engine(stored_ids, stored_vecs, ids, vecs, threshold, scorer, live)
+        a, b, s, bg = engine(stored_ids, stored_vecs, ids, vecs, low, scorer, live)
         search_info = {"search": "exact", "engine": getattr(engine, "name", "custom")}
     else:
-        a, b, s, bg, search_info, sindex = content_pairs(catalog, scorer, threshold, search=search, live_ids=ids,
+        a, b, s, bg, search_info, sindex = content_pairs(catalog, scorer, low, search=search, live_ids=ids,
                                                          device=device)
         from .search import RowReader
 
@@ -245,6 +260,20 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     # reviewer verdicts are on paths; a content pair is rejected when any of its file pairs is
     rejected_content = {tuple(sorted((row_hash, other))) for row_hash, other in _verdict_hashes(rejected, catalog)}
     hash_of = catalog.hashes_of_ids(np.concatenate([a, b]).tolist()) if len(a) else {}
+    verified: set[tuple[str, str]] | None = None
+    if verifying:
+        from .verify import CONFIRMED, Verifier, decide_band
+
+        if verifier is None:
+            verifier = Verifier(vcfg, _path_of(catalog))
+        ha = [hash_of[int(x)] for x in a]
+        hb = [hash_of[int(y)] for y in b]
+        keep, effect = decide_band(s, threshold, band, lambda idx, above: verifier.decide(
+            [ha[i] for i in idx], [hb[i] for i in idx], above))
+        verified = {(ha[i], hb[i]) for i in np.flatnonzero(effect == CONFIRMED)}
+        search_info["verify"] = verify_summary(band, effect)
+        a, b, s = a[keep], b[keep], s[keep]
+        del ha, hb
     node_pairs = [(hash_of[int(x)], hash_of[int(y)], float(v)) for x, y, v in zip(a, b, s)]
     node_pairs = [(x, y, v) for x, y, v in node_pairs if tuple(sorted((x, y))) not in rejected_content]
     del a, b, s
@@ -268,11 +297,25 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         raw = np.float32(np.dot(vector(x), vector(y)))
         return float(scorer.score(np.array([raw]), np.array([background(x)]), np.array([background(y)]))[0])
 
+    def decision(x: str, y: str) -> float:
+        """What grouping compares with its floor: the score, or for a pair in the verification band what the
+        second look made of it (confirmed below the threshold: the threshold; refuted above it: -1)."""
+        v = similarity(x, y)
+        if verifying and band[0] - 1e-6 <= v < band[1] - 1e-6:
+            look = verifier.look(x, y)
+            if v < threshold - 1e-6 and verifier.confirms(look):
+                return threshold
+            if v >= threshold - 1e-6 and verifier.refutes(look):
+                return -1.0
+        return v
+
     from .group import group_pairs
 
-    # grouping runs on contents; the no-chaining floor is on the same score as the pairs
+    # grouping runs on contents; the no-chaining floor is on the same decision as the pairs
     floor = threshold - margin
-    content_groups = group_pairs(node_pairs, floor=floor, similarity=similarity)
+    edges = node_pairs if not verified else [(x, y, max(v, threshold) if (x, y) in verified else v)
+                                             for x, y, v in node_pairs]
+    content_groups = group_pairs(edges, floor=floor, similarity=decision)
     pair_score = {(x, y): v for x, y, v in node_pairs}
     pair_score.update({(y, x): v for x, y, v in node_pairs})
     grouped = {h for g in content_groups for h in g}
@@ -292,8 +335,32 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     for gid, g in enumerate(groups, start=1):
         g.id = gid
     return DuplicateReport(model=preset.name, threshold=threshold, score=score, groups=groups,
-                           pairs=PairList(by_hash, node_pairs, rejected), extra=search_info, files=files,
+                           pairs=PairList(by_hash, node_pairs, rejected, verified), extra=search_info, files=files,
                            threshold_provenance=preset.threshold.provenance)
+
+
+def verify_summary(band: tuple[float, float], effect: np.ndarray) -> dict:
+    """What the second look did, for the report's JSON (:mod:`embeddr.verify`)."""
+    from .verify import CONFIRMED, REFUTED, UNREADABLE
+
+    return {"band": [round(band[0], 6), round(band[1], 6)],
+            "looked_at": int((effect >= UNREADABLE).sum()),
+            "confirmed_below_threshold": int((effect == CONFIRMED).sum()),
+            "refuted_above_threshold": int((effect == REFUTED).sum()),
+            "unreadable": int((effect == UNREADABLE).sum())}
+
+
+def _path_of(catalog: Catalog):
+    """The file to read for a content hash: the first of its ``ok`` files that is still there."""
+    import os
+
+    def path_of(h: str) -> str | None:
+        for row in catalog.rows_for_hashes({h}).get(h, ()):
+            if os.path.isfile(row.path):
+                return row.path
+        return None
+
+    return path_of
 
 
 def _matched_ids(catalog: Catalog) -> np.ndarray:

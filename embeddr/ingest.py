@@ -77,11 +77,14 @@ class Match:
     score: float
     kind: str  # "exact" | "near"
     item_id: str | None = None  # the catalogued item's manifest id (scan --manifest --id-column)
+    verified: bool | None = None  # True: a borderline match kept by the second look (embeddr.verify)
 
     def as_dict(self) -> dict:
         d = {"path": self.path, "score": round(self.score, 6), "kind": self.kind}
         if self.item_id is not None:
             d["item_id"] = self.item_id
+        if self.verified is not None:
+            d["verified"] = self.verified
         return d
 
 
@@ -116,6 +119,7 @@ class _Prepared:
     data: bytes | None = None  # upload bytes (stored on add)
     ext: str = ""
     bg: float = -1.0  # background similarity (normalised scores only)
+    upload: bytes | None = None  # an upload's bytes, for the second look at borderline matches
 
 
 def collect(paths: Iterable[str | os.PathLike], *, exclude: Iterable[str] = ()) -> list[Candidate]:
@@ -263,6 +267,8 @@ class Gate:
     ``store``: where uploaded bytes are kept when added (default ``<db>.uploads/``).
     ``micro_batch``: encode concurrent requests together (default: on when the encoder runs on CUDA).
     ``encoder``: an already-loaded encoder of the catalog's model (tests, benchmarks).
+    ``verify``: a second look at near matches scored close to the threshold (:mod:`embeddr.verify`), as
+    ``dupes`` does; default: the preset's ``[verify]`` table.
     """
 
     def __init__(self, db: str | os.PathLike, *, model: str | None = None, threshold: float | None = None,
@@ -270,7 +276,7 @@ class Gate:
                  store: str | os.PathLike | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  max_matches: int = DEFAULT_MAX_MATCHES, batch_size: int = 32, micro_batch: bool | None = None,
                  max_wait_ms: float = 5.0, score: str | None = None, encoder=None,
-                 max_decodes: int = DEFAULT_MAX_DECODES, wait: bool | float = False):
+                 max_decodes: int = DEFAULT_MAX_DECODES, wait: bool | float = False, verify: bool | None = None):
         self.catalog = Catalog(db, create=False)
         st = os.stat(self.catalog.path)
         self._identity = (st.st_dev, st.st_ino, self.catalog.catalog_id)
@@ -288,6 +294,16 @@ class Gate:
         try:
             self.score, self.threshold = score_and_threshold(self.preset, score, threshold)
             self.scorer = Scorer.for_preset(self.preset, self.score)  # the same scorer as `embeddr dupes`
+            # the same second look at borderline matches as `embeddr dupes` (embeddr.verify)
+            vcfg = self.preset.verify
+            self.verifying = ((vcfg.enabled if verify is None else bool(verify)) and self.score == self.preset.score
+                              and not self.preset.is_hash)
+            self.band = (vcfg.band(self.threshold, self.preset.threshold.value) if self.verifying
+                         else (self.threshold, self.threshold))
+            self._floor = min(self.band[0], self.threshold)  # scores searched for
+            self._verifier = None
+            self._verify_lock = threading.Lock()
+            self._uploads: dict[str, bytes] = {}
         except BaseException:
             self.catalog.close()
             raise
@@ -462,7 +478,7 @@ class Gate:
             ext = extension_of(rec.format)  # the DETECTED format's, never the client's
             stored = str((self.store / f"{rec.hash}{ext}").resolve())  # where it is kept if added
             return (_Prepared(CheckResult(name, hash=rec.hash), replace(rec, path=stored),
-                              data=item.data if keep_bytes else None, ext=ext), decoded.pixels)
+                              data=item.data if keep_bytes else None, ext=ext, upload=item.data), decoded.pixels)
         cand = item if isinstance(item, Candidate) else _candidate(item)
         with self._decodes:
             decoded = decode_one(cand, size, resize, self.max_pixels)
@@ -477,6 +493,7 @@ class Gate:
         exact = [Match(from_db(r[0]), 1.0, "exact", r[1]) for r in
                  conn.execute("SELECT path, item_id FROM files WHERE hash = ? AND status = 'ok' ORDER BY path", (h,))]
         near: list[Match] = []
+        uploads: dict[str, bytes] = {}  # items of this call not stored yet: their bytes, for a second look
         blank = _blank(p.record)  # a blank picture is only ever an exact copy (embeddr.normalize.is_blank)
         if self.index.ntotal and not blank:
             score_of = self._search(p)
@@ -496,12 +513,57 @@ class Gate:
             elif not blank and not _blank(q.record):
                 raw = np.array([min(float(np.dot(q.vector, p.vector)), 1.0)], np.float32)
                 s = float(self.scorer.score(raw, np.array([p.bg]), np.array([q.bg]))[0])
-                if s >= self.threshold - EPS:
+                if s >= self._floor - EPS:
                     near.append(Match(path, s, "near"))
+                    if q.upload is not None:
+                        uploads[path] = q.upload
+        near = self._second_look(p, near, uploads)
         near.sort(key=lambda m: (-m.score, m.path))
         matches = exact + near
         p.result.n_matches = len(matches)
         p.result.matches = matches[: self.max_matches]
+
+    def _second_look(self, p: _Prepared, near: list[Match], uploads: dict[str, bytes]) -> list[Match]:
+        """The decision on near matches found at or above the search floor: the score alone, or with
+        verification (the preset's ``[verify]``) a second look at those in the band, as ``dupes`` decides."""
+        if not self.verifying:
+            return [m for m in near if m.score >= self.threshold - EPS]
+        if not near:
+            return near
+        from .verify import CONFIRMED, Verifier, decide_band
+
+        key = f"\0item:{p.result.hash}"
+        item_path = p.record.path if p.upload is None else None
+        with self._verify_lock:
+            self._uploads = dict(uploads)
+            if p.upload is not None:
+                self._uploads[key] = p.upload
+            if self._verifier is None:
+                self._verifier = Verifier(self.preset.verify, self._verify_path, image_of=self._verify_pixels,
+                                          max_pixels=self.max_pixels, cache=256)
+            self._verify_items = {key: item_path}
+            scores = np.array([m.score for m in near], np.float32)
+            keep, effect = decide_band(scores, self.threshold, self.band, lambda idx, above: self._verifier.decide(
+                [key] * len(idx), [near[i].path for i in idx], above))
+            self._uploads.clear()
+        return [replace(m, verified=True) if effect[i] == CONFIRMED else m for i, m in enumerate(near) if keep[i]]
+
+    def _verify_path(self, key: str) -> str | None:
+        if key.startswith("\0item:"):
+            return self._verify_items.get(key)
+        return key if os.path.isfile(key) else None
+
+    def _verify_pixels(self, key: str) -> np.ndarray | None:
+        data = self._uploads.get(key)
+        if data is None:
+            return None
+        from .decode import DecodeError, load_image
+
+        try:
+            image, _ = load_image(key, data=data, max_pixels=self.max_pixels)
+        except DecodeError:
+            return None
+        return np.asarray(image)
 
     def _commit(self, accepted: list[_Prepared]) -> None:
         """Write uploads to the store, record the batch in one transaction, grow the index (write lock held)."""
@@ -583,7 +645,7 @@ class Gate:
         live = self._live_mask
         own = self._own_id(p.result.hash)
         own_row = int(np.searchsorted(ids, own)) if own >= 0 else -1
-        [(rows, raw, nn_s, nn_r)] = search.query(vecs, p.vector, scorer.min_raw(self.threshold), k, live=live,
+        [(rows, raw, nn_s, nn_r)] = search.query(vecs, p.vector, scorer.min_raw(self._floor), k, live=live,
                                                  exclude=np.array([own_row]))
         if not scorer.normalized:
             return {int(i): float(x) for i, x in zip(ids[rows].tolist(), raw.tolist())}
@@ -597,7 +659,7 @@ class Gate:
         nn_ids = np.where(np.stack([f[3] for f in found]) >= 0, ids[np.maximum(np.stack([f[3] for f in found]), 0)], -1)
         bgs = scorer.backgrounds(ids[rows], np.asarray(vecs[rows], np.float32), nn_s, nn_ids)
         scores = scorer.score(raw, np.float32(p.bg), bgs)
-        keep = scores >= self.threshold - EPS
+        keep = scores >= self._floor - EPS
         return {int(i): float(x) for i, x in zip(ids[rows][keep].tolist(), scores[keep].tolist())}
 
     def _own_id(self, content_hash: str | None) -> int:

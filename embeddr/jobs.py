@@ -77,7 +77,7 @@ def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, mo
 
 def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = None, score: str | None = None,
                     model: str | None = None, approximate: bool = False, ray: str | None = None,
-                    search: str | None = None, device: str = "auto") -> DuplicateReport:
+                    search: str | None = None, device: str = "auto", verify: bool | None = None) -> DuplicateReport:
     """Duplicate pairs and groups among the catalog's files.
 
     ``threshold``: defaults to the model preset's calibrated value. ``score``: ``raw`` cosine or
@@ -86,7 +86,9 @@ def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = N
     recall in the report's JSON), ``exact`` or ``approximate`` (= ``approximate=True``); ``device``: where the
     approximate search runs (``auto``: a GPU when torch sees one; ``cuda`` without one is an error). ``ray``: run the exact
     pair search (and the background statistics) as Ray tasks over tiles of the index on that cluster
-    (``local``, ``auto``, ``ray://host:port``; :mod:`embeddr.ray_dupes`); the report is the same.
+    (``local``, ``auto``, ``ray://host:port``; :mod:`embeddr.ray_dupes`); the report is the same. ``verify``:
+    give pairs scored near the threshold a second, geometric look at their images (:mod:`embeddr.verify`;
+    default: on for presets with a ``[verify]`` table, and only with the preset's own score).
     """
     engine = None
     if ray is not None:
@@ -99,7 +101,7 @@ def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = N
         preset = catalog_preset(catalog, model)
         score, threshold = score_and_threshold(preset, score, threshold)
         return _find_duplicates(catalog, preset, threshold=threshold, score=score, approximate=approximate, engine=engine,
-                                search=search, device=device)
+                                search=search, device=device, verify=verify)
 
 
 def missed_by(db: CatalogLike = DEFAULT_DB, baseline: str = "phash", *, threshold: float | None = None,

@@ -67,6 +67,37 @@ class Normalize:
 
 
 @dataclass(frozen=True)
+class Verify:
+    """The second look at borderline pairs (see embeddr.verify) scoring in ``[threshold - below,
+    threshold + above)`` (the *band*, which follows the threshold in use): SIFT on images of ``side`` pixels
+    (``features`` key points each, ratio test ``ratio``) and a RANSAC similarity transform. A pair below the
+    threshold is kept when the look confirms it: ``min_inliers`` matches agreeing with the transform, spread
+    over ``min_cells`` cells of a 6 x 6 grid, and an aligned grey-level correlation of at least ``min_ncc``. A
+    pair at or above it is dropped when the look refutes it: fewer than ``veto_inliers`` inliers or a
+    correlation below ``veto_ncc``. ``enabled = false`` (or no ``[verify]`` table): the score alone decides."""
+
+    enabled: bool = False
+    below: float = 0.12
+    above: float = 0.13
+    side: int = 512
+    features: int = 800
+    ratio: float = 0.8
+    min_inliers: int = 30
+    min_cells: int = 4
+    min_ncc: float = 0.9
+    veto_inliers: int = 5
+    veto_ncc: float = 0.3
+    provenance: str = ""
+
+    def band(self, threshold: float, calibrated: float | None = None) -> tuple[float, float]:
+        """``(low, high)``: the scores that get a second look at this threshold. Pairs below the threshold are
+        looked at (and may be kept) only at the preset's ``calibrated`` threshold, where the band was chosen: a
+        threshold set by hand is a decision of its own, and the look then only refutes pairs at or above it."""
+        rescue = calibrated is None or abs(threshold - calibrated) < 1e-9
+        return (threshold - self.below if rescue else threshold), threshold + self.above
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     backend: str
@@ -81,6 +112,7 @@ class Preset:
     std: tuple[float, ...] | None = None
     score: str = "raw"  # default score: "raw" cosine or "normalized" (see embeddr.normalize)
     normalize: Normalize = field(default_factory=Normalize)
+    verify: Verify = field(default_factory=Verify)
     licence: str = ""
     source_file: str = field(default="", compare=False)
 
@@ -105,11 +137,14 @@ def parse_preset(data: dict[str, Any], source_file: str = "<dict>") -> Preset:
     weights = _build(Weights, data.pop("weights", {}), f"{source_file} [weights]")
     threshold = _build(Threshold, data.pop("threshold", {}), f"{source_file} [threshold]")
     normalize = _build(Normalize, data.pop("normalize", {}), f"{source_file} [normalize]")
+    verify_table = data.pop("verify", None)
+    verify = _build(Verify, {"enabled": True, **verify_table} if verify_table is not None else {},
+                    f"{source_file} [verify]")
     for key in ("mean", "std"):
         if data.get(key) is not None:
             data[key] = tuple(float(v) for v in data[key])
     preset = _build(Preset, {**data, "weights": weights, "threshold": threshold, "normalize": normalize,
-                             "source_file": source_file}, source_file)
+                             "verify": verify, "source_file": source_file}, source_file)
     if preset.backend not in BACKENDS:
         raise PresetNotFound(f"{source_file}: backend {preset.backend!r} is not one of {BACKENDS}")
     if preset.score not in SCORES:

@@ -133,7 +133,27 @@ def pair_family(ra, rb) -> str:
     return min(ra.family, rb.family)
 
 
-def score_cell(rows, pool_db: Path, model: str, work: Path, threshold: float | None = None) -> dict:
+_VERIFIERS: dict = {}
+
+
+def shared_verifier(pool_db: Path, preset):
+    """One :class:`embeddr.verify.Verifier` per pool catalog for the whole sweep: the same content hash is the
+    same file in every cell, so each image's key points and each pair's look are computed once."""
+    from embeddr.catalog import Catalog
+    from embeddr.verify import Verifier
+
+    key = str(pool_db)
+    if key not in _VERIFIERS:
+        with Catalog(pool_db) as catalog:
+            path_of = {}
+            for f in catalog.files("ok"):
+                path_of.setdefault(f.hash, f.path)
+        _VERIFIERS[key] = Verifier(preset.verify, path_of.get, cache=6000)
+    return _VERIFIERS[key]
+
+
+def score_cell(rows, pool_db: Path, model: str, work: Path, threshold: float | None = None,
+               verify: bool | None = None) -> dict:
     from embeddr.catalog import Catalog
     from embeddr.dupes import find_duplicates
     from embeddr.encoders import resolve_preset
@@ -143,8 +163,10 @@ def score_cell(rows, pool_db: Path, model: str, work: Path, threshold: float | N
     db = cell_catalog(pool_db, [str(r.path) for r in rows], work / f"{model}.db")
     preset = resolve_preset(model)
     t0 = time.perf_counter()
+    verifying = preset.verify.enabled if verify is None else verify
+    verifier = shared_verifier(pool_db, preset) if verifying and not preset.is_hash else None
     with Catalog(db) as catalog:
-        report = find_duplicates(catalog, preset, threshold=threshold)
+        report = find_duplicates(catalog, preset, threshold=threshold, verify=verify, verifier=verifier)
         seconds = time.perf_counter() - t0
         present = {f.path: f.hash for f in catalog.files("ok")}
         # the default score's ranking, for AP (pairs down to 0.3; the rest count as missed)
@@ -195,7 +217,7 @@ def score_cell(rows, pool_db: Path, model: str, work: Path, threshold: float | N
     return {"files": len(row_of), "positives": n_pos, "pairs": tp + fp, "tp": tp, "fp": fp,
             "precision": tp / (tp + fp) if tp + fp else 1.0, "recall": tp / n_pos if n_pos else 1.0, "ap": ap,
             "false": dict(false), "family_recall": fam_recall, "worst_false": worst_false,
-            "threshold": report.threshold, "seconds": round(seconds, 2)}
+            "threshold": report.threshold, "seconds": round(seconds, 2), "verify": report.extra.get("verify")}
 
 
 def markdown(results: dict, detectors: list[str]) -> str:
@@ -234,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", choices=sorted(GRIDS), default="test")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
+                    help="the second look at borderline pairs (default: the preset's [verify] table)")
     args = ap.parse_args(argv)
     if args.calibrate and (args.split != "calib" or args.grid != "calib"):
         ap.error("--calibrate needs --split calib --grid calib")
@@ -248,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.calibrate:
                     results[shape.name][det] = calibrate_cell(rows, Path(db), det, Path(tmp))
                 else:
-                    results[shape.name][det] = score_cell(rows, Path(db), det, Path(tmp))
+                    results[shape.name][det] = score_cell(rows, Path(db), det, Path(tmp), verify=args.verify)
         print(f"{shape.name}: " + "; ".join(
             f"{d} " + (f"P {r['precision']:.4f} R {r['recall']:.4f}" if "precision" in r else "calibrated")
             for d, r in results[shape.name].items()), file=sys.stderr)

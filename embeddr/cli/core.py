@@ -161,6 +161,7 @@ def register(app: typer.Typer) -> None:
         ray: Annotated[Optional[str], typer.Option("--ray", help="Run the pair search as Ray tasks over blocks of the index: local, auto or ray://HOST:PORT (same report as the local search).")] = None,
         search: Annotated[str, typer.Option("--search", help="auto (exact below 30,000 distinct images, else the approximate k-means self-join, which checks a sample exactly and reports its estimated recall), exact, or approximate.")] = "auto",
         device: Annotated[str, typer.Option("--device", help="Where the approximate search runs: auto (a CUDA GPU when torch sees one), cuda, cpu. --device cuda without a GPU is an error.")] = "auto",
+        verify: Annotated[Optional[bool], typer.Option("--verify/--no-verify", help="Give pairs scored near the threshold (the preset's band, e.g. 0.452-0.652 for sscd-distilled) a second, geometric look at their images: kept if SIFT key points agree on one transform and the aligned pixels match, dropped if not. Default: on for presets with a [verify] table; needs the files readable.")] = None,
     ):
         """List duplicate groups and every pair at or above the threshold.
 
@@ -172,6 +173,9 @@ def register(app: typer.Typer) -> None:
         Paths are absolute.
 
         --missed-by phash lists only the pairs pHash would miss (an audit of what hashes cannot find).
+
+        Pairs scored near the threshold get a second look at their images (--no-verify: the score alone);
+        those it kept say "verified": true, and the JSON's "verify" counts what it looked at.
 
         Example: embeddr dupes --db photos.db --format json --output dupes.json
         """
@@ -185,7 +189,8 @@ def register(app: typer.Typer) -> None:
             if search not in ("auto", "exact", "approximate"):
                 raise EmbeddrError(f"--search {search!r} is not one of auto, exact, approximate")
             report = api.find_duplicates(db, threshold=threshold, score=score, model=model, ray=ray,
-                                         search="approximate" if approximate else search, device=device)
+                                         search="approximate" if approximate else search, device=device,
+                                         verify=verify)
         if fmt == "parquet":
             from ..output import to_parquet
 

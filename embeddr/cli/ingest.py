@@ -80,6 +80,7 @@ def register(app: typer.Typer) -> None:
         exclude: Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="Glob to skip (relative path or name); repeatable.")] = None,
         max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
         wait: WaitOpt = False,
+        verify: Annotated[Optional[bool], typer.Option("--verify/--no-verify", help="A second, geometric look at matches scored near the threshold, as `embeddr dupes` does (default: on for presets with a [verify] table).")] = None,
     ):
         """Check new files against the catalog: exact (same bytes) and near duplicates, without adding them.
 
@@ -96,7 +97,7 @@ def register(app: typer.Typer) -> None:
         if add and add_all:
             raise typer.BadParameter("use --add or --add-all, not both")
         with Gate(db, model=model, threshold=threshold, device=device, precision=value_of(precision),
-                  max_pixels=max_pixels or None, wait=wait) as gate:
+                  max_pixels=max_pixels or None, wait=wait, verify=verify) as gate:
             items = collect(paths, exclude=exclude or ())
             results = gate.add(items, only_new=not add_all) if (add or add_all) else gate.check(items)
             emit(render_check(gate, results, fmt), output)
@@ -119,6 +120,7 @@ def register(app: typer.Typer) -> None:
         max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
         max_decodes: Annotated[int, typer.Option("--max-decodes", min=1, help="Uploads decoded at once (each within --max-pixels): bounds the service's memory.")] = DEFAULT_MAX_DECODES,
         lock_wait: Annotated[float, typer.Option("--lock-wait", min=0, help="Seconds an add waits for another command writing to the catalog (a scan, an apply) before answering 503.")] = 30.0,
+        verify: Annotated[Optional[bool], typer.Option("--verify/--no-verify", help="A second, geometric look at matches scored near the threshold, as `embeddr dupes` does (default: on for presets with a [verify] table).")] = None,
     ):
         """Serve the ingest gate over HTTP: POST /check, POST /add, GET /health, GET /stats, docs at /docs.
 
@@ -134,5 +136,6 @@ def register(app: typer.Typer) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             say(f"warning: binding {host}: the service has no authentication")
         with Gate(db, model=model, threshold=threshold, device=device, precision=value_of(precision), store=store,
-                  micro_batch=micro_batch, max_pixels=max_pixels or None, max_decodes=max_decodes, wait=lock_wait) as gate:
+                  micro_batch=micro_batch, max_pixels=max_pixels or None, max_decodes=max_decodes, wait=lock_wait,
+                  verify=verify) as gate:
             run_server(gate, host=host, port=port, max_upload_mb=max_upload_mb, log_level=value_of(log_level))

@@ -1,0 +1,158 @@
+"""The second look at borderline pairs (embeddr/verify.py) on real photos: copies that an embedding scores
+low (strong crops, mirrors, recolours) are confirmed, different pictures are refuted, an unreadable file
+keeps the plain decision, and `dupes` / `check` use it the same way."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from conftest import save_photo
+from embeddr.catalog import Catalog
+from embeddr.dupes import find_duplicates
+from embeddr.encoders import resolve_preset
+from embeddr.jobs import scan
+from embeddr.verify import CONFIRMED, NOT_LOOKED, REFUTED, UNREADABLE, UPHELD, Verifier, decide_band
+
+pytest.importorskip("cv2")
+
+
+def _preset(below: float = 0.12, above: float = 0.13, threshold: float | None = None):
+    p = resolve_preset("sscd-distilled")
+    p = dataclasses.replace(p, verify=dataclasses.replace(p.verify, enabled=True, below=below, above=above))
+    if threshold is not None:  # as if calibrated there: the band reaches below it
+        p = dataclasses.replace(p, threshold=dataclasses.replace(p.threshold, value=threshold))
+    return p
+
+
+@pytest.fixture(scope="module")
+def renditions(photo_arrays, tmp_path_factory) -> dict[str, Path]:
+    """Real photos (scikit-image) and hard renditions of two of them, as files."""
+    folder = tmp_path_factory.mktemp("verify")
+    out = {name: save_photo(arr, folder / f"{name}.jpg", long_side=512) for name, arr in photo_arrays.items()}
+    astronaut = Image.open(out["astronaut"]).convert("RGB")
+    w, h = astronaut.size
+    out["astronaut_crop"] = folder / "astronaut_crop.jpg"  # 45 % of the picture, enlarged again
+    astronaut.crop((w // 5, h // 6, w // 5 + int(w * 0.65), h // 6 + int(h * 0.7))).resize((400, 430)).save(
+        out["astronaut_crop"], quality=85)
+    out["astronaut_mirror"] = folder / "astronaut_mirror.png"
+    ImageOps.mirror(astronaut).save(out["astronaut_mirror"])
+    chelsea = Image.open(out["chelsea"]).convert("RGB")
+    hsv = np.asarray(chelsea.convert("HSV")).copy()
+    hsv[..., 0] += 90  # a strong hue shift: another colour, the same picture
+    out["chelsea_hue"] = folder / "chelsea_hue.jpg"
+    Image.fromarray(hsv, "HSV").convert("RGB").save(out["chelsea_hue"], quality=80)
+    out["chelsea_small"] = folder / "chelsea_small.png"
+    chelsea.resize((chelsea.width // 4, chelsea.height // 4)).save(out["chelsea_small"])
+    # two halves of one photo that do not overlap: the same subject, different pixels
+    coffee = Image.open(out["coffee"]).convert("RGB")
+    cw, ch = coffee.size
+    out["coffee_left"], out["coffee_right"] = folder / "coffee_left.jpg", folder / "coffee_right.jpg"
+    coffee.crop((0, 0, cw // 2 - 10, ch)).save(out["coffee_left"], quality=90)
+    coffee.crop((cw // 2 + 10, 0, cw, ch)).save(out["coffee_right"], quality=90)
+    return out
+
+
+def _verifier():
+    return Verifier(_preset().verify, lambda key: str(key))
+
+
+@pytest.mark.parametrize("a,b", [("astronaut", "astronaut_crop"), ("astronaut", "astronaut_mirror"),
+                                 ("astronaut_crop", "astronaut_mirror"), ("chelsea", "chelsea_hue"),
+                                 ("chelsea_small", "chelsea_hue")])
+def test_hard_copies_of_a_real_photo_are_confirmed(renditions, a, b):
+    v = _verifier()
+    look = v.look(renditions[a], renditions[b])
+    assert v.confirms(look) and not v.refutes(look), look
+    assert look.mirrored == (("mirror" in a) != ("mirror" in b))
+
+
+def test_different_real_photos_are_refuted(renditions, photo_arrays):
+    names = sorted(photo_arrays)
+    v = _verifier()
+    looks = {(x, y): v.look(renditions[x], renditions[y]) for i, x in enumerate(names) for y in names[i + 1:]}
+    looks[("coffee_left", "coffee_right")] = v.look(renditions["coffee_left"], renditions["coffee_right"])
+    assert {k: look for k, look in looks.items() if v.confirms(look)} == {}
+    # the veto needs strong evidence (calibrated so that it never drops a real copy): most, not all, of these
+    upheld = {k: look for k, look in looks.items() if not v.refutes(look)}
+    assert len(upheld) <= len(looks) // 10, upheld
+
+
+def test_unreadable_files_keep_the_plain_decision(renditions, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    v = _verifier()
+    assert v.look(renditions["astronaut"], tmp_path / "gone.jpg") is None
+    assert v.look(renditions["astronaut"], broken) is None
+    assert str(broken) in v.errors
+    assert v.decide([str(renditions["astronaut"])], [str(broken)], np.array([True])).tolist() == [UNREADABLE]
+    # in the band [0.45, 0.70): below the threshold a pair is kept only when confirmed, above it dropped only
+    # when refuted; unreadable and upheld pairs keep score >= threshold
+    scores = np.array([0.9, 0.6, 0.6, 0.5, 0.5, 0.58, 0.5, 0.3], np.float32)
+    effects = {1: UPHELD, 2: REFUTED, 3: CONFIRMED, 4: UPHELD, 5: UNREADABLE, 6: UNREADABLE}
+    keep, effect = decide_band(scores, 0.572, (0.45, 0.70), lambda idx, above: np.array([effects[i] for i in idx]))
+    assert keep.tolist() == [True, True, False, True, False, True, False, False]
+    assert effect.tolist() == [NOT_LOOKED, UPHELD, REFUTED, CONFIRMED, UPHELD, UNREADABLE, UNREADABLE, NOT_LOOKED]
+
+
+def test_dupes_verifies_the_band_and_check_agrees(renditions, tmp_path, encoder):
+    """With a band wide enough to put every pair in it, dupes keeps exactly the real copies (every pair is
+    decided by the second look); `check` of a copy gives the same verdicts."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, path in renditions.items():
+        if name not in ("coffee_left", "coffee_right"):
+            (folder / path.name).write_bytes(path.read_bytes())
+    db = tmp_path / "v.db"
+    scan([folder], db=db, workers=0)
+    wide = _preset(below=2.0, above=2.0, threshold=1.0)
+    with Catalog(db) as catalog:  # threshold 1: nothing near passes on its score, the look decides
+        report = find_duplicates(catalog, wide)
+        plain = find_duplicates(catalog, wide, verify=False)
+    groups = sorted(sorted(Path(m.path).stem for m in g.members) for g in report.groups)
+    assert groups == [["astronaut", "astronaut_crop", "astronaut_mirror"],
+                      ["chelsea", "chelsea_hue", "chelsea_small"]]
+    info = report.extra["verify"]
+    assert info["looked_at"] >= len(report.pairs) and info["refuted_above_threshold"] == 0
+    # every pair is below the (shifted) threshold here, so each one kept was confirmed by the look
+    assert all(p.verified for p in report.pairs if p.score < 1.0)
+    assert all(p.verified is None for p in plain.pairs)
+    assert "verify" not in plain.extra
+    assert plain.pairs == [] or all(p.kind == "exact" for p in plain.pairs)
+    from embeddr.ingest import Gate
+
+    with Gate(db, encoder=encoder, threshold=1.0) as gate:
+        gate.preset = wide  # the same wide band as above
+        gate.band = wide.verify.band(gate.threshold, wide.threshold.value)
+        gate._floor = gate.band[0]
+        [result] = gate.check([str(folder / "astronaut_crop.jpg")])
+    assert sorted(Path(m.path).stem for m in result.matches) == ["astronaut", "astronaut_crop", "astronaut_mirror"]
+    assert [m.verified for m in result.matches if m.kind == "near"] == [True, True]
+
+
+def test_dupes_json_says_what_the_second_look_did(renditions, tmp_path, runner):
+    from embeddr.cli import app
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("astronaut", "astronaut_crop", "chelsea", "coffee"):
+        (folder / renditions[name].name).write_bytes(renditions[name].read_bytes())
+    db = tmp_path / "j.db"
+    assert runner.invoke(app, ["scan", str(folder), "--db", str(db)]).exit_code == 0
+    on = runner.invoke(app, ["dupes", "--db", str(db), "--format", "json"])
+    off = runner.invoke(app, ["dupes", "--db", str(db), "--format", "json", "--no-verify"])
+    assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
+    on, off = json.loads(on.output), json.loads(off.output)
+    assert set(on["verify"]) == {"band", "looked_at", "confirmed_below_threshold", "refuted_above_threshold",
+                                 "unreadable"}
+    assert on["verify"]["band"] == [round(0.572 - 0.12, 6), round(0.572 + 0.13, 6)]
+    assert "verify" not in off
+    # a threshold set by hand: the look only refutes pairs at or above it, it never adds one below it
+    strict = json.loads(runner.invoke(app, ["dupes", "--db", str(db), "--format", "json", "--threshold", "0.9"]).output)
+    assert strict["verify"]["band"] == [0.9, round(0.9 + 0.13, 6)]
+    assert all(p["score"] >= 0.9 - 1e-6 for p in strict["pairs"])
