@@ -124,7 +124,7 @@ def test_bounded_find_duplicates_equals_the_read_everything_version(catalog_db):
 
     with Catalog(catalog_db) as cat:
         preset = catalog_preset(cat)
-        new = find_duplicates(cat, preset)
+        new = find_duplicates(cat, preset, verify=False)  # the reference predates the second look
         old = reference_find_duplicates(cat, preset)
         assert new.file_rows == []  # no row per file of the collection is kept
         assert _same(new) == _same(old)
