@@ -212,9 +212,15 @@ def _read_local(c: Candidate, st: os.stat_result, size: int, resize: str, max_pi
                               item_id=c.item_id), pixels)
 
 
+BATCH_DECODE_MAX_BYTES = 64 << 20  # larger files are not held in memory for the GPU path
+
+
 def _read_for_batch_decode(c: Candidate, st: os.stat_result, size: int, resize: str, max_pixels: int | None, failed) -> Decoded:
     """GPU path: read the file once and hash its bytes; a JPEG that can be decoded whole goes back as bytes
-    (decoded in a batch on the device by the main process), anything else is decoded here as usual."""
+    (decoded in a batch on the device by the main process), anything else is decoded here as usual (and a
+    file over :data:`BATCH_DECODE_MAX_BYTES` is streamed by the CPU path instead of read into memory)."""
+    if st.st_size > BATCH_DECODE_MAX_BYTES:
+        return _read_local(c, st, size, resize, max_pixels, failed)
     t0 = time.perf_counter()
     try:
         data = read_file(c.path)
@@ -552,7 +558,8 @@ def worker_encoding(encoder: Encoder, catalog: Catalog | None, workers: int, ite
     if factory is None or any(is_remote(c.path) for c in items):
         return None
     path = str(catalog.path) if catalog is not None and getattr(catalog, "path", None) else None
-    return WorkerEncoding(build=factory, key=(encoder.name, id(encoder), os.getpid()), catalog=path)
+    key = (encoder.name, id(encoder), os.getpid(), repr(getattr(factory, "keywords", None)))
+    return WorkerEncoding(build=factory, key=key, catalog=path)
 
 
 def scan_into(roots: Iterable[str | os.PathLike], *, db: Catalog | str | os.PathLike,
