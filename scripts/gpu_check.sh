@@ -129,6 +129,7 @@ import skimage.data as sk
 import embeddr
 from embeddr.catalog import Catalog
 from embeddr.encoders import load_encoder
+from embeddr.pipeline import default_workers
 
 device, n = sys.argv[1], int(sys.argv[2])
 tmp = Path(tempfile.mkdtemp(prefix="embeddr-jpeg-"))
@@ -153,7 +154,7 @@ print(f"\n{len(paths)} JPEGs of {mp:.2f} MP; {os.cpu_count()} CPUs; encoder {enc
 print("| JPEG decoding | encoder (device, precision) | workers | seconds | images/s end to end | batch decode s (main) | encode s (main) | wait for workers s |")
 print("|---|---|---:|---:|---:|---:|---:|---:|")
 for rep, dt, _ in rows:
-    print(f"| {rep.jpeg_decode} | {rep.device}, {rep.precision} | {min(32, os.cpu_count())} | {dt:.2f} | {len(paths) / dt:.1f} | "
+    print(f"| {rep.jpeg_decode} | {rep.device}, {rep.precision} | {default_workers(rep.device.startswith('cuda'))} | {dt:.2f} | {len(paths) / dt:.1f} | "
           f"{rep.times.batch_decode:.2f} | {rep.times.encode:.2f} | {rep.times.decode_wait:.2f} |")
 with Catalog(rows[0][2]) as a, Catalog(rows[1][2]) as b:  # batched-decode vectors against Pillow-decode vectors
     va = {h: np.frombuffer(v, np.float32) for h, v in a.conn.execute("SELECT hash, vec FROM vectors")}
