@@ -268,8 +268,9 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
             verifier = Verifier(vcfg, _path_of(catalog))
         ha = [hash_of[int(x)] for x in a]
         hb = [hash_of[int(y)] for y in b]
+        rescuable = _rescuable(scorer, vcfg, stored_ids, stored_vecs)
         keep, effect = decide_band(s, threshold, band, lambda idx, above: verifier.decide(
-            [ha[i] for i in idx], [hb[i] for i in idx], above))
+            [ha[i] for i in idx], [hb[i] for i in idx], above, rescuable(a[idx], b[idx])))
         verified = {(ha[i], hb[i]) for i in np.flatnonzero(effect == CONFIRMED)}
         search_info["verify"] = verify_summary(band, effect)
         a, b, s = a[keep], b[keep], s[keep]
@@ -302,10 +303,12 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         second look made of it (confirmed below the threshold: the threshold; refuted above it: -1)."""
         v = similarity(x, y)
         if verifying and band[0] - 1e-6 <= v < band[1] - 1e-6:
-            look = verifier.look(x, y)
-            if v < threshold - 1e-6 and verifier.confirms(look):
-                return threshold
-            if v >= threshold - 1e-6 and verifier.refutes(look):
+            if v < threshold - 1e-6:
+                ok = rescuable(np.array([vid_of_hash[x]]), np.array([vid_of_hash[y]]))
+                if (ok is None or ok[0]) and verifier.confirms(verifier.look(x, y)):
+                    return threshold
+                return v
+            if verifier.refutes(verifier.look(x, y)):
                 return -1.0
         return v
 
@@ -348,6 +351,26 @@ def verify_summary(band: tuple[float, float], effect: np.ndarray) -> dict:
             "confirmed_below_threshold": int((effect == CONFIRMED).sum()),
             "refuted_above_threshold": int((effect == REFUTED).sum()),
             "unreadable": int((effect == UNREADABLE).sum())}
+
+
+def _rescuable(scorer, vcfg, stored_ids: np.ndarray, stored_vecs):
+    """``f(ids_a, ids_b)``: which pairs may be kept below the threshold by the second look: neither image looks
+    like the preset's reference set (its reference background is below ``vcfg.rescue_max_reference``)."""
+    memo: dict[int, float] = {}
+
+    def ref_bg(ids: np.ndarray) -> np.ndarray:
+        todo = sorted({int(i) for i in ids} - memo.keys())
+        if todo:
+            vecs = np.stack([np.asarray(stored_vecs[int(np.searchsorted(stored_ids, i))], np.float32) for i in todo])
+            memo.update(zip(todo, scorer.reference_background(vecs).tolist()))
+        return np.array([memo[int(i)] for i in ids], np.float32)
+
+    def rescuable(ids_a: np.ndarray, ids_b: np.ndarray) -> np.ndarray | None:
+        if vcfg.rescue_max_reference >= 1.0 or not scorer.has_reference or len(ids_a) == 0:
+            return None
+        return (ref_bg(ids_a) < vcfg.rescue_max_reference) & (ref_bg(ids_b) < vcfg.rescue_max_reference)
+
+    return rescuable
 
 
 def _path_of(catalog: Catalog):

@@ -494,6 +494,7 @@ class Gate:
                  conn.execute("SELECT path, item_id FROM files WHERE hash = ? AND status = 'ok' ORDER BY path", (h,))]
         near: list[Match] = []
         uploads: dict[str, bytes] = {}  # items of this call not stored yet: their bytes, for a second look
+        vector_of: dict[str, np.ndarray | int] = {}  # each near match's vector (or its vector id), ditto
         blank = _blank(p.record)  # a blank picture is only ever an exact copy (embeddr.normalize.is_blank)
         if self.index.ntotal and not blank:
             score_of = self._search(p)
@@ -504,8 +505,10 @@ class Gate:
                     f"SELECT v.id, f.path, f.item_id, f.width, f.height, f.content_width, f.content_height "
                     f"FROM vectors v JOIN files f ON f.hash = v.hash "
                     f"WHERE f.status = 'ok' AND v.hash != ? AND v.id IN ({','.join('?' * len(chunk))})", [h, *chunk])
-                near += [Match(from_db(path), score_of[vid], "near", item_id)
-                         for vid, path, item_id, *dims in rows if not is_blank(*dims)]
+                for vid, path, item_id, *dims in rows:
+                    if not is_blank(*dims):
+                        near.append(Match(from_db(path), score_of[vid], "near", item_id))
+                        vector_of[near[-1].path] = int(vid)
         for q in earlier:  # items accepted earlier in this call
             path = q.result.stored or q.record.path
             if q.result.hash == h:
@@ -515,15 +518,17 @@ class Gate:
                 s = float(self.scorer.score(raw, np.array([p.bg]), np.array([q.bg]))[0])
                 if s >= self._floor - EPS:
                     near.append(Match(path, s, "near"))
+                    vector_of[path] = q.vector
                     if q.upload is not None:
                         uploads[path] = q.upload
-        near = self._second_look(p, near, uploads)
+        near = self._second_look(p, near, uploads, vector_of)
         near.sort(key=lambda m: (-m.score, m.path))
         matches = exact + near
         p.result.n_matches = len(matches)
         p.result.matches = matches[: self.max_matches]
 
-    def _second_look(self, p: _Prepared, near: list[Match], uploads: dict[str, bytes]) -> list[Match]:
+    def _second_look(self, p: _Prepared, near: list[Match], uploads: dict[str, bytes],
+                     vector_of: dict[str, np.ndarray | int]) -> list[Match]:
         """The decision on near matches found at or above the search floor: the score alone, or with
         verification (the preset's ``[verify]``) a second look at those in the band, as ``dupes`` decides."""
         if not self.verifying:
@@ -543,10 +548,29 @@ class Gate:
                                           max_pixels=self.max_pixels, cache=256)
             self._verify_items = {key: item_path}
             scores = np.array([m.score for m in near], np.float32)
+            rescuable = self._rescuable(p, near, vector_of)
             keep, effect = decide_band(scores, self.threshold, self.band, lambda idx, above: self._verifier.decide(
-                [key] * len(idx), [near[i].path for i in idx], above))
+                [key] * len(idx), [near[i].path for i in idx], above, None if rescuable is None else rescuable[idx]))
             self._uploads.clear()
         return [replace(m, verified=True) if effect[i] == CONFIRMED else m for i, m in enumerate(near) if keep[i]]
+
+    def _rescuable(self, p: _Prepared, near: list[Match], vector_of: dict) -> np.ndarray | None:
+        """Which near matches may be kept below the threshold by the second look (as ``dupes``: neither image
+        looks like the preset's reference set)."""
+        limit = self.preset.verify.rescue_max_reference
+        if limit >= 1.0 or not self.scorer.has_reference:
+            return None
+        from .index import stored
+
+        ids, vecs = stored(self.index)
+        rows = []
+        for m in near:
+            v = vector_of.get(m.path)
+            if isinstance(v, int):
+                v = vecs[int(np.searchsorted(ids, v))]
+            rows.append(np.asarray(v, np.float32) if v is not None else np.zeros(len(p.vector), np.float32))
+        ref = self.scorer.reference_background(np.stack([p.vector, *rows]))
+        return (ref[0] < limit) & (ref[1:] < limit)
 
     def _verify_path(self, key: str) -> str | None:
         if key.startswith("\0item:"):

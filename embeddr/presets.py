@@ -88,6 +88,7 @@ class Verify:
     min_ncc: float = 0.9
     veto_inliers: int = 5
     veto_ncc: float = 0.3
+    rescue_max_reference: float = 0.45  # no rescue when either image looks like the reference set (pages, slides)
     provenance: str = ""
 
     def band(self, threshold: float, calibrated: float | None = None) -> tuple[float, float]:

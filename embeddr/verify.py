@@ -17,7 +17,10 @@ The look is asymmetric, because it must overturn the score only on strong eviden
 
 * a pair scored **below** the threshold (but in the band) becomes a duplicate when the look *confirms* it:
   at least ``min_inliers`` inliers over ``min_cells`` cells and an aligned correlation of at least
-  ``min_ncc`` (a strong crop, a mirror, an overlay: the same pixels moved);
+  ``min_ncc`` (a strong crop, a mirror, an overlay: the same pixels moved). Only pairs of pictures that do
+  not look like the preset's reference set (text pages, tables, slides, clip-art: the kinds of picture made
+  from one template, whose different pages align almost pixel for pixel) are rescued this way: both
+  images' reference background must be below ``rescue_max_reference``;
 * a pair scored **at or above** the threshold (and below ``high``) is dropped when the look *refutes* it:
   fewer than ``veto_inliers`` inliers or an aligned correlation below ``veto_ncc`` (no transform maps one
   picture onto the other: look-alikes, pages of other text).
@@ -216,12 +219,16 @@ class Verifier:
         c = self.config
         return look is not None and (look.inliers < c.veto_inliers or look.ncc < c.veto_ncc)
 
-    def decide(self, a, b, above: np.ndarray) -> np.ndarray:
+    def decide(self, a, b, above: np.ndarray, rescuable: np.ndarray | None = None) -> np.ndarray:
         """For pairs ``(a[i], b[i])`` scored at or above the threshold (``above[i]``) or below it: what the look
-        does (:data:`CONFIRMED`, :data:`UPHELD`, :data:`REFUTED`, :data:`UNREADABLE`). Pairs are taken grouped by
-        their first member, so each image's features are computed once."""
+        does (:data:`CONFIRMED`, :data:`UPHELD`, :data:`REFUTED`, :data:`UNREADABLE`). A pair below the threshold
+        that is not ``rescuable[i]`` is not looked at (:data:`NOT_LOOKED`). Pairs are taken grouped by their first
+        member, so each image's features are computed once."""
         out = np.full(len(a), UNREADABLE, np.int8)
         for i in sorted(range(len(a)), key=lambda i: (str(a[i]), str(b[i]))):
+            if rescuable is not None and not above[i] and not rescuable[i]:
+                out[i] = NOT_LOOKED
+                continue
             look = self.look(a[i], b[i])
             if look is None:
                 continue
