@@ -103,10 +103,8 @@ def test_pages_of_different_real_documents_are_not_paired_and_copies_are(real_do
 
 
 @pytest.mark.xfail(strict=True, reason="known limit (docs/benchmarks.md), measured 2026-11-29: two symbol-table "
-                   "pages of one manual with one layout (marvosym-doc pages 4 and 6, 0.577 against the 0.572 threshold; "
-                   "the second look finds their shared table grid and does not refute them), and testeuro pages 4 and 5, "
-                   "the same article set twice with two euro glyphs (0.565; the second look confirms them: they are "
-                   "the same page but for one glyph)")
+                   "pages of one manual with one layout (marvosym-doc pages 4 and 6) score 0.577 against the 0.572 "
+                   "threshold, and the second look finds their shared table grid, so it does not refute them")
 def test_pages_of_many_short_real_documents_are_not_paired(real_documents):
     """The same collection: no two pages of one document are paired either."""
     assert real_documents[1] == []
