@@ -40,7 +40,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,8 +108,12 @@ class ApplyResult:
         return out
 
     def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, Iterator) else v for k, v in self.as_stream().items()}
+
+    def as_stream(self) -> dict:
+        """:meth:`as_dict` with the steps as an iterator (for :func:`embeddr.output.stream_json`)."""
         return {"action": self.action, "dry_run": self.dry_run, "journal": self.journal, "trash": self.trash,
-                "counts": self.counts, "steps": [o.as_dict() for o in self.outcomes], **self.extra}
+                "counts": self.counts, "steps": (o.as_dict() for o in self.outcomes), **self.extra}
 
 
 @dataclass

@@ -114,6 +114,11 @@ class DuplicateReport:
     file_rows: list[FileRow] = field(default_factory=list, repr=False, compare=False)  # every ok file considered (not serialised)
 
     def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, Iterator) else v for k, v in self.as_stream().items()}
+
+    def as_stream(self) -> dict:
+        """:meth:`as_dict` with the groups and pairs as iterators (:func:`embeddr.output.stream_json` writes
+        them a group or a pair at a time)."""
         return {
             "model": self.model,
             "threshold": self.threshold,
@@ -121,8 +126,8 @@ class DuplicateReport:
             "threshold_provenance": self.threshold_provenance,
             "files": self.files,
             "duplicate_files": sum(len(g.members) - 1 for g in self.groups),
-            "groups": [g.as_dict() for g in self.groups],
-            "pairs": [p.as_dict() for p in self.pairs],
+            "groups": (g.as_dict() for g in self.groups),
+            "pairs": (p.as_dict() for p in self.pairs),
             **self.extra,
         }
 

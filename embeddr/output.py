@@ -34,22 +34,15 @@ def to_json(report: DuplicateReport) -> str:
 def iter_json(report: DuplicateReport) -> Iterator[str]:
     """:func:`to_json`'s text in pieces, a group or a pair at a time (the same text): what ``dupes --format
     json`` writes, so the text and the dicts of every pair never sit in memory at once."""
-    fields = {
-        "model": report.model, "threshold": report.threshold, "score": report.score,
-        "threshold_provenance": report.threshold_provenance, "files": report.files,
-        "duplicate_files": sum(len(g.members) - 1 for g in report.groups),
-        "groups": (g.as_dict() for g in report.groups),
-        "pairs": (p.as_dict() for p in report.pairs),
-        **report.extra,
-    }
+    fields = report.as_stream()
     return stream_json(fields)
 
 
-def stream_json(fields: dict) -> Iterator[str]:
-    """``json.dumps(fields, indent=2, ensure_ascii=False)`` in pieces; values that are iterators (not lists,
-    dicts or strings) are written as lists, an item at a time, without being gathered first."""
+def stream_json(fields: dict, *, default=None) -> Iterator[str]:
+    """``json.dumps(fields, indent=2, ensure_ascii=False, default=default)`` in pieces; values that are
+    iterators (not lists, dicts or strings) are written as lists, an item at a time, without being gathered."""
     def dumps(value, indent: str) -> str:
-        return json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n" + indent)
+        return json.dumps(value, indent=2, ensure_ascii=False, default=default).replace("\n", "\n" + indent)
 
     if not fields:
         yield "{}"

@@ -31,7 +31,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -478,9 +478,13 @@ class Review:
     html: HtmlReport | None = None
 
     def as_dict(self) -> dict:
-        out = self.report.as_dict()
+        return {k: list(v) if isinstance(v, Iterator) else v for k, v in self.as_stream().items()}
+
+    def as_stream(self) -> dict:
+        """:meth:`as_dict` with groups, pairs and decisions as iterators (for :func:`embeddr.output.stream_json`)."""
+        out = self.report.as_stream()
         out["policy"] = self.policy
-        out["decisions"] = [d.as_dict() for d in self.decisions]
+        out["decisions"] = (d.as_dict() for d in self.decisions)
         out["savings"] = self.savings
         if self.html is not None:
             out["html"] = self.html.as_dict()

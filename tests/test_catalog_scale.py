@@ -265,3 +265,24 @@ def test_dupes_json_and_csv_are_streamed_with_the_same_text(catalog_db, runner, 
     assert "".join(iter_json(report)) == json.dumps(want, indent=2, ensure_ascii=False)
     csv_text = runner.invoke(app, ["dupes", "--db", str(catalog_db), "--format", "csv"]).output
     assert csv_text == "".join(iter_csv(report)) and csv_text.count("\n") == len(report.pairs) + 1
+
+
+def test_apply_and_report_json_are_streamed_with_the_same_text(catalog_db, runner, tmp_path):
+    """`apply --format json` and `report --format json` write a step, group, pair or decision at a time: the
+    text is what json.dumps makes of the whole result, and the content is the API's."""
+    from embeddr import api
+    from embeddr.cli import app
+
+    out = runner.invoke(app, ["apply", "--db", str(catalog_db), "--format", "json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert out.output == json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    assert data == api.apply_duplicates(catalog_db).as_dict() and data["steps"] and data["groups"]
+    out = runner.invoke(app, ["report", "--db", str(catalog_db), "--format", "json", "--output", str(tmp_path / "r.json")])
+    assert out.exit_code == 0, out.output
+    text = (tmp_path / "r.json").read_text(encoding="utf-8")
+    data = json.loads(text)
+    assert text == json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    want = api.review(catalog_db).as_dict()
+    assert {k: v for k, v in data.items() if k != "seconds"} == {k: v for k, v in want.items() if k != "seconds"}
+    assert data["decisions"] and data["pairs"]

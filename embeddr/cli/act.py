@@ -16,7 +16,7 @@ from ..fsutil import common_root
 from ..output import human_bytes
 from ..savings import money
 from .common import (DEFAULT_DB_PATH, Action, CurrencyOpt, DbOpt, FmtOpt, KeepInOpt, PolicyOpt, PreferOpt, PriceOpt,
-                     RuleOpt, ThresholdOpt, WaitOpt, build_policy, check_format, emit, handle_errors, say, to_json,
+                     RuleOpt, ThresholdOpt, WaitOpt, build_policy, check_format, emit, emit_chunks, handle_errors, say, to_json,
                      value_of)
 
 ActionOpt = Annotated[Action, typer.Option("--action", "-a", help="report (list only), move (to --quarantine), hardlink, symlink or delete (to the journal's trash).")]
@@ -118,7 +118,12 @@ def register(app: typer.Typer) -> None:
         result = api.apply_duplicates(db, action=value_of(action), policy=pol, quarantine=quarantine, journal=journal, yes=yes,
                                           really_delete=really_delete, threshold=threshold, price_per_gb_month=price,
                                           currency=currency, wait=wait)
-        emit(to_json(result.as_dict()) if fmt == "json" else render_apply(result), None)
+        if fmt == "json":  # written a step at a time (a plan of a million files is never one string)
+            from ..output import stream_json
+
+            emit_chunks(stream_json(result.as_stream(), default=str), None)
+        else:
+            emit(render_apply(result), None)
         failed = result.counts.get("failed", 0)
         if failed:
             say(f"{failed} act(s) failed; the journal says which; `embeddr undo {result.journal}` restores")

@@ -12,7 +12,7 @@ from rich.console import Console
 # the retention-policy and price options are shared with `embeddr apply` (same names, same meaning)
 from .act import savings_table as _savings_table
 from .common import (DEFAULT_DB_PATH, CurrencyOpt, DbOpt, KeepInOpt, OutputOpt, PolicyOpt, PreferOpt, PriceOpt,
-                     RuleOpt, ThresholdOpt, TableOrJson, WaitOpt, build_policy, check_format, emit, handle_errors, say,
+                     RuleOpt, ThresholdOpt, TableOrJson, WaitOpt, build_policy, check_format, emit, emit_chunks, handle_errors, say,
                      to_json)
 
 
@@ -60,7 +60,9 @@ def register(app: typer.Typer) -> None:
                                    price_per_gb_month=price_per_gb, currency=currency, html_dir=html,
                                    thumb_size=thumb_size, page_size=page_size)
         if fmt == "json":
-            emit(to_json(result.as_dict()), output)
+            from ..output import stream_json
+
+            emit_chunks(stream_json(result.as_stream(), default=str), output)  # a group, pair, decision at a time
         else:
             emit(savings_table(result.savings), output)
         if result.html is not None:
