@@ -66,6 +66,7 @@ class Neighbours:
         rank, ceiling = summary if summary is not None else (k, math.inf)
         self.keep, self.ceiling = int(min(rank, k)), float(ceiling)
         self.best = np.full((n, self.keep), -np.inf, np.float32)  # the `keep` best below the ceiling, unordered
+        self.kth = np.full(n, -np.inf, np.float32)  # each row's worst kept score
         self.copies = np.zeros(n, np.int32) if math.isfinite(self.ceiling) else None
 
     def add(self, pos: np.ndarray, S: np.ndarray, *, prefilter: bool = True) -> None:
@@ -73,37 +74,50 @@ class Neighbours:
         ``S`` is overwritten."""
         if self.keep == 0 or S.shape[1] == 0:
             return
-        if self.copies is not None:
-            hi = S >= self.ceiling
-            if hi.any():
+        keep, c = self.keep, S.shape[1]
+        kth = self.kth[pos]
+        if c > 8 * keep:  # a wide block (exact search)
+            if self.copies is not None:
+                hi = S >= self.ceiling
                 self.copies[pos] += hi.sum(1, dtype=np.int32)
                 S[hi] = -np.inf
-        cur = self.best[pos]
-        kth = cur.min(1)
-        keep, c = self.keep, S.shape[1]
-        if c > 8 * keep and not np.isfinite(kth).all():  # a wide block, rows not full yet: its own best first
-            S = np.partition(S, c - keep, axis=1)[:, -keep:]
-        elif c > 8 * keep:  # a wide block (exact search): only the scores above a row's worst kept one count
-            r, col = np.nonzero(S > kth[:, None])
-            cnt = np.bincount(r, minlength=len(pos))
-            width = int(cnt.max()) if len(cnt) else 0
-            if width == 0:
-                return
-            if width > 4 * keep:  # many: the block's own best first
+            if not np.isfinite(kth).all():  # rows not full yet: the block's own best first
                 S = np.partition(S, c - keep, axis=1)[:, -keep:]
-            else:
-                P = np.full((len(pos), width), -np.inf, np.float32)
-                P[r, np.arange(len(r)) - np.repeat(np.cumsum(cnt) - cnt, cnt)] = S[r, col]
-                S = P
-            prefilter = True
-        if prefilter:  # only rows with a score better than their worst kept one change
-            upd = S.max(1) > kth
-            if not upd.all():
-                pos, S, cur = pos[upd], S[upd], cur[upd]
-                if len(pos) == 0:
+            else:  # only the scores above a row's worst kept one count
+                r, col = np.nonzero(S > kth[:, None])
+                cnt = np.bincount(r, minlength=len(pos))
+                width = int(cnt.max()) if len(cnt) else 0
+                if width == 0:
                     return
-        X = np.concatenate([cur, S], axis=1)
-        self.best[pos] = np.partition(X, X.shape[1] - keep, axis=1)[:, -keep:]
+                if width > 4 * keep:  # many: the block's own best first
+                    S = np.partition(S, c - keep, axis=1)[:, -keep:]
+                else:
+                    P = np.full((len(pos), width), -np.inf, np.float32)
+                    P[r, np.arange(len(r)) - np.repeat(np.cumsum(cnt) - cnt, cnt)] = S[r, col]
+                    S = P
+            rmax = S.max(1)
+        else:
+            rmax = S.max(1)
+            if self.copies is not None:  # copies are rare: only the rows that have one are looked at again
+                h = np.flatnonzero(rmax >= self.ceiling)
+                if len(h):
+                    sub = S[h]
+                    hi = sub >= self.ceiling
+                    self.copies[pos[h]] += hi.sum(1, dtype=np.int32)
+                    sub[hi] = -np.inf
+                    S[h] = sub
+                    rmax[h] = sub.max(1)
+        upd = rmax > kth  # only rows with a score better than their worst kept one change
+        if not prefilter:
+            upd[:] = True
+        if not upd.any():
+            return
+        if not upd.all():
+            pos, S = pos[upd], S[upd]
+        X = np.concatenate([self.best[pos], S], axis=1)
+        new = np.partition(X, X.shape[1] - keep, axis=1)[:, -keep:]
+        self.best[pos] = new
+        self.kth[pos] = new[:, 0]  # the partition puts the worst kept one first
 
     def scores(self, pos: np.ndarray) -> np.ndarray:
         """(len(pos), k) scores best first, as the top ``k`` neighbours would give them."""

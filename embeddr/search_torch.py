@@ -114,6 +114,7 @@ def cluster_join(vecs: np.ndarray, probes: np.ndarray, nlist: int, min_raw: floa
             best[qp] = torch.topk(merged, keep_n, dim=1).values
     if nn is not None:
         nn.best[:] = best.cpu().numpy()
+        nn.kth[:] = nn.best.min(1) if nn.keep else -np.inf
         if nn.copies is not None:
             nn.copies[:] = copies.cpu().numpy()
 
