@@ -117,7 +117,7 @@ print("\nOK")
 PY
 fi
 
-echo "== end to end on ~1 MP JPEGs: embeddr scan (read + SHA-256 in workers, nvJPEG batch decode + resize on the GPU, SSCD fp16 on the GPU, SQLite, index)"
+echo "== end to end on ~1 MP JPEGs: embeddr scan (read + SHA-256 in workers, nvJPEG batch decode + resize on the GPU, SSCD on the GPU as shipped (fp32), SQLite, index)"
 python - "$DEVICE" "$JPEGS" <<'PY'
 import os, sys, tempfile, time
 from pathlib import Path
