@@ -416,14 +416,11 @@ def cluster_join(vecs: np.ndarray, probes: np.ndarray, nlist: int, min_raw: floa
     return res
 
 
-def _exact_rows(vecs: np.ndarray, Q: np.ndarray, min_raw: float, k: int, *, live: np.ndarray | None = None,
-                exclude: np.ndarray | None = None, col_block: int = 65536):
-    """Queries ``Q`` against every (live) row of ``vecs``, column block by column block (bounded memory).
-    Returns (query index, row, raw) of the pairs >= ``min_raw`` and the top-``k`` (scores, rows) per query."""
-    m, n = len(Q), len(vecs)
-    best_s = np.full((m, k), -np.inf, np.float32)
-    best_r = np.full((m, k), -1, np.int64)
-    PA, PB, PS = [], [], []
+def _column_blocks(vecs: np.ndarray, Q: np.ndarray, live: np.ndarray | None, exclude: np.ndarray | None,
+                   col_block: int):
+    """``(first column, scores)`` of the queries ``Q`` against ``vecs``, one block of columns at a time (bounded
+    memory): rows that are not ``live`` and each query's ``exclude`` row score -inf."""
+    n = len(vecs)
     for cs in range(0, n, col_block):
         ce = min(n, cs + col_block)
         S = Q @ np.asarray(vecs[cs:ce], np.float32).T
@@ -433,6 +430,18 @@ def _exact_rows(vecs: np.ndarray, Q: np.ndarray, min_raw: float, k: int, *, live
             hit = np.flatnonzero((exclude >= cs) & (exclude < ce))
             S[hit, exclude[hit] - cs] = -np.inf
         _release(vecs)
+        yield cs, S
+
+
+def _exact_rows(vecs: np.ndarray, Q: np.ndarray, min_raw: float, k: int, *, live: np.ndarray | None = None,
+                exclude: np.ndarray | None = None, col_block: int = 65536):
+    """Queries ``Q`` against every (live) row of ``vecs``, column block by column block (bounded memory).
+    Returns (query index, row, raw) of the pairs >= ``min_raw`` and the top-``k`` (scores, rows) per query."""
+    m = len(Q)
+    best_s = np.full((m, k), -np.inf, np.float32)
+    best_r = np.full((m, k), -1, np.int64)
+    PA, PB, PS = [], [], []
+    for cs, S in _column_blocks(vecs, Q, live, exclude, col_block):
         r, c = np.nonzero(S >= min_raw - EPS)
         PA.append(r), PB.append(c + cs), PS.append(S[r, c])
         if k:
@@ -448,18 +457,9 @@ def _exact_pairs(vecs: np.ndarray, Q: np.ndarray, min_raw: float, nn: Neighbours
                  live: np.ndarray | None = None, exclude: np.ndarray | None = None, col_block: int = 32768):
     """Queries ``Q`` against every (live) row of ``vecs``, column block by column block (bounded memory):
     (query index, row, raw) of the pairs >= ``min_raw``, and the queries' neighbours kept in ``nn``."""
-    n = len(vecs)
     PA, PB, PS = [], [], []
     allq = np.arange(len(Q))
-    for cs in range(0, n, col_block):
-        ce = min(n, cs + col_block)
-        S = Q @ np.asarray(vecs[cs:ce], np.float32).T
-        if live is not None:
-            S[:, ~live[cs:ce]] = -np.inf
-        if exclude is not None:
-            hit = np.flatnonzero((exclude >= cs) & (exclude < ce))
-            S[hit, exclude[hit] - cs] = -np.inf
-        _release(vecs)
+    for cs, S in _column_blocks(vecs, Q, live, exclude, col_block):
         r, c = np.nonzero(S >= min_raw - EPS)
         PA.append(r), PB.append(c + cs), PS.append(S[r, c])
         if nn is not None:
