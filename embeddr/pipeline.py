@@ -198,8 +198,14 @@ def _read_local(c: Candidate, st: os.stat_result, size: int, resize: str, max_pi
         return failed(f"cannot read: {exc.strerror or exc}", st=st)
     t1 = time.perf_counter()
     _TIMES["hash"] += t1 - t0
+    return _decode_to_record(c, st, st.st_size, digest, size, resize, max_pixels, failed, t1)
+
+
+def _decode_to_record(c: Candidate, st: os.stat_result, nbytes: int, digest: str, size: int, resize: str,
+                      max_pixels: int | None, failed, t1: float, data: bytes | None = None) -> Decoded:
+    """Decode (from ``data`` when given, else the file) and fit to the model; the file's record, or its error."""
     try:
-        image, meta = load_image(c.path, min_side=size, max_pixels=max_pixels)
+        image, meta = load_image(c.path, min_side=size, max_pixels=max_pixels, data=data)
         pixels = fit(image, size, resize)
     except DecodeError as exc:
         return failed(exc.reason, digest, st)
@@ -207,7 +213,7 @@ def _read_local(c: Candidate, st: os.stat_result, size: int, resize: str, max_pi
         return failed(f"cannot decode: {type(exc).__name__}: {exc}", digest, st)
     finally:
         _TIMES["decode"] += time.perf_counter() - t1
-    return Decoded(FileRecord(c.path, st.st_size, st.st_mtime_ns, digest, meta.width, meta.height, meta.format,
+    return Decoded(FileRecord(c.path, nbytes, st.st_mtime_ns, digest, meta.width, meta.height, meta.format,
                               content_width=meta.content_width, content_height=meta.content_height,
                               item_id=c.item_id), pixels)
 
@@ -229,23 +235,13 @@ def _read_for_batch_decode(c: Candidate, st: os.stat_result, size: int, resize: 
     digest = hashlib.sha256(data).hexdigest()
     t1 = time.perf_counter()
     _TIMES["hash"] += t1 - t0
-    try:
-        header = jpeg_header(c.path, data, max_pixels) if data[:3] == b"\xff\xd8\xff" else None
-        if header is not None:
-            meta, orientation = header
-            return Decoded(FileRecord(c.path, len(data), st.st_mtime_ns, digest, meta.width, meta.height, meta.format,
-                                      item_id=c.item_id), data=data, orientation=orientation)
-        image, meta = load_image(c.path, min_side=size, max_pixels=max_pixels, data=data)
-        pixels = fit(image, size, resize)
-    except DecodeError as exc:
-        return failed(exc.reason, digest, st)
-    except Exception as exc:  # a decoder bug must not stop the scan: record it against the file
-        return failed(f"cannot decode: {type(exc).__name__}: {exc}", digest, st)
-    finally:
+    header = jpeg_header(c.path, data, max_pixels) if data[:3] == b"\xff\xd8\xff" else None  # never raises
+    if header is not None:
+        meta, orientation = header
         _TIMES["decode"] += time.perf_counter() - t1
-    return Decoded(FileRecord(c.path, len(data), st.st_mtime_ns, digest, meta.width, meta.height, meta.format,
-                              content_width=meta.content_width, content_height=meta.content_height,
-                              item_id=c.item_id), pixels)
+        return Decoded(FileRecord(c.path, len(data), st.st_mtime_ns, digest, meta.width, meta.height, meta.format,
+                                  item_id=c.item_id), data=data, orientation=orientation)
+    return _decode_to_record(c, st, len(data), digest, size, resize, max_pixels, failed, t1, data)
 
 
 def finish_jpegs(batch: list[Decoded], size: int, resize: str, device: str, max_pixels: int | None) -> list[Decoded]:
