@@ -371,9 +371,11 @@ def _rescuable(scorer, vcfg, stored_ids: np.ndarray, stored_vecs):
         return np.array([memo[int(i)] for i in ids], np.float32)
 
     def rescuable(ids_a: np.ndarray, ids_b: np.ndarray) -> np.ndarray | None:
-        if vcfg.rescue_max_reference >= 1.0 or not scorer.has_reference or len(ids_a) == 0:
+        from .verify import may_rescue
+
+        if may_rescue(vcfg, scorer, [], []) is None or len(ids_a) == 0:
             return None
-        return (ref_bg(ids_a) < vcfg.rescue_max_reference) & (ref_bg(ids_b) < vcfg.rescue_max_reference)
+        return may_rescue(vcfg, scorer, ref_bg(ids_a), ref_bg(ids_b))
 
     return rescuable
 

@@ -557,8 +557,9 @@ class Gate:
     def _rescuable(self, p: _Prepared, near: list[Match], vector_of: dict) -> np.ndarray | None:
         """Which near matches may be kept below the threshold by the second look (as ``dupes``: neither image
         looks like the preset's reference set)."""
-        limit = self.preset.verify.rescue_max_reference
-        if limit >= 1.0 or not self.scorer.has_reference:
+        from .verify import may_rescue
+
+        if may_rescue(self.preset.verify, self.scorer, [], []) is None:
             return None
         from .index import stored
 
@@ -570,7 +571,7 @@ class Gate:
                 v = vecs[int(np.searchsorted(ids, v))]
             rows.append(np.asarray(v, np.float32) if v is not None else np.zeros(len(p.vector), np.float32))
         ref = self.scorer.reference_background(np.stack([p.vector, *rows]))
-        return (ref[0] < limit) & (ref[1:] < limit)
+        return may_rescue(self.preset.verify, self.scorer, np.full(len(rows), ref[0]), ref[1:])
 
     def _verify_path(self, key: str) -> str | None:
         if key.startswith("\0item:"):

@@ -253,6 +253,16 @@ def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float((x * y).sum() / d) if d > 0 else 0.0
 
 
+def may_rescue(config, scorer, ref_a: np.ndarray, ref_b) -> np.ndarray | None:
+    """Which pairs the look may keep below the threshold: neither image looks like the preset's reference set
+    (``ref_a``, ``ref_b``: their reference backgrounds, :meth:`embeddr.normalize.Scorer.reference_background`).
+    None: no limit (no reference set, or ``rescue_max_reference >= 1``). ``dupes`` and ``check`` both ask here."""
+    limit = config.rescue_max_reference
+    if limit >= 1.0 or not scorer.has_reference:
+        return None
+    return (np.asarray(ref_a) < limit) & (np.asarray(ref_b) < limit)
+
+
 def decide_band(scores: np.ndarray, threshold: float, band: tuple[float, float],
                 effect_of: Callable[[np.ndarray, np.ndarray], np.ndarray], eps: float = 1e-6
                 ) -> tuple[np.ndarray, np.ndarray]:
