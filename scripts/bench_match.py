@@ -2,7 +2,7 @@
 """Time, peak memory and pair recall of `embeddr dupes` (search + score + group) on a large catalog.
 
     python scripts/bench_match.py --n 100000 [--source realistic|real|random] [--search auto|exact|approximate]
-                                  [--score normalized|raw] [--check-exact] [--json]
+                                  [--score normalized|raw] [--check-exact] [--json] [--db-dir DIR]
 
 Builds a catalog of N vectors without images (``--source realistic``: clusters of varying density,
 look-alike crowds, copies at several similarities, bursts of renditions, see embeddr/synthetic.py;
@@ -11,7 +11,12 @@ uniform random vectors, the easy case) and its search structure (what `scan` kee
 timed apart). Then runs `find_duplicates` -- the default decision end to end -- in a fresh process, so
 the peak resident memory is its own. ``--check-exact`` also runs the exact search (another process) and
 reports the share of its pairs found (``pair_recall``) and of those with raw cosine in [0.6, 0.8)
-(``loose_pair_recall``). ``--json`` prints one JSON object.
+(``loose_pair_recall``). ``--json`` prints one JSON object. ``--db-dir DIR`` keeps the catalog (``DIR/bench.db``
+and its search structure) instead of a temporary one, and reuses it when it was built with the same ``--n``,
+``--dim``, ``--source`` and ``--seed`` (``DIR/bench.json`` says which): building 1M vectors takes minutes, so
+several runs of `dupes` on one catalog need not rebuild it (``catalog_build_seconds`` and
+``search_structure_seconds`` are then those of the first build). The catalog can be read with the CLI too
+(``embeddr dupes --db DIR/bench.db``; its files do not exist, so the second look finds every pair unreadable).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,6 +137,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--check-exact", action="store_true", help="also run the exact search and report recall against it")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--db-dir", help="keep the catalog in DIR and reuse it when it matches (--n, --dim, --source, --seed)")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -140,12 +147,31 @@ def main() -> int:
     load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
-        t = time.perf_counter()
-        vecs = make_vectors(args.source, args.n, args.dim, args.seed)
-        build_s = time.perf_counter() - t
-        index_s = build(db, vecs)
+        spec = {"n": args.n, "dim": args.dim, "source": args.source, "seed": args.seed}
+        kept = Path(args.db_dir) / "bench.json" if args.db_dir else None
+        if kept is not None:
+            db = kept.parent / "bench.db"
+        if kept is not None and kept.is_file() and db.is_file() and json.loads(kept.read_text()).get("spec") == spec:
+            built, reused = json.loads(kept.read_text()), True
+            build_s, index_s = built["catalog_build_seconds"], built["search_structure_seconds"]
+            vecs = make_vectors(args.source, args.n, args.dim, args.seed) if args.check_exact else None
+        else:
+            reused = False
+            if kept is not None:  # another spec, or an unfinished build: start afresh
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                kept.unlink(missing_ok=True)
+                for old in kept.parent.glob("bench.db*"):
+                    shutil.rmtree(old) if old.is_dir() else old.unlink()
+            t = time.perf_counter()
+            vecs = make_vectors(args.source, args.n, args.dim, args.seed)
+            build_s = time.perf_counter() - t
+            index_s = build(db, vecs)
+            if kept is not None:
+                kept.write_text(json.dumps({"spec": spec, "catalog_build_seconds": round(build_s, 1),
+                                            "search_structure_seconds": round(index_s, 1)}))
         result = {"files": args.n, "source": args.source, "score": args.score, "search": args.search,
-                  "catalog_build_seconds": round(build_s, 1), "search_structure_seconds": round(index_s, 1)}
+                  "catalog_build_seconds": round(build_s, 1), "search_structure_seconds": round(index_s, 1),
+                  "reused_catalog": reused}
         main_run = child(db, args.search, args.score, Path(tmp) / "main.npz")
         result.update(seconds=main_run["seconds"], peak_rss_mib=main_run["peak_rss_mib"], pairs=main_run["pairs"],
                       groups=main_run["groups"], search_info=main_run["search_info"])
