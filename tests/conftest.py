@@ -98,3 +98,43 @@ def runner():
     from typer.testing import CliRunner
 
     return CliRunner()
+
+
+def reference_group_pairs(pairs, *, floor, similarity, max_group=100_000):
+    """The grouping rule as it was written before issue 9 (dictionaries of pair scores, two entries a pair):
+    the oracle that :func:`embeddr.group.group_pairs` and :func:`embeddr.group.group_arrays` must equal."""
+    edges = sorted(((float(s), a, b) for a, b, s in pairs), key=lambda e: (-e[0], str(e[1]), str(e[2])))
+    known = {}
+    for s, a, b in edges:
+        known[(a, b)] = known[(b, a)] = s
+    group_of, members, next_id = {}, {}, 0
+
+    def score(x, y):
+        value = known.get((x, y))
+        if value is None:
+            value = known[(x, y)] = known[(y, x)] = float(similarity(x, y))
+        return value
+
+    for s, a, b in edges:
+        ga, gb = group_of.get(a), group_of.get(b)
+        if ga is None:
+            ga = next_id = next_id + 1
+            group_of[a], members[ga] = ga, [a]
+        if gb is None:
+            gb = next_id = next_id + 1
+            group_of[b], members[gb] = gb, [b]
+        if ga == gb:
+            continue
+        left, right = members[ga], members[gb]
+        if len(left) + len(right) > max_group:
+            continue
+        if all(score(x, y) >= floor for x in left for y in right):
+            if len(left) < len(right):
+                ga, gb, left, right = gb, ga, right, left
+            left.extend(right)
+            for m in right:
+                group_of[m] = ga
+            del members[gb]
+    groups = [sorted(m, key=str) for m in members.values() if len(m) > 1]
+    groups.sort(key=lambda g: (-len(g), str(g[0])))
+    return groups

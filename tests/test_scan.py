@@ -314,6 +314,45 @@ def test_grouping_does_not_chain():
     assert group_pairs(pairs, floor=0.5, similarity=similarity) == [["A", "B", "C", "D"]]
 
 
+
+def test_grouping_on_arrays_equals_the_dictionary_rule():
+    """group_pairs (now group_arrays on integer node ids, sorted keys and searchsorted instead of a dictionary of
+    pair scores, a memo of groups that failed to merge) gives the groups of the rule as it was written before,
+    on random graphs with many tied scores, both orientations of pairs, pairs listed twice and a group cap."""
+    import itertools
+    import random
+
+    import numpy as np
+    from conftest import reference_group_pairs
+
+    from embeddr.group import group_arrays
+
+    for trial in range(200):
+        rng = random.Random(trial)
+        names = list(dict.fromkeys(f"h{rng.randint(0, 10**6):x}" for _ in range(rng.randint(2, 40))))
+        sims = {frozenset(p): round(rng.random(), 1 if trial % 2 else 2) for p in itertools.combinations(names, 2)}
+        similarity = lambda x, y: sims[frozenset((x, y))]  # noqa: E731
+        pairs = [(x, y, v) for x, y in itertools.combinations(names, 2)
+                 if (v := sims[frozenset((x, y))]) >= 0.6 and rng.random() < 0.8]
+        rng.shuffle(pairs)
+        pairs = [(y, x, v) if rng.random() < 0.5 else (x, y, v) for x, y, v in pairs]
+        if pairs and trial % 5 == 0:
+            x, y, v = pairs[0]
+            pairs.append((y, x, v - 0.05))  # listed twice: the lower score counts
+        for floor, cap in ((0.3, 100_000), (0.5, 100_000), (0.5, 3)):
+            want = reference_group_pairs(pairs, floor=floor, similarity=similarity, max_group=cap)
+            assert group_pairs(pairs, floor=floor, similarity=similarity, max_group=cap) == want, trial
+        # the array form on integer ids directly: the rank orders ties and the groups' members
+        number = {m: i for i, m in enumerate(sorted(names, reverse=True))}  # ids in another order than the names
+        rank = np.array([sorted(names).index(m) for m in sorted(names, reverse=True)])
+        a = np.array([number[x] for x, _, _ in pairs], np.int64)
+        b = np.array([number[y] for _, y, _ in pairs], np.int64)
+        s = np.array([v for _, _, v in pairs])
+        back = sorted(names, reverse=True)
+        ok = lambda xs, ys: all(sims[frozenset((back[i], back[j]))] >= 0.5 for i, j in zip(xs, ys))  # noqa: E731
+        got = group_arrays(a, b, s, n=len(names), floor=0.5, all_at_least=ok, rank=rank)
+        assert [[back[i] for i in g] for g in got] == reference_group_pairs(pairs, floor=0.5, similarity=similarity)
+
 # -- real images -----------------------------------------------------------------------------------
 
 
