@@ -540,6 +540,38 @@ class Catalog:
             rows.sort(key=lambda r: r.path)
         return out
 
+    def rows_for_ids(self, ids: Iterable[int], status: str = "ok") -> dict[int, list[FileRow]]:
+        """vector id -> its content's ``status`` files (sorted by path), for the given vector ids only."""
+        out: dict[int, list[FileRow]] = {}
+        cols = ", ".join(f"f.{c.strip()}" for c in _FILE_COLS.split(","))
+        sql = (f"SELECT v.id AS vid, {cols} FROM vectors v JOIN files f ON f.hash = v.hash "
+               "WHERE f.status = ? AND v.id IN ({})")
+        ids = sorted({int(i) for i in ids})
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            for row in self.conn.execute(sql.format(",".join("?" * len(chunk))), [status, *chunk]):
+                d = dict(row)
+                vid = d.pop("vid")
+                d["path"] = from_db(d["path"])
+                out.setdefault(vid, []).append(FileRow(**d))
+        for rows in out.values():
+            rows.sort(key=lambda r: r.path)
+        return out
+
+    def paths_of_ids(self, ids: Iterable[int], status: str = "ok") -> Iterator[tuple[int, str]]:
+        """(vector id, path) of the content's ``status`` files, for the given vector ids, streamed."""
+        sql = "SELECT v.id, f.path FROM vectors v JOIN files f ON f.hash = v.hash WHERE f.status = ? AND v.id IN ({})"
+        ids = sorted({int(i) for i in ids})
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            for vid, path in self.conn.execute(sql.format(",".join("?" * len(chunk))), [status, *chunk]):
+                yield int(vid), from_db(path)
+
+    def ids_by_hash(self) -> np.ndarray:
+        """Every vector id, in the order of the contents' hashes (as Python orders the hash strings: they are
+        ASCII, so SQLite's byte order is theirs)."""
+        return np.fromiter((r[0] for r in self.conn.execute("SELECT id FROM vectors ORDER BY hash")), np.int64)
+
     def copied_hashes(self, status: str = "ok") -> list[str]:
         """Content hashes that more than one ``status`` file has (exact copies), sorted."""
         return [r[0] for r in self.conn.execute(

@@ -101,6 +101,95 @@ class PairList(Sequence):
         return list(self) == list(other)
 
 
+class PairStream(Sequence):
+    """Every file pair of a report, in :class:`PairList`'s order (exact copies first, then near pairs best first;
+    ties by the first path of each side), expanded from *content* pairs held as arrays (node ids of ``nodes``,
+    float32 scores) as it is iterated: the files are read from the catalog for a chunk of pairs at a time, so
+    no list of all pairs nor of their files is held. The catalog is reopened (read only) when the one given is
+    closed by the time the pairs are read; files changed in between are read as they are then.
+    Indexing builds the list once; ``len`` counts without building it."""
+
+    CHUNK = 4096
+
+    def __init__(self, catalog: Catalog, nodes: np.ndarray, a: np.ndarray, b: np.ndarray, s: np.ndarray,
+                 confirmed: np.ndarray, copied: list[str], rejected: set[tuple[str, str]]) -> None:
+        self._catalog, self._path = catalog, catalog.path
+        self._nodes, self._copied, self._rejected = nodes, copied, rejected
+        counts = np.zeros(len(nodes), np.int64)
+        first: dict[int, str] = {}  # vector id -> its first path (a transient of one string per content)
+        for vid, path in catalog.paths_of_ids(nodes.tolist()):
+            if vid not in first or path < first[vid]:
+                first[vid] = path
+            counts[np.searchsorted(nodes, vid)] += 1
+        first_rank = np.full(len(nodes), len(nodes), np.int64)
+        by_first = sorted(first, key=first.__getitem__)
+        first_rank[np.searchsorted(nodes, np.array(by_first, np.int64))] = np.arange(len(by_first))
+        del first, by_first
+        order = np.lexsort((first_rank[b], first_rank[a], -s)) if len(s) else np.zeros(0, np.int64)
+        self._a, self._b, self._s, self._confirmed = a[order], b[order], s[order], confirmed[order]
+        self._copies = sum(n * (n - 1) // 2 for n in catalog.count_by_hash(copied).values())
+        self._near = int((counts[self._a] * counts[self._b]).sum()) if len(order) else 0
+        self._list: list[Pair] | None = None
+        self._len: int | None = None
+
+    def _open(self) -> tuple[Catalog, bool]:
+        import sqlite3
+
+        try:
+            self._catalog.conn.execute("SELECT 1")
+            return self._catalog, False
+        except sqlite3.ProgrammingError:  # closed: read the pairs' files from a connection of our own
+            return Catalog(self._path, create=False), True
+
+    def __iter__(self) -> Iterator[Pair]:
+        if self._list is not None:
+            yield from self._list
+            return
+        catalog, close = self._open()
+        try:
+            yield from self._pairs(catalog)
+        finally:
+            if close:
+                catalog.close()
+
+    def _pairs(self, catalog: Catalog) -> Iterator[Pair]:
+        rejected, copied = self._rejected, self._copied
+        for i in range(0, len(copied), 500):
+            chunk = copied[i : i + 500]
+            by_hash = catalog.rows_for_hashes(chunk)
+            for h in chunk:
+                for x, y in combinations(by_hash.get(h, ()), 2):  # rows are sorted by path
+                    if (x.path, y.path) not in rejected:
+                        yield Pair(x.path, y.path, 1.0, "exact", x.item_id, y.item_id)
+        nodes = self._nodes
+        for i in range(0, len(self._a), self.CHUNK):
+            na, nb = nodes[self._a[i : i + self.CHUNK]], nodes[self._b[i : i + self.CHUNK]]
+            rows_of = catalog.rows_for_ids(np.concatenate([na, nb]).tolist())
+            for hx, hy, v, c in zip(na.tolist(), nb.tolist(), self._s[i : i + self.CHUNK].tolist(),
+                                    self._confirmed[i : i + self.CHUNK].tolist()):
+                checked = True if c else None
+                for x in rows_of.get(hx, ()):
+                    for y in rows_of.get(hy, ()):
+                        a, b = sorted((x, y), key=lambda r: r.path)
+                        if (a.path, b.path) not in rejected:
+                            yield Pair(a.path, b.path, v, "near", a.item_id, b.item_id, checked)
+
+    def __len__(self) -> int:
+        if self._list is not None:
+            return len(self._list)
+        if self._len is None:
+            self._len = sum(1 for _ in self) if self._rejected else self._copies + self._near
+        return self._len
+
+    def __getitem__(self, i):
+        if self._list is None:
+            self._list = list(iter(self))
+        return self._list[i]
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+
 @dataclass
 class DuplicateReport:
     model: str
@@ -262,89 +351,182 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
 
         stored_ids, stored_vecs = sindex.ids, RowReader(sindex.vecs)  # single rows read, not mapped
 
+    # From here on the pairs stay arrays of vector ids (int64) and scores (float32) up to the groups, and the
+    # files are read only for what is written out (the groups' members now, the pairs a chunk at a time as
+    # they are read: PairStream).
+    a, b, s = np.asarray(a, np.int64), np.asarray(b, np.int64), np.asarray(s, np.float32)
+    bg = np.asarray(bg)
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        return stored_vecs(rows) if callable(stored_vecs) else np.asarray(stored_vecs[rows], np.float32)
+
     # reviewer verdicts are on paths; a content pair is rejected when any of its file pairs is
-    rejected_content = {tuple(sorted((row_hash, other))) for row_hash, other in _verdict_hashes(rejected, catalog)}
-    hash_of = catalog.hashes_of_ids(np.concatenate([a, b]).tolist()) if len(a) else {}
-    verified: set[tuple[str, str]] | None = None
+    rejected_ids = _rejected_id_pairs(catalog, rejected)
+    confirmed = np.zeros(len(a), bool)
     if verifying:
         from .verify import CONFIRMED, Verifier, decide_band
 
         if verifier is None:
             verifier = Verifier(vcfg, _path_of(catalog))
-        ha = [hash_of[int(x)] for x in a]
-        hb = [hash_of[int(y)] for y in b]
-        rescuable = _rescuable(scorer, vcfg, stored_ids, stored_vecs)
-        keep, effect = decide_band(s, threshold, band, lambda idx, above: verifier.decide(
-            [ha[i] for i in idx], [hb[i] for i in idx], above, rescuable(a[idx], b[idx])))
-        verified = {(ha[i], hb[i]) for i in np.flatnonzero(effect == CONFIRMED)}
+        rescuable = _rescuable(scorer, vcfg, stored_ids, read)
+
+        def effect_of(idx: np.ndarray, above: np.ndarray) -> np.ndarray:
+            ia, ib = a[idx], b[idx]
+            hash_of = catalog.hashes_of_ids(np.concatenate([ia, ib]).tolist())  # the band's pairs only
+            return verifier.decide([hash_of[x] for x in ia.tolist()], [hash_of[y] for y in ib.tolist()], above,
+                                   rescuable(ia, ib))
+
+        keep, effect = decide_band(s, threshold, band, effect_of)
+        confirmed = effect == CONFIRMED
         search_info["verify"] = verify_summary(band, effect)
-        a, b, s = a[keep], b[keep], s[keep]
-        del ha, hb
-    node_pairs = [(hash_of[int(x)], hash_of[int(y)], float(v)) for x, y, v in zip(a, b, s)]
-    node_pairs = [(x, y, v) for x, y, v in node_pairs if tuple(sorted((x, y))) not in rejected_content]
-    del a, b, s
-    involved = {h for x, y, _ in node_pairs for h in (x, y)}
-    copied = catalog.copied_hashes()
-    by_hash = catalog.rows_for_hashes(involved.union(copied))  # the files of the results, and only those
-    vid_of_hash = catalog.ids_of_hashes(involved)
-    bg = np.asarray(bg)
+        a, b, s, confirmed = a[keep], b[keep], s[keep], confirmed[keep]
+    if len(rejected_ids) and len(a):
+        out = _pair_in(a, b, rejected_ids)
+        a, b, s, confirmed = a[~out], b[~out], s[~out], confirmed[~out]
 
-    def background(h: str) -> float:
-        i = int(np.searchsorted(ids, vid_of_hash.get(h, -1)))
-        return float(bg[i]) if i < len(ids) and ids[i] == vid_of_hash.get(h, -1) else -1.0
+    # the contents of the pairs as nodes 0 .. n-1 (``nodes``: their vector ids, sorted)
+    nodes = np.unique(np.concatenate([a, b]))
+    n = len(nodes)
+    ai, bi = np.searchsorted(nodes, a), np.searchsorted(nodes, b)
+    hash_rank = _rank_in(catalog.ids_by_hash(), nodes) if n else np.zeros(0, np.int64)  # ties: content hashes
+    pos = np.minimum(np.searchsorted(ids, nodes), max(len(ids) - 1, 0))
+    node_bg = np.where((len(ids) > 0) & (ids[pos] == nodes), bg[pos] if len(bg) else -1.0, -1.0).astype(np.float64)
+    node_rows = np.searchsorted(stored_ids, nodes)
+    rejected_nodes = _node_pairs_of(rejected_ids, nodes)
 
-    def vector(h: str) -> np.ndarray:
-        return np.asarray(stored_vecs[int(np.searchsorted(stored_ids, vid_of_hash[h]))], np.float32)
-
-    def similarity(x: str, y: str) -> float:
-        """The pair's score under the scorer in use (the same score as the listed pairs)."""
-        if tuple(sorted((x, y))) in rejected_content:
-            return -1.0
-        raw = np.float32(np.dot(vector(x), vector(y)))
-        return float(scorer.score(np.array([raw]), np.array([background(x)]), np.array([background(y)]))[0])
-
-    def decision(x: str, y: str) -> float:
-        """What grouping compares with its floor: the score, or for a pair in the verification band what the
-        second look made of it (confirmed below the threshold: the threshold; refuted above it: -1)."""
-        v = similarity(x, y)
-        if verifying and band[0] - 1e-6 <= v < band[1] - 1e-6:
-            if v < threshold - 1e-6:
-                ok = rescuable(np.array([vid_of_hash[x]]), np.array([vid_of_hash[y]]))
-                if (ok is None or ok[0]) and verifier.confirms(verifier.look(x, y)):
-                    return threshold
-                return v
-            if verifier.refutes(verifier.look(x, y)):
-                return -1.0
+    def similarity(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The scores of node pairs ``(x[i], y[i])`` under the scorer in use (the listed pairs' score): the raw
+        cosine of each pair a ``np.dot`` of the two stored vectors (as one pair at a time gives it), read once
+        per batch."""
+        if len(x) == 0:
+            return np.zeros(0, np.float64)
+        u = np.unique(np.concatenate([x, y]))
+        vecs = read(node_rows[u])
+        px, py = np.searchsorted(u, x).tolist(), np.searchsorted(u, y).tolist()
+        raw = np.array([np.dot(vecs[i], vecs[j]) for i, j in zip(px, py)], np.float32)
+        v = np.asarray(scorer.score(raw, node_bg[x], node_bg[y]), np.float64)
+        if len(rejected_nodes):
+            v[_pair_in(x, y, rejected_nodes)] = -1.0
         return v
 
-    from .group import group_pairs
+    def band_decision(x: int, y: int, v: float) -> float:
+        """What grouping compares with its floor for a pair in the verification band: what the second look made
+        of it (confirmed below the threshold: the threshold; refuted above it: -1), else its score."""
+        vx, vy = int(nodes[x]), int(nodes[y])
+        hash_of = catalog.hashes_of_ids([vx, vy])
+        hx, hy = hash_of[vx], hash_of[vy]
+        if v < threshold - 1e-6:
+            ok = rescuable(np.array([vx]), np.array([vy]))
+            if (ok is None or ok[0]) and verifier.confirms(verifier.look(hx, hy)):
+                return threshold
+            return v
+        if verifier.refutes(verifier.look(hx, hy)):
+            return -1.0
+        return v
+
+    def all_at_least(x: np.ndarray, y: np.ndarray) -> bool:
+        """Whether every unlisted cross pair of two groups passes the floor on the decision: the score, or for
+        a pair in the verification band the second look's verdict (looked at only where the scores pass)."""
+        v = similarity(x, y)
+        looked = (v >= band[0] - 1e-6) & (v < band[1] - 1e-6) if verifying else np.zeros(len(v), bool)
+        if (v[~looked] < floor).any():
+            return False
+        return all(band_decision(int(x[i]), int(y[i]), float(v[i])) >= floor for i in np.flatnonzero(looked))
+
+    from .group import PairIndex, group_arrays
 
     # grouping runs on contents; the no-chaining floor is on the same decision as the pairs
     floor = threshold - margin
-    edges = node_pairs if not verified else [(x, y, max(v, threshold) if (x, y) in verified else v)
-                                             for x, y, v in node_pairs]
-    content_groups = group_pairs(edges, floor=floor, similarity=decision)
-    pair_score = {(x, y): v for x, y, v in node_pairs}
-    pair_score.update({(y, x): v for x, y, v in node_pairs})
-    grouped = {h for g in content_groups for h in g}
+    edge = np.where(confirmed, np.maximum(s.astype(np.float64), threshold), s.astype(np.float64))
+    content_groups = group_arrays(ai, bi, edge, n=n, floor=floor, all_at_least=all_at_least, rank=hash_rank)
+    index = PairIndex(ai, bi, n, edge)
+    copied = catalog.copied_hashes()
+    copied_ids = np.sort(np.fromiter(catalog.ids_of_hashes(copied).values(), np.int64))
+    grouped = np.concatenate(content_groups) if content_groups else np.zeros(0, np.int64)
+    rows_of = catalog.rows_for_ids(nodes[grouped].tolist())  # the files of the groups, and only those
     groups: list[Group] = []
-    for hashes in content_groups:
-        scores = [pair_score.get((x, y)) if (x, y) in pair_score else similarity(x, y)
-                  for i, x in enumerate(hashes) for y in hashes[i + 1:]]
-        if any(len(by_hash.get(h, ())) > 1 for h in hashes):
-            scores.append(1.0)
-        members = sorted((r for h in hashes for r in by_hash.get(h, ())), key=lambda r: r.path)
-        groups.append(Group(0, members, min(scores), max(scores)))
-    for h in copied:  # exact copies only
-        rows = by_hash.get(h, [])
-        if len(rows) > 1 and h not in grouped:
-            groups.append(Group(0, list(rows), 1.0, 1.0))
+    for g in content_groups:
+        low_, high_ = _score_range(g, index, s, similarity)
+        if np.isin(nodes[g], copied_ids).any():
+            low_, high_ = min(low_, 1.0), max(high_, 1.0)
+        members = sorted((r for x in nodes[g].tolist() for r in rows_of.get(x, ())), key=lambda r: r.path)
+        groups.append(Group(0, members, low_, high_))
+    del rows_of
+    grouped_ids = set(nodes[grouped].tolist())
+    id_of_copy = catalog.ids_of_hashes(copied)
+    alone = [h for h in copied if id_of_copy.get(h) not in grouped_ids]  # exact copies only
+    for i in range(0, len(alone), 500):
+        chunk = alone[i : i + 500]
+        by_hash = catalog.rows_for_hashes(chunk)
+        for h in chunk:
+            rows = by_hash.get(h, [])
+            if len(rows) > 1:
+                groups.append(Group(0, list(rows), 1.0, 1.0))
     groups.sort(key=lambda g: (-len(g.members), g.members[0].path))
     for gid, g in enumerate(groups, start=1):
         g.id = gid
+    pairs = PairStream(catalog, nodes, ai, bi, s, confirmed, copied, rejected)
     return DuplicateReport(model=preset.name, threshold=threshold, score=score, groups=groups,
-                           pairs=PairList(by_hash, node_pairs, rejected, verified), extra=search_info, files=files,
+                           pairs=pairs, extra=search_info, files=files,
                            threshold_provenance=preset.threshold.provenance)
+
+
+def _score_range(g: np.ndarray, index, s: np.ndarray, similarity) -> tuple[float, float]:
+    """The lowest and highest score between two members of a group (node ids ``g``): listed pairs' scores
+    ``s``, the others' from ``similarity``; row blocks of the pairs at a time."""
+    low, high = np.inf, -np.inf
+    m = len(g)
+    step = max(1, (1 << 20) // max(m, 1))
+    for i in range(0, m - 1, step):
+        rows = np.arange(i, min(i + step, m - 1))
+        counts = m - 1 - rows
+        x = np.repeat(rows, counts)
+        y = np.concatenate([np.arange(r + 1, m) for r in rows.tolist()])
+        x, y = g[x], g[y]
+        where = index.find(x, y)
+        listed = where >= 0
+        v = np.empty(len(x), np.float64)
+        v[listed] = s[where[listed]]
+        v[~listed] = similarity(x[~listed], y[~listed])
+        low, high = min(low, float(v.min())), max(high, float(v.max()))
+    return low, high
+
+
+def _pair_in(x: np.ndarray, y: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Which of the pairs ``(x[i], y[i])`` (either orientation) are among ``pairs`` (``(k, 2)``, each row sorted)."""
+    lo, hi = np.minimum(x, y), np.maximum(x, y)
+    want = np.zeros(len(x), bool)
+    for p, q in pairs.tolist():  # a few reviewer verdicts
+        want |= (lo == p) & (hi == q)
+    return want
+
+
+def _rank_in(order: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """The rank of each of ``nodes`` (sorted ids) in ``order`` (ids in some order, every node among them)."""
+    sel = order[np.isin(order, nodes)]
+    rank = np.zeros(len(nodes), np.int64)
+    rank[np.searchsorted(nodes, sel)] = np.arange(len(sel))
+    return rank
+
+
+def _node_pairs_of(id_pairs: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """Vector id pairs as pairs of node ids (sorted rows), those whose both ids are nodes."""
+    if not len(id_pairs) or not len(nodes):
+        return np.zeros((0, 2), np.int64)
+    pos = np.minimum(np.searchsorted(nodes, id_pairs), len(nodes) - 1)
+    both = (nodes[pos] == id_pairs).all(axis=1)
+    return np.sort(pos[both], axis=1)
+
+
+def _rejected_id_pairs(catalog: Catalog, rejected: set[tuple[str, str]]) -> np.ndarray:
+    """The reviewer verdicts as pairs of vector ids (``(k, 2)``, each row sorted; a content pair is rejected when
+    any of its file pairs is)."""
+    pairs = set(_verdict_hashes(rejected, catalog))
+    if not pairs:
+        return np.zeros((0, 2), np.int64)
+    id_of = catalog.ids_of_hashes({h for p in pairs for h in p})
+    out = {tuple(sorted((id_of[p], id_of[q]))) for p, q in pairs if p in id_of and q in id_of}
+    return np.array(sorted(out), np.int64).reshape(-1, 2)
 
 
 def verify_summary(band: tuple[float, float], effect: np.ndarray) -> dict:
@@ -358,17 +540,25 @@ def verify_summary(band: tuple[float, float], effect: np.ndarray) -> dict:
             "unreadable": int((effect == UNREADABLE).sum())}
 
 
-def _rescuable(scorer, vcfg, stored_ids: np.ndarray, stored_vecs):
+def _rescuable(scorer, vcfg, stored_ids: np.ndarray, read):
     """``f(ids_a, ids_b)``: which pairs may be kept below the threshold by the second look: neither image looks
-    like the preset's reference set (its reference background is below ``vcfg.rescue_max_reference``)."""
-    memo: dict[int, float] = {}
+    like the preset's reference set (its reference background is below ``vcfg.rescue_max_reference``).
+    ``read(rows)``: the stored vectors of rows of ``stored_ids``. The reference backgrounds are computed once per
+    vector, in blocks, and kept as two sorted arrays."""
+    known_ids, known_bg = np.zeros(0, np.int64), np.zeros(0, np.float32)
 
     def ref_bg(ids: np.ndarray) -> np.ndarray:
-        todo = sorted({int(i) for i in ids} - memo.keys())
-        if todo:
-            vecs = np.stack([np.asarray(stored_vecs[int(np.searchsorted(stored_ids, i))], np.float32) for i in todo])
-            memo.update(zip(todo, scorer.reference_background(vecs).tolist()))
-        return np.array([memo[int(i)] for i in ids], np.float32)
+        nonlocal known_ids, known_bg
+        ids = np.asarray(ids, np.int64)
+        todo = np.unique(ids)
+        todo = todo[~np.isin(todo, known_ids)]
+        if len(todo):
+            parts = [np.asarray(scorer.reference_background(read(np.searchsorted(stored_ids, todo[i : i + 16384]))),
+                                np.float32) for i in range(0, len(todo), 16384)]
+            all_ids = np.concatenate([known_ids, todo])
+            order = np.argsort(all_ids, kind="stable")
+            known_ids, known_bg = all_ids[order], np.concatenate([known_bg, *parts])[order]
+        return known_bg[np.searchsorted(known_ids, ids)]
 
     def rescuable(ids_a: np.ndarray, ids_b: np.ndarray) -> np.ndarray | None:
         from .verify import may_rescue
@@ -381,13 +571,19 @@ def _rescuable(scorer, vcfg, stored_ids: np.ndarray, stored_vecs):
 
 
 def _path_of(catalog: Catalog):
-    """The file to read for a content hash: the first of its ``ok`` files that is still there."""
+    """The file to read for a content hash: the first of its ``ok`` files that is still there. A content none
+    of whose files is there is asked about once (the catalog and the file system), however many pairs it has."""
     import os
 
+    missing: set[str] = set()
+
     def path_of(h: str) -> str | None:
+        if h in missing:
+            return None
         for row in catalog.rows_for_hashes({h}).get(h, ()):
             if os.path.isfile(row.path):
                 return row.path
+        missing.add(h)
         return None
 
     return path_of

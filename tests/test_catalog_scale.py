@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, save_photo
+from conftest import REPO, reference_group_pairs, save_photo
 
 
 @pytest.fixture
@@ -52,7 +52,6 @@ def catalog_db(tmp_path, photo_arrays, encoder) -> Path:
 def reference_find_duplicates(catalog, preset):
     """The previous find_duplicates (before issue 9 item 2), kept as the oracle: reads every file."""
     from embeddr.dupes import DuplicateReport, Group, PairList, content_pairs
-    from embeddr.group import group_pairs
     from embeddr.normalize import Scorer, is_blank
 
     threshold = preset.threshold.value
@@ -86,7 +85,7 @@ def reference_find_duplicates(catalog, preset):
         raw = np.float32(np.dot(np.asarray(vx, np.float32), np.asarray(vy, np.float32)))
         return float(scorer.score(np.array([raw]), np.array([bg_of.get(x, -1.0)]), np.array([bg_of.get(y, -1.0)]))[0])
 
-    content_groups = group_pairs(node_pairs, floor=threshold - margin, similarity=similarity)
+    content_groups = reference_group_pairs(node_pairs, floor=threshold - margin, similarity=similarity)
     pair_score = {(x, y): v for x, y, v in node_pairs} | {(y, x): v for x, y, v in node_pairs}
     grouped = {h for g in content_groups for h in g}
     groups = []
@@ -138,6 +137,31 @@ def test_bounded_find_duplicates_equals_the_read_everything_version(catalog_db):
         # savings streamed from the catalog == savings over every file row held in memory (the old way)
         assert savings(new, d_new, catalog=cat) == savings(old, d_old)
         assert savings(new, d_new, catalog=cat)["overall"]["files"] == cat.count_ok_files() == old.files
+
+
+def test_pairs_stream_from_arrays_in_chunks_and_after_the_catalog_is_closed(catalog_db, monkeypatch):
+    """The report's pairs are kept as arrays of content ids and read from the catalog a chunk at a time when
+    they are iterated: chunks of any size give the same pairs in the same order, a report whose catalog was
+    closed reads them through a connection of its own, and ``len`` (counted from the files per content without
+    reading them, when there is no verdict) equals the pairs read."""
+    from embeddr.catalog import Catalog
+    from embeddr.dupes import PairStream, find_duplicates
+    from embeddr.encoders import catalog_preset
+
+    with Catalog(catalog_db) as cat:
+        preset = catalog_preset(cat)
+        report = find_duplicates(cat, preset)
+        want = [p.as_dict() for p in report.pairs]
+        assert isinstance(report.pairs, PairStream) and len(report.pairs) == len(want)
+    assert [p.as_dict() for p in report.pairs] == want  # the catalog is closed: reopened for reading
+    monkeypatch.setattr(PairStream, "CHUNK", 2)
+    with Catalog(catalog_db) as cat:
+        assert [p.as_dict() for p in find_duplicates(cat, preset).pairs] == want
+        monkeypatch.setattr(Catalog, "not_duplicate_pairs", lambda self: set())  # no verdict: len is counted
+        unreviewed = find_duplicates(cat, preset)
+        pairs = list(unreviewed.pairs)
+        assert len(unreviewed.pairs) == len(pairs) > len(want)
+        assert unreviewed.pairs[len(pairs) - 1] == pairs[-1] and unreviewed.pairs == pairs
 
 
 def test_apply_plan_and_report_json_equal_the_reference(catalog_db, tmp_path):
