@@ -529,7 +529,9 @@ class Catalog:
     def rows_for_hashes(self, hashes: Iterable[str], status: str = "ok") -> dict[str, list[FileRow]]:
         """content hash -> its ``status`` files (sorted by path), for the given hashes only."""
         out: dict[str, list[FileRow]] = {}
-        sql = f"SELECT {_FILE_COLS} FROM files WHERE status = ? AND hash IN ({{}})"
+        # ``+status``: look the rows up by hash, never by the status index, which SQLite (no ANALYZE
+        # statistics) otherwise picks and then scans every ok file once per chunk: 29 ms a query at 100k files
+        sql = f"SELECT {_FILE_COLS} FROM files WHERE +status = ? AND hash IN ({{}})"
         hashes = sorted(set(hashes))
         for i in range(0, len(hashes), 500):
             chunk = hashes[i : i + 500]
@@ -545,7 +547,7 @@ class Catalog:
         out: dict[int, list[FileRow]] = {}
         cols = ", ".join(f"f.{c.strip()}" for c in _FILE_COLS.split(","))
         sql = (f"SELECT v.id AS vid, {cols} FROM vectors v JOIN files f ON f.hash = v.hash "
-               "WHERE f.status = ? AND v.id IN ({})")
+               "WHERE +f.status = ? AND v.id IN ({})")
         ids = sorted({int(i) for i in ids})
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
@@ -558,14 +560,15 @@ class Catalog:
             rows.sort(key=lambda r: r.path)
         return out
 
-    def paths_of_ids(self, ids: Iterable[int], status: str = "ok") -> Iterator[tuple[int, str]]:
-        """(vector id, path) of the content's ``status`` files, for the given vector ids, streamed."""
-        sql = "SELECT v.id, f.path FROM vectors v JOIN files f ON f.hash = v.hash WHERE f.status = ? AND v.id IN ({})"
+    def paths_of_ids(self, ids: Iterable[int], status: str = "ok") -> Iterator[tuple[int, str, str | None]]:
+        """(vector id, path, item id) of the content's ``status`` files, for the given vector ids, streamed."""
+        sql = ("SELECT v.id, f.path, f.item_id FROM vectors v JOIN files f ON f.hash = v.hash "
+               "WHERE +f.status = ? AND v.id IN ({})")
         ids = sorted({int(i) for i in ids})
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
-            for vid, path in self.conn.execute(sql.format(",".join("?" * len(chunk))), [status, *chunk]):
-                yield int(vid), from_db(path)
+            for vid, path, item in self.conn.execute(sql.format(",".join("?" * len(chunk))), [status, *chunk]):
+                yield int(vid), from_db(path), item
 
     def ids_by_hash(self) -> np.ndarray:
         """Every vector id, in the order of the contents' hashes (as Python orders the hash strings: they are
@@ -592,7 +595,7 @@ class Catalog:
         for i in range(0, len(hashes), 500):
             chunk = hashes[i : i + 500]
             out.update({r[0]: int(r[1]) for r in self.conn.execute(
-                f"SELECT hash, COUNT(*) FROM files WHERE status = ? AND hash IN ({','.join('?' * len(chunk))}) GROUP BY hash",
+                f"SELECT hash, COUNT(*) FROM files WHERE +status = ? AND hash IN ({','.join('?' * len(chunk))}) GROUP BY hash",
                 [status, *chunk])})
         return out
 

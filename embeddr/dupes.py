@@ -7,7 +7,7 @@ distinct contents found by the index are kind ``near``. Reviewer verdicts
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -101,84 +101,117 @@ class PairList(Sequence):
         return list(self) == list(other)
 
 
+class _Files:
+    """The paths (and manifest ids) of the files of contents ``0 .. n-1``, compactly: the paths as one UTF-8 blob
+    with offsets (about the bytes of the paths; no Python object per file), each content's files sorted by path."""
+
+    def __init__(self, n: int, rows: Iterable[tuple[int, str, str | None]]):
+        from array import array
+
+        keys, ends, blob, self.items = array("q"), array("q"), bytearray(), {}
+        for i, path, item in rows:
+            if item is not None:
+                self.items[len(keys)] = item
+            keys.append(i)
+            blob += path.encode("utf-8", "surrogateescape")
+            ends.append(len(blob))
+        keys = np.frombuffer(keys, np.int64) if len(keys) else np.zeros(0, np.int64)
+        self.ends = np.frombuffer(ends, np.int64) if len(ends) else np.zeros(0, np.int64)
+        self.starts = np.concatenate([[0], self.ends[:-1]]).astype(np.int64)
+        self.blob = bytes(blob)
+        order = np.argsort(keys, kind="stable")
+        self.offset = np.searchsorted(keys[order], np.arange(n + 1))  # content i: order[offset[i]:offset[i+1]]
+        self.count = np.diff(self.offset)
+        for i in np.flatnonzero(self.count > 1).tolist():  # copies: sorted by path, as Python orders them
+            seg = order[self.offset[i] : self.offset[i + 1]].tolist()
+            order[self.offset[i] : self.offset[i + 1]] = sorted(seg, key=self.path)
+        self.order = order
+
+    def path(self, r: int) -> str:
+        return self.blob[self.starts[r] : self.ends[r]].decode("utf-8", "surrogateescape")
+
+    def rows(self, i: int) -> list[int]:
+        """The row numbers of content ``i``'s files, by path."""
+        return self.order[self.offset[i] : self.offset[i + 1]].tolist()
+
+    def first(self, i: int) -> str | None:
+        return self.path(int(self.order[self.offset[i]])) if self.count[i] else None
+
+
 class PairStream(Sequence):
     """Every file pair of a report, in :class:`PairList`'s order (exact copies first, then near pairs best first;
     ties by the first path of each side), expanded from *content* pairs held as arrays (node ids of ``nodes``,
-    float32 scores) as it is iterated: the files are read from the catalog for a chunk of pairs at a time, so
-    no list of all pairs nor of their files is held. The catalog is reopened (read only) when the one given is
-    closed by the time the pairs are read; files changed in between are read as they are then.
-    Indexing builds the list once; ``len`` counts without building it."""
+    float32 scores) as it is iterated: no list of all pairs is held, and the files' paths are kept compactly
+    (:class:`_Files`), read once from the catalog when the report is made. Indexing builds the list once;
+    ``len`` counts without building it."""
 
-    CHUNK = 4096
+    CHUNK = 65536  # pairs converted from the arrays at a time
 
     def __init__(self, catalog: Catalog, nodes: np.ndarray, a: np.ndarray, b: np.ndarray, s: np.ndarray,
                  confirmed: np.ndarray, copied: list[str], rejected: set[tuple[str, str]]) -> None:
-        self._catalog, self._path = catalog, catalog.path
-        self._nodes, self._copied, self._rejected = nodes, copied, rejected
-        counts = np.zeros(len(nodes), np.int64)
-        first: dict[int, str] = {}  # vector id -> its first path (a transient of one string per content)
-        for vid, path in catalog.paths_of_ids(nodes.tolist()):
-            if vid not in first or path < first[vid]:
-                first[vid] = path
-            counts[np.searchsorted(nodes, vid)] += 1
-        first_rank = np.full(len(nodes), len(nodes), np.int64)
-        by_first = sorted(first, key=first.__getitem__)
-        first_rank[np.searchsorted(nodes, np.array(by_first, np.int64))] = np.arange(len(by_first))
-        del first, by_first
+        self._rejected = rejected
+        files = _Files(len(nodes), ((int(np.searchsorted(nodes, vid)), path, item)
+                                    for vid, path, item in catalog.paths_of_ids(nodes.tolist())))
+        keys = [(f is None, f or "") for f in map(files.first, range(len(nodes)))]  # transient: a string a content
+        first_rank = np.empty(len(nodes), np.int64)
+        first_rank[np.array(sorted(range(len(nodes)), key=keys.__getitem__), np.int64)] = np.arange(len(nodes))
+        del keys
         order = np.lexsort((first_rank[b], first_rank[a], -s)) if len(s) else np.zeros(0, np.int64)
         self._a, self._b, self._s, self._confirmed = a[order], b[order], s[order], confirmed[order]
-        self._copies = sum(n * (n - 1) // 2 for n in catalog.count_by_hash(copied).values())
-        self._near = int((counts[self._a] * counts[self._b]).sum()) if len(order) else 0
+        self._files = files
+
+        def copy_rows():
+            for i in range(0, len(copied), 500):
+                chunk = copied[i : i + 500]
+                by_hash = catalog.rows_for_hashes(chunk)
+                for j, h in enumerate(chunk, start=i):
+                    for r in by_hash.get(h, ()):
+                        yield j, r.path, r.item_id
+
+        self._copies = _Files(len(copied), copy_rows())
+        self._near = int((files.count[self._a] * files.count[self._b]).sum()) if len(order) else 0
         self._list: list[Pair] | None = None
         self._len: int | None = None
-
-    def _open(self) -> tuple[Catalog, bool]:
-        import sqlite3
-
-        try:
-            self._catalog.conn.execute("SELECT 1")
-            return self._catalog, False
-        except sqlite3.ProgrammingError:  # closed: read the pairs' files from a connection of our own
-            return Catalog(self._path, create=False), True
 
     def __iter__(self) -> Iterator[Pair]:
         if self._list is not None:
             yield from self._list
             return
-        catalog, close = self._open()
-        try:
-            yield from self._pairs(catalog)
-        finally:
-            if close:
-                catalog.close()
-
-    def _pairs(self, catalog: Catalog) -> Iterator[Pair]:
-        rejected, copied = self._rejected, self._copied
-        for i in range(0, len(copied), 500):
-            chunk = copied[i : i + 500]
-            by_hash = catalog.rows_for_hashes(chunk)
-            for h in chunk:
-                for x, y in combinations(by_hash.get(h, ()), 2):  # rows are sorted by path
-                    if (x.path, y.path) not in rejected:
-                        yield Pair(x.path, y.path, 1.0, "exact", x.item_id, y.item_id)
-        nodes = self._nodes
-        for i in range(0, len(self._a), self.CHUNK):
-            na, nb = nodes[self._a[i : i + self.CHUNK]], nodes[self._b[i : i + self.CHUNK]]
-            rows_of = catalog.rows_for_ids(np.concatenate([na, nb]).tolist())
-            for hx, hy, v, c in zip(na.tolist(), nb.tolist(), self._s[i : i + self.CHUNK].tolist(),
-                                    self._confirmed[i : i + self.CHUNK].tolist()):
+        rejected, copies = self._rejected, self._copies
+        for i in np.flatnonzero(copies.count > 1).tolist():
+            for x, y in combinations(copies.rows(i), 2):  # rows are sorted by path
+                px, py = copies.path(x), copies.path(y)
+                if (px, py) not in rejected:
+                    yield Pair(px, py, 1.0, "exact", copies.items.get(x), copies.items.get(y))
+        files, items, chunk = self._files, self._files.items, self.CHUNK
+        for i in range(0, len(self._a), chunk):
+            na, nb = self._a[i : i + chunk], self._b[i : i + chunk]
+            single = (files.count[na] == 1) & (files.count[nb] == 1)
+            ra = np.where(single, files.order[files.offset[na]], -1).tolist()
+            rb = np.where(single, files.order[files.offset[nb]], -1).tolist()
+            for x, y, r, q, v, c in zip(na.tolist(), nb.tolist(), ra, rb, self._s[i : i + chunk].tolist(),
+                                        self._confirmed[i : i + chunk].tolist()):
                 checked = True if c else None
-                for x in rows_of.get(hx, ()):
-                    for y in rows_of.get(hy, ()):
-                        a, b = sorted((x, y), key=lambda r: r.path)
-                        if (a.path, b.path) not in rejected:
-                            yield Pair(a.path, b.path, v, "near", a.item_id, b.item_id, checked)
+                for ix in (files.rows(x) if r < 0 else (r,)):
+                    px = files.path(ix)
+                    for iy in (files.rows(y) if q < 0 else (q,)):
+                        py = files.path(iy)
+                        if py < px:
+                            pa, pb, ia, ib = py, px, items.get(iy), items.get(ix)
+                        else:
+                            pa, pb, ia, ib = px, py, items.get(ix), items.get(iy)
+                        if (pa, pb) not in rejected:
+                            yield Pair(pa, pb, v, "near", ia, ib, checked)
 
     def __len__(self) -> int:
         if self._list is not None:
             return len(self._list)
         if self._len is None:
-            self._len = sum(1 for _ in self) if self._rejected else self._copies + self._near
+            if self._rejected:
+                self._len = sum(1 for _ in self)
+            else:
+                c = self._copies.count
+                self._len = int((c * (c - 1) // 2).sum()) + self._near
         return self._len
 
     def __getitem__(self, i):
@@ -222,7 +255,7 @@ class DuplicateReport:
 
 
 def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "auto",
-                  live_ids: np.ndarray | None = None, device: str = "auto"):
+                  live_ids: np.ndarray | None = None, device: str = "auto", references: dict | None = None):
     """The one search path of every command that lists pairs (dupes, apply, report, review), on the search
     structure kept beside the catalog (:mod:`embeddr.searchindex`): ``(a, b, score, bg, info, index)`` where
     ``a < b`` are vector ids of the distinct contents whose score (``scorer``) is at or above ``threshold``,
@@ -232,7 +265,8 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
 
     ``search``: ``exact``, ``approximate`` or ``auto`` (exact below :data:`embeddr.search.EXACT_BELOW` vectors,
     the k-means self-join above). ``device``: where the approximate join runs (``auto``: a GPU when torch sees
-    one, :func:`embeddr.search.search_device`).
+    one, :func:`embeddr.search.search_device`). ``references``: a dict to receive the reference part of the
+    background where it was computed (``ids``: sorted vector ids, ``values``), for later use of the same numbers.
     """
     from . import search as engine
     from .normalize import EPS, NO_BACKGROUND
@@ -289,6 +323,9 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
     keep = decide(result.a, result.b, result.raw, per_row)
     a, b, raw = result.a[keep], result.b[keep], result.raw[keep]
     bg = np.where(np.isnan(ref), per_row, np.maximum(per_row, ref))  # rows of no kept pair: collection part only
+    if references is not None:
+        done = np.flatnonzero(~np.isnan(ref))
+        references["ids"], references["values"] = index.ids[done], ref[done]
     scores = scorer.score(raw, bg[a], bg[b])
     return index.ids[a], index.ids[b], scores, bg[rows], dict(result.info), index
 
@@ -329,6 +366,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     verifying = (vcfg.enabled if verify is None else bool(verify)) and score == preset.score and not preset.is_hash
     band = vcfg.band(threshold, preset.threshold.value) if verifying else (threshold, threshold)
     low = min(band[0], threshold)  # pairs are searched down to the band's low end
+    references: dict = {}  # the reference part of the background, where the search computed it
     if engine is not None and search != "approximate":
         from .index import load_index, stored
 
@@ -346,7 +384,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         search_info = {"search": "exact", "engine": getattr(engine, "name", "custom")}
     else:
         a, b, s, bg, search_info, sindex = content_pairs(catalog, scorer, low, search=search, live_ids=ids,
-                                                         device=device)
+                                                         device=device, references=references)
         from .search import RowReader
 
         stored_ids, stored_vecs = sindex.ids, RowReader(sindex.vecs)  # single rows read, not mapped
@@ -368,7 +406,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
 
         if verifier is None:
             verifier = Verifier(vcfg, _path_of(catalog))
-        rescuable = _rescuable(scorer, vcfg, stored_ids, read)
+        rescuable = _rescuable(scorer, vcfg, stored_ids, read, references)
 
         def effect_of(idx: np.ndarray, above: np.ndarray) -> np.ndarray:
             ia, ib = a[idx], b[idx]
@@ -409,12 +447,17 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
             v[_pair_in(x, y, rejected_nodes)] = -1.0
         return v
 
+    band_hashes: dict[int, str] = {}  # the content hashes of the cross pairs looked at (the verifier's keys)
+
     def band_decision(x: int, y: int, v: float) -> float:
         """What grouping compares with its floor for a pair in the verification band: what the second look made
         of it (confirmed below the threshold: the threshold; refuted above it: -1), else its score."""
         vx, vy = int(nodes[x]), int(nodes[y])
-        hash_of = catalog.hashes_of_ids([vx, vy])
-        hx, hy = hash_of[vx], hash_of[vy]
+        if vx not in band_hashes or vy not in band_hashes:
+            if len(band_hashes) > 100_000:
+                band_hashes.clear()
+            band_hashes.update(catalog.hashes_of_ids([vx, vy]))
+        hx, hy = band_hashes[vx], band_hashes[vy]
         if v < threshold - 1e-6:
             ok = rescuable(np.array([vx]), np.array([vy]))
             if (ok is None or ok[0]) and verifier.confirms(verifier.look(hx, hy)):
@@ -540,19 +583,29 @@ def verify_summary(band: tuple[float, float], effect: np.ndarray) -> dict:
             "unreadable": int((effect == UNREADABLE).sum())}
 
 
-def _rescuable(scorer, vcfg, stored_ids: np.ndarray, read):
+def _rescuable(scorer, vcfg, stored_ids: np.ndarray, read, known: dict | None = None):
     """``f(ids_a, ids_b)``: which pairs may be kept below the threshold by the second look: neither image looks
     like the preset's reference set (its reference background is below ``vcfg.rescue_max_reference``).
     ``read(rows)``: the stored vectors of rows of ``stored_ids``. The reference backgrounds are computed once per
-    vector, in blocks, and kept as two sorted arrays."""
-    known_ids, known_bg = np.zeros(0, np.int64), np.zeros(0, np.float32)
+    vector, in blocks, and kept as two sorted arrays; ``known`` (``ids``, ``values``): those already computed
+    (by the search: :func:`content_pairs`'s ``references``)."""
+    known = known or {}
+    known_ids = np.asarray(known.get("ids", np.zeros(0, np.int64)), np.int64)
+    known_bg = np.asarray(known.get("values", np.zeros(0, np.float32)), np.float32)
+    if len(known_ids) and np.any(np.diff(known_ids) < 0):
+        order = np.argsort(known_ids, kind="stable")
+        known_ids, known_bg = known_ids[order], known_bg[order]
+
+    def have(ids: np.ndarray) -> np.ndarray:
+        pos = np.minimum(np.searchsorted(known_ids, ids), max(len(known_ids) - 1, 0))
+        return (known_ids[pos] == ids) if len(known_ids) else np.zeros(len(ids), bool)
 
     def ref_bg(ids: np.ndarray) -> np.ndarray:
         nonlocal known_ids, known_bg
         ids = np.asarray(ids, np.int64)
-        todo = np.unique(ids)
-        todo = todo[~np.isin(todo, known_ids)]
-        if len(todo):
+        missing = ~have(ids)
+        if missing.any():
+            todo = np.unique(ids[missing])
             parts = [np.asarray(scorer.reference_background(read(np.searchsorted(stored_ids, todo[i : i + 16384]))),
                                 np.float32) for i in range(0, len(todo), 16384)]
             all_ids = np.concatenate([known_ids, todo])

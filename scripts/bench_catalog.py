@@ -176,7 +176,7 @@ def install_stub() -> None:
     from embeddr.normalize import NO_BACKGROUND
     from embeddr.searchindex import open_index
 
-    def content_pairs(catalog, scorer, threshold, *, search="auto", live_ids=None, device="auto"):
+    def content_pairs(catalog, scorer, threshold, *, search="auto", live_ids=None, device="auto", references=None):
         index = open_index(catalog, update_first=False)
         if live_ids is None:
             live_ids = np.sort(np.fromiter(catalog.live_vector_ids().values(), np.int64))

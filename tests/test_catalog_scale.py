@@ -140,10 +140,10 @@ def test_bounded_find_duplicates_equals_the_read_everything_version(catalog_db):
 
 
 def test_pairs_stream_from_arrays_in_chunks_and_after_the_catalog_is_closed(catalog_db, monkeypatch):
-    """The report's pairs are kept as arrays of content ids and read from the catalog a chunk at a time when
-    they are iterated: chunks of any size give the same pairs in the same order, a report whose catalog was
-    closed reads them through a connection of its own, and ``len`` (counted from the files per content without
-    reading them, when there is no verdict) equals the pairs read."""
+    """The report's pairs are kept as arrays of content ids (and the files' paths compactly) and expanded to file
+    pairs a chunk at a time as they are iterated: chunks of any size give the same pairs in the same order, a
+    report whose catalog was closed still reads them, and ``len`` (counted from the files per content without
+    expanding them, when there is no verdict) equals the pairs read."""
     from embeddr.catalog import Catalog
     from embeddr.dupes import PairStream, find_duplicates
     from embeddr.encoders import catalog_preset
@@ -153,7 +153,7 @@ def test_pairs_stream_from_arrays_in_chunks_and_after_the_catalog_is_closed(cata
         report = find_duplicates(cat, preset)
         want = [p.as_dict() for p in report.pairs]
         assert isinstance(report.pairs, PairStream) and len(report.pairs) == len(want)
-    assert [p.as_dict() for p in report.pairs] == want  # the catalog is closed: reopened for reading
+    assert [p.as_dict() for p in report.pairs] == want  # the catalog is closed
     monkeypatch.setattr(PairStream, "CHUNK", 2)
     with Catalog(catalog_db) as cat:
         assert [p.as_dict() for p in find_duplicates(cat, preset).pairs] == want
