@@ -15,7 +15,9 @@ reports the share of its pairs found (``pair_recall``) and of those with raw cos
 and its search structure) instead of a temporary one, and reuses it when it was built with the same ``--n``,
 ``--dim``, ``--source`` and ``--seed`` (``DIR/bench.json`` says which): building 1M vectors takes minutes, so
 several runs of `dupes` on one catalog need not rebuild it (``catalog_build_seconds`` and
-``search_structure_seconds`` are then those of the first build). The catalog can be read with the CLI too
+``search_structure_seconds`` are then those of the first build; ``--build-only`` stops there). ``seconds`` is
+``find_duplicates`` (``search_seconds``: its pair search, ``after_search_seconds``: the rest: verification band,
+grouping, the groups' files); ``pairs_read_seconds`` is reading every pair of the report once, as a writer does. The catalog can be read with the CLI too
 (``embeddr dupes --db DIR/bench.db``; its files do not exist, so the second look finds every pair unreadable).
 """
 
@@ -95,20 +97,37 @@ def run_dupes(db: str, search: str, score: str, out: str) -> None:
     from embeddr.dupes import find_duplicates
     from embeddr.presets import get_preset
 
+    import embeddr.dupes as dupes
+
+    searching = {"seconds": 0.0}
+    content_pairs = dupes.content_pairs
+
+    def timed(*args, **kwargs):  # the search's share of the time (the rest: the stage after it)
+        t0 = time.perf_counter()
+        try:
+            return content_pairs(*args, **kwargs)
+        finally:
+            searching["seconds"] += time.perf_counter() - t0
+
+    dupes.content_pairs = timed
     t = time.perf_counter()
     with Catalog(db) as catalog:
         report = find_duplicates(catalog, get_preset(MODEL), score=score, search=search)
     seconds = time.perf_counter() - t
     from array import array
 
+    t = time.perf_counter()
     a, b = array("q"), array("q")  # the near pairs, streamed (no list of Pair objects)
     for p in report.pairs:
         if p.kind == "near":
             a.append(int(p.a[11:20])), b.append(int(p.b[11:20]))
+    pairs_seconds = time.perf_counter() - t
     a, b = np.frombuffer(a, np.int64) if len(a) else np.zeros(0, np.int64), np.frombuffer(b, np.int64) if len(b) else np.zeros(0, np.int64)
     np.savez(out, a=a, b=b)
     info = {k: v for k, v in report.extra.items() if not isinstance(v, (list, dict))}
-    print(json.dumps({"seconds": round(seconds, 2), "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    print(json.dumps({"seconds": round(seconds, 2), "search_seconds": round(searching["seconds"], 2),
+                      "after_search_seconds": round(seconds - searching["seconds"], 2),
+                      "pairs_read_seconds": round(pairs_seconds, 2), "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                       "pairs": len(a), "groups": len(report.groups), "files": report.files, "search_info": info}))
 
 
@@ -138,6 +157,7 @@ def main() -> int:
     ap.add_argument("--check-exact", action="store_true", help="also run the exact search and report recall against it")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--db-dir", help="keep the catalog in DIR and reuse it when it matches (--n, --dim, --source, --seed)")
+    ap.add_argument("--build-only", action="store_true", help="with --db-dir: build (or reuse) the catalog and stop")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -172,8 +192,13 @@ def main() -> int:
         result = {"files": args.n, "source": args.source, "score": args.score, "search": args.search,
                   "catalog_build_seconds": round(build_s, 1), "search_structure_seconds": round(index_s, 1),
                   "reused_catalog": reused}
+        if args.build_only:
+            print(json.dumps(result))
+            return 0
         main_run = child(db, args.search, args.score, Path(tmp) / "main.npz")
-        result.update(seconds=main_run["seconds"], peak_rss_mib=main_run["peak_rss_mib"], pairs=main_run["pairs"],
+        result.update(seconds=main_run["seconds"], search_seconds=main_run["search_seconds"],
+                      after_search_seconds=main_run["after_search_seconds"],
+                      pairs_read_seconds=main_run["pairs_read_seconds"], peak_rss_mib=main_run["peak_rss_mib"], pairs=main_run["pairs"],
                       groups=main_run["groups"], search_info=main_run["search_info"])
         if args.check_exact:
             ex = child(db, "exact", args.score, Path(tmp) / "exact.npz")
