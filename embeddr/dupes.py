@@ -487,10 +487,21 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     copied_ids = np.sort(np.fromiter(catalog.ids_of_hashes(copied).values(), np.int64))
     grouped = np.concatenate(content_groups) if content_groups else np.zeros(0, np.int64)
     rows_of = catalog.rows_for_ids(nodes[grouped].tolist())  # the files of the groups, and only those
+    has_copies = np.isin(nodes, copied_ids)
+    # a group of two has one pair: its score, for all such groups at once (most groups at scale)
+    two = np.array([g for g in content_groups if len(g) == 2], np.int64).reshape(-1, 2)
+    where = index.find(two[:, 0], two[:, 1])
+    two_scores = np.where(where >= 0, s[np.maximum(where, 0)].astype(np.float64), np.nan)
+    gone = np.flatnonzero(where < 0)  # not listed (cannot happen: two nodes group through their pair)
+    two_scores[gone] = similarity(two[gone, 0], two[gone, 1])
+    two_scores = iter(two_scores.tolist())
     groups: list[Group] = []
     for g in content_groups:
-        low_, high_ = _score_range(g, index, s, similarity)
-        if np.isin(nodes[g], copied_ids).any():
+        if len(g) == 2:
+            low_ = high_ = next(two_scores)
+        else:
+            low_, high_ = _score_range(g, index, s, similarity)
+        if has_copies[g].any():
             low_, high_ = min(low_, 1.0), max(high_, 1.0)
         members = sorted((r for x in nodes[g].tolist() for r in rows_of.get(x, ())), key=lambda r: r.path)
         groups.append(Group(0, members, low_, high_))
