@@ -402,19 +402,25 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     rejected_ids = _rejected_id_pairs(catalog, rejected)
     confirmed = np.zeros(len(a), bool)
     if verifying:
-        from .verify import CONFIRMED, Verifier, decide_band
+        from .verify import CONFIRMED, PAGE_NO, Verifier, decide_band, page_kinds
 
         if verifier is None:
             verifier = Verifier(vcfg, _path_of(catalog))
-        rescuable = _rescuable(scorer, vcfg, stored_ids, read, references)
+        ref_bg = _reference_of(scorer, stored_ids, read, references)
+        rescuable = _rescuable(scorer, vcfg, ref_bg)
+        paging = page_kinds(vcfg, scorer, [], []) is not None
+        # pairs of pages get the page look at any score at or above the threshold (embeddr.verify.page_kinds)
+        pages = page_kinds(vcfg, scorer, ref_bg(a), ref_bg(b)) if paging and len(a) else None
+        in_band = (s >= band[0] - 1e-6) & (s < band[1] - 1e-6)
 
         def effect_of(idx: np.ndarray, above: np.ndarray) -> np.ndarray:
             ia, ib = a[idx], b[idx]
-            hash_of = catalog.hashes_of_ids(np.concatenate([ia, ib]).tolist())  # the band's pairs only
+            hash_of = catalog.hashes_of_ids(np.concatenate([ia, ib]).tolist())  # the looked-at pairs only
             return verifier.decide([hash_of[x] for x in ia.tolist()], [hash_of[y] for y in ib.tolist()], above,
-                                   rescuable(ia, ib))
+                                   rescuable(ia, ib), None if pages is None else pages[idx], in_band[idx])
 
-        keep, effect = decide_band(s, threshold, band, effect_of)
+        keep, effect = decide_band(s, threshold, band, effect_of, also=None if pages is None else pages > PAGE_NO)
+        del pages, in_band
         confirmed = effect == CONFIRMED
         search_info["verify"] = verify_summary(band, effect)
         a, b, s, confirmed = a[keep], b[keep], s[keep], confirmed[keep]
@@ -449,15 +455,27 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
 
     band_hashes: dict[int, str] = {}  # the content hashes of the cross pairs looked at (the verifier's keys)
 
-    def band_decision(x: int, y: int, v: float) -> float:
-        """What grouping compares with its floor for a pair in the verification band: what the second look made
-        of it (confirmed below the threshold: the threshold; refuted above it: -1), else its score."""
+    def band_decision(x: int, y: int, v: float, kind: int = 0) -> float:
+        """What grouping compares with its floor for a pair in the verification band, or a pair of pages
+        (``kind``: :func:`embeddr.verify.page_kinds`) at or above the floor: what the second look made of it
+        (confirmed below the threshold: the threshold; refuted: -1), else its score."""
+        from .verify import PAGE_MAYBE, PAGE_YES
+
         vx, vy = int(nodes[x]), int(nodes[y])
         if vx not in band_hashes or vy not in band_hashes:
             if len(band_hashes) > 100_000:
                 band_hashes.clear()
             band_hashes.update(catalog.hashes_of_ids([vx, vy]))
         hx, hy = band_hashes[vx], band_hashes[vy]
+        if kind == PAGE_YES or (kind == PAGE_MAYBE and verifier.is_page(hx) and verifier.is_page(hy)):
+            page = verifier.page_look(hx, hy)  # two pages: the same page only if the page look says so
+            if verifier.page_refutes(page):
+                return -1.0
+            if band[0] - 1e-6 <= v < threshold - 1e-6 and verifier.page_confirms(page):
+                return threshold
+            return v
+        if not (band[0] - 1e-6 <= v < band[1] - 1e-6):
+            return v
         if v < threshold - 1e-6:
             ok = rescuable(np.array([vx]), np.array([vy]))
             if (ok is None or ok[0]) and verifier.confirms(verifier.look(hx, hy)):
@@ -472,9 +490,14 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         a pair in the verification band the second look's verdict (looked at only where the scores pass)."""
         v = similarity(x, y)
         looked = (v >= band[0] - 1e-6) & (v < band[1] - 1e-6) if verifying else np.zeros(len(v), bool)
+        kinds = np.zeros(len(v), np.int8)
+        if verifying and paging and len(v):
+            kinds = page_kinds(vcfg, scorer, ref_bg(nodes[x]), ref_bg(nodes[y]))
+            looked |= (kinds > PAGE_NO) & (v >= floor - 1e-6)
         if (v[~looked] < floor).any():
             return False
-        return all(band_decision(int(x[i]), int(y[i]), float(v[i])) >= floor for i in np.flatnonzero(looked))
+        return all(band_decision(int(x[i]), int(y[i]), float(v[i]), int(kinds[i])) >= floor
+                   for i in np.flatnonzero(looked))
 
     from .group import PairIndex, group_arrays
 
@@ -594,12 +617,26 @@ def verify_summary(band: tuple[float, float], effect: np.ndarray) -> dict:
             "unreadable": int((effect == UNREADABLE).sum())}
 
 
-def _rescuable(scorer, vcfg, stored_ids: np.ndarray, read, known: dict | None = None):
+def _rescuable(scorer, vcfg, ref_bg):
     """``f(ids_a, ids_b)``: which pairs may be kept below the threshold by the second look: neither image looks
-    like the preset's reference set (its reference background is below ``vcfg.rescue_max_reference``).
-    ``read(rows)``: the stored vectors of rows of ``stored_ids``. The reference backgrounds are computed once per
-    vector, in blocks, and kept as two sorted arrays; ``known`` (``ids``, ``values``): those already computed
-    (by the search: :func:`content_pairs`'s ``references``)."""
+    like the preset's reference set (its reference background, ``ref_bg(ids)`` (:func:`_reference_of`), is
+    below ``vcfg.rescue_max_reference``)."""
+
+    def rescuable(ids_a: np.ndarray, ids_b: np.ndarray) -> np.ndarray | None:
+        from .verify import may_rescue
+
+        if may_rescue(vcfg, scorer, [], []) is None or len(ids_a) == 0:
+            return None
+        return may_rescue(vcfg, scorer, ref_bg(ids_a), ref_bg(ids_b))
+
+    return rescuable
+
+
+def _reference_of(scorer, stored_ids: np.ndarray, read, known: dict | None = None):
+    """``ref_bg(ids)``: the reference part of the background of vector ids (the second look's rescue rule and
+    page kinds ask). ``read(rows)``: the stored vectors of rows of ``stored_ids``. The reference backgrounds are
+    computed once per vector, in blocks, and kept as two sorted arrays; ``known`` (``ids``, ``values``): those
+    already computed (by the search: :func:`content_pairs`'s ``references``)."""
     known = known or {}
     known_ids = np.asarray(known.get("ids", np.zeros(0, np.int64)), np.int64)
     known_bg = np.asarray(known.get("values", np.zeros(0, np.float32)), np.float32)
@@ -624,14 +661,7 @@ def _rescuable(scorer, vcfg, stored_ids: np.ndarray, read, known: dict | None = 
             known_ids, known_bg = all_ids[order], np.concatenate([known_bg, *parts])[order]
         return known_bg[np.searchsorted(known_ids, ids)]
 
-    def rescuable(ids_a: np.ndarray, ids_b: np.ndarray) -> np.ndarray | None:
-        from .verify import may_rescue
-
-        if may_rescue(vcfg, scorer, [], []) is None or len(ids_a) == 0:
-            return None
-        return may_rescue(vcfg, scorer, ref_bg(ids_a), ref_bg(ids_b))
-
-    return rescuable
+    return ref_bg
 
 
 def _path_of(catalog: Catalog):

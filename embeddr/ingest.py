@@ -548,19 +548,24 @@ class Gate:
                                           max_pixels=self.max_pixels, cache=256)
             self._verify_items = {key: item_path}
             scores = np.array([m.score for m in near], np.float32)
-            rescuable = self._rescuable(p, near, vector_of)
+            rescuable, pages = self._reference_kinds(p, near, vector_of)
+            in_band = (scores >= self.band[0] - EPS) & (scores < self.band[1] - EPS)
             keep, effect = decide_band(scores, self.threshold, self.band, lambda idx, above: self._verifier.decide(
-                [key] * len(idx), [near[i].path for i in idx], above, None if rescuable is None else rescuable[idx]))
+                [key] * len(idx), [near[i].path for i in idx], above, None if rescuable is None else rescuable[idx],
+                None if pages is None else pages[idx], in_band[idx]), also=None if pages is None else np.ones(len(near), bool))
             self._uploads.clear()
         return [replace(m, verified=True) if effect[i] == CONFIRMED else m for i, m in enumerate(near) if keep[i]]
 
-    def _rescuable(self, p: _Prepared, near: list[Match], vector_of: dict) -> np.ndarray | None:
-        """Which near matches may be kept below the threshold by the second look (as ``dupes``: neither image
-        looks like the preset's reference set)."""
-        from .verify import may_rescue
+    def _reference_kinds(self, p: _Prepared, near: list[Match], vector_of: dict
+                         ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(rescuable, pages)``, as ``dupes`` decides: which near matches may be kept below the threshold by
+        the second look (neither image looks like the preset's reference set), and which are pairs of pages
+        (both do: the page look, :meth:`embeddr.verify.Verifier.page_look`)."""
+        from .verify import may_rescue, page_kinds
 
-        if may_rescue(self.preset.verify, self.scorer, [], []) is None:
-            return None
+        cfg = self.preset.verify
+        if may_rescue(cfg, self.scorer, [], []) is None and page_kinds(cfg, self.scorer, [], []) is None:
+            return None, None
         from .index import stored
 
         ids, vecs = stored(self.index)
@@ -571,7 +576,8 @@ class Gate:
                 v = vecs[int(np.searchsorted(ids, v))]
             rows.append(np.asarray(v, np.float32) if v is not None else np.zeros(len(p.vector), np.float32))
         ref = self.scorer.reference_background(np.stack([p.vector, *rows]))
-        return may_rescue(self.preset.verify, self.scorer, np.full(len(rows), ref[0]), ref[1:])
+        mine = np.full(len(rows), ref[0])
+        return may_rescue(cfg, self.scorer, mine, ref[1:]), page_kinds(cfg, self.scorer, mine, ref[1:])
 
     def _verify_path(self, key: str) -> str | None:
         if key.startswith("\0item:"):

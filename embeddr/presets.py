@@ -89,6 +89,18 @@ class Verify:
     veto_inliers: int = 5
     veto_ncc: float = 0.3
     rescue_max_reference: float = 0.45  # no rescue when either image looks like the reference set (pages, slides)
+    # pairs of pages (both images like the reference set, see embeddr.verify.page_look): kept at or above the
+    # threshold only when the page look finds the same content in every tile
+    pages: bool = False
+    page_side: int = 1024
+    page_features: int = 3000
+    page_min_side: int = 400
+    page_min_inliers: int = 20
+    page_tiles: int = 32
+    page_shift: int = 4
+    page_min_tile: float = 0.85
+    page_maybe: float = 0.3  # images with a reference background in [page_maybe, rescue_max_reference) ...
+    page_paper: float = 0.4  # ... are pages when their light, flat tiles are at least this share (slides, diagrams)
     provenance: str = ""
 
     def band(self, threshold: float, calibrated: float | None = None) -> tuple[float, float]:

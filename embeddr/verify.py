@@ -25,7 +25,21 @@ The look is asymmetric, because it must overturn the score only on strong eviden
   fewer than ``veto_inliers`` inliers or an aligned correlation below ``veto_ncc`` (no transform maps one
   picture onto the other: look-alikes, pages of other text).
 
-Pairs above ``high`` are kept without a look; pairs below ``low`` are never looked at. A pair whose files
+**Pages** are different: two pages set from one template (a manual's pages, slide builds, tables that differ in a
+few glyphs) align almost pixel for pixel and score like copies at any score, up to 0.99. With ``pages = true``,
+a pair of two images that both look like the reference set, or both somewhat like it and both mostly blank
+paper (slides, diagrams; :func:`page_kinds`), and scores at or above the
+threshold gets a *page look* (:meth:`Verifier.page_look`) whatever its score: key points at ``page_side`` pixels,
+a RANSAC homography (a rescan's perspective included), then the first page cut into ``page_tiles`` x
+``page_tiles`` tiles and each tile that holds ink in either page matched against the other within
+``page_shift`` pixels (normalised correlation, after a global fit of grey levels). It is the same page only when
+every such tile matches (``page_min_tile``): a changed page number, a new bullet, another glyph in a table
+refute the pair. Added ink counts as a change, so a page with a stamp or caption put on it is another page too;
+pages too small to read (a thumbnail under ``page_min_side`` pixels) keep the score's decision. Below the
+threshold, in the band, a pair of pages is kept when the page look finds the same page (not only the same
+template): pages are rescued by the page look, never by the picture look.
+
+Pairs above ``high`` are kept without a look (pages excepted); pairs below ``low`` are never looked at. A pair whose files
 cannot be read (moved, deleted, not a local file) keeps the plain decision (score >= threshold). See
 :func:`decide_band`.
 
@@ -57,6 +71,19 @@ class Look:
 
     def as_dict(self) -> dict:
         return {"inliers": self.inliers, "cells": self.cells, "ncc": round(self.ncc, 4), "mirrored": self.mirrored}
+
+
+@dataclass(frozen=True)
+class PageLook:
+    """What the page look found for one pair of pages (:meth:`Verifier.page_look`)."""
+
+    inliers: int = 0  # key point matches that agree with the homography
+    tiles: int = 0  # tiles with ink in either page, compared
+    worst: float = 0.0  # the lowest tile correlation (1: every tile the same)
+    small: bool = False  # a page too small to read: no verdict
+
+    def as_dict(self) -> dict:
+        return {"inliers": self.inliers, "tiles": self.tiles, "worst_tile": round(self.worst, 4), "small": self.small}
 
 
 @dataclass
@@ -94,18 +121,21 @@ class Verifier:
         self._cache: OrderedDict[tuple[Hashable, bool], _Features | None] = OrderedDict()
         self._size = cache
         self._looks: dict[tuple[Hashable, Hashable], Look | None] = {}
+        self._pages: dict[tuple[Hashable, Hashable], PageLook | None] = {}
+        self._paper: dict[Hashable, bool] = {}
         self.looked = 0  # pairs looked at (not counting remembered verdicts)
         self.unreadable = 0
         self.errors: dict[str, str] = {}  # path -> why it could not be read
         cv2 = _cv2()
         self._sift = cv2.SIFT_create(nfeatures=int(config.features))
+        self._page_sift = None  # made on first use (more key points, larger images)
         self._matcher = cv2.BFMatcher(cv2.NORM_L2)
 
     # -- features ---------------------------------------------------------------------------------------
 
-    def _grey(self, key: Hashable) -> np.ndarray | None:
+    def _grey(self, key: Hashable, side: int | None = None) -> np.ndarray | None:
         cv2 = _cv2()
-        side = int(self.config.side)
+        side = int(side or self.config.side)
         pixels = self.image_of(key)
         if pixels is None:
             path = self.path_of(key)
@@ -129,20 +159,26 @@ class Verifier:
             grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(grey)
 
-    def features(self, key: Hashable, mirrored: bool = False) -> _Features | None:
-        slot = (key, mirrored)
+    def features(self, key: Hashable, mirrored: bool = False, page: bool = False) -> _Features | None:
+        """Key points of an image (``page``: at the page look's larger size, with more key points)."""
+        slot = (key, mirrored, page)
         if slot in self._cache:
             self._cache.move_to_end(slot)
             return self._cache[slot]
         cv2 = _cv2()
         if mirrored:
-            plain = self.features(key)
+            plain = self.features(key, page=page)
             grey = None if plain is None else cv2.flip(plain.grey, 1)
         else:
-            grey = self._grey(key)
+            grey = self._grey(key, self.config.page_side if page else None)
         feats = None
         if grey is not None:
-            points, descriptors = self._sift.detectAndCompute(grey, None)
+            sift = self._sift
+            if page:
+                if self._page_sift is None:
+                    self._page_sift = cv2.SIFT_create(nfeatures=int(self.config.page_features))
+                sift = self._page_sift
+            points, descriptors = sift.detectAndCompute(grey, None)
             feats = _Features(np.array([p.pt for p in points], np.float32).reshape(-1, 2), descriptors, grey)
         self._cache[slot] = feats
         while len(self._cache) > self._size:
@@ -205,6 +241,86 @@ class Verifier:
         self._looks[slot] = result
         return result
 
+    def page_look(self, a: Hashable, b: Hashable) -> PageLook | None:
+        """Whether two pages hold the same content, tile by tile (see the module's docstring); ``None``: a file
+        could not be read. Remembered per pair."""
+        slot = (a, b) if str(a) <= str(b) else (b, a)
+        if slot in self._pages:
+            return self._pages[slot]
+        a, b = slot
+        fa, fb = self.features(a, page=True), self.features(b, page=True)
+        if fa is None or fb is None:
+            self.unreadable += 1
+            result = None
+        else:
+            self.looked += 1
+            result = self._page_look(fa, fb, lambda: self.features(b, mirrored=True, page=True))
+        if len(self._pages) >= 500_000:
+            self._pages.clear()
+        self._pages[slot] = result
+        return result
+
+    def _page_look(self, fa: _Features, fb: _Features, mirrored_b: Callable[[], _Features | None]) -> PageLook:
+        c = self.config
+        side = min(max(fa.grey.shape), max(fb.grey.shape))
+        if side < c.page_min_side:
+            return PageLook(small=True)
+        best = self._homography(fa, fb)
+        if best is None or best[0] < 4 * c.page_min_inliers:  # a mirrored copy of the page?
+            fm = mirrored_b()
+            other = None if fm is None else self._homography(fa, fm)
+            if other is not None and (best is None or other[0] > best[0]):
+                best, fb = other, fm
+        if best is None:
+            return PageLook()
+        inliers, transform = best
+        return PageLook(inliers, *_tile_match(fa.grey, fb.grey, transform, int(c.page_tiles), int(c.page_shift)))
+
+    def _homography(self, fa: _Features, fb: _Features):
+        cv2 = _cv2()
+        if fa.descriptors is None or fb.descriptors is None or len(fa.points) < 8 or len(fb.points) < 8:
+            return None
+        knn = self._matcher.knnMatch(fa.descriptors, fb.descriptors, k=2)
+        good = [m[0] for m in knn if len(m) == 2 and m[0].distance < self.config.ratio * m[1].distance]
+        if len(good) < 8:
+            return None
+        pa = fa.points[[m.queryIdx for m in good]]
+        pb = fb.points[[m.trainIdx for m in good]]
+        cv2.setRNGSeed(0)
+        transform, inliers = cv2.findHomography(pb, pa, cv2.RANSAC, 3.0)  # maps the second page onto the first
+        if transform is None:
+            return None
+        return int(inliers.sum()), transform
+
+    def is_page(self, key: Hashable) -> bool:
+        """Whether an image is mostly blank paper, as pages, slides and diagrams are (and most photos are not):
+        at least ``page_paper`` of its 16 px tiles at 256 px are light (mean >= 200) and flat (spread < 4).
+        Unreadable: False. Remembered per image."""
+        if key in self._paper:
+            return self._paper[key]
+        grey = self._grey(key, 256)
+        share = 0.0
+        if grey is not None:
+            h, w = (grey.shape[0] // 16) * 16, (grey.shape[1] // 16) * 16
+            if h and w:
+                t = grey[:h, :w].astype(np.float32).reshape(h // 16, 16, w // 16, 16).transpose(0, 2, 1, 3)
+                t = t.reshape(-1, 256)
+                share = float(((t.std(1) < 4.0) & (t.mean(1) >= 200.0)).mean())
+        if len(self._paper) >= 500_000:
+            self._paper.clear()
+        self._paper[key] = share >= self.config.page_paper
+        return self._paper[key]
+
+    def page_confirms(self, look: PageLook | None) -> bool:
+        """The same page: large enough to read, and not refuted."""
+        return look is not None and not look.small and not self.page_refutes(look)
+
+    def page_refutes(self, look: PageLook | None) -> bool:
+        """Not the same page: too few matching key points, or a tile with other (or added, or removed) ink."""
+        c = self.config
+        return look is not None and not look.small and (look.inliers < c.page_min_inliers or look.tiles == 0
+                                                         or look.worst < c.page_min_tile)
+
     def _rank(self, look: Look) -> tuple:
         """The better of two looks (plain, mirrored): confirmed first, then not refuted, then by inliers."""
         return self.confirms(look), not self.refutes(look), look.inliers
@@ -219,14 +335,36 @@ class Verifier:
         c = self.config
         return look is not None and (look.inliers < c.veto_inliers or look.ncc < c.veto_ncc)
 
-    def decide(self, a, b, above: np.ndarray, rescuable: np.ndarray | None = None) -> np.ndarray:
+    def decide(self, a, b, above: np.ndarray, rescuable: np.ndarray | None = None,
+               pages: np.ndarray | None = None, in_band: np.ndarray | None = None) -> np.ndarray:
         """For pairs ``(a[i], b[i])`` scored at or above the threshold (``above[i]``) or below it: what the look
         does (:data:`CONFIRMED`, :data:`UPHELD`, :data:`REFUTED`, :data:`UNREADABLE`). A pair below the threshold
-        that is not ``rescuable[i]`` is not looked at (:data:`NOT_LOOKED`). Pairs are taken grouped by their first
+        that is not ``rescuable[i]`` is not looked at (:data:`NOT_LOOKED`). With ``pages`` (:func:`page_kinds` of
+        each pair), a pair of pages (:data:`PAGE_YES`, or :data:`PAGE_MAYBE` with both images mostly blank
+        paper, :meth:`is_page`) at or above the threshold, or in the band (``in_band[i]``)
+        below it, gets the page look (:meth:`page_look`) instead: refuted above, confirmed below when it is the
+        same page; any other pair outside the band is not looked at. Pairs are taken grouped by their first
         member, so each image's features are computed once."""
         out = np.full(len(a), UNREADABLE, np.int8)
-        for i in sorted(range(len(a)), key=lambda i: (str(a[i]), str(b[i]))):
-            if rescuable is not None and not above[i] and not rescuable[i]:
+        prefetch = getattr(self.path_of, "prefetch", None)  # files of many keys in one go (dupes' catalog)
+        order = sorted(range(len(a)), key=lambda i: (str(a[i]), str(b[i])))
+        for n, i in enumerate(order):
+            if prefetch is not None and n % 8192 == 0:
+                batch = order[n:n + 8192]
+                prefetch({a[j] for j in batch} | {b[j] for j in batch})
+            if pages is not None and self.config.pages and (above[i] or in_band is None or in_band[i]) and (
+                    pages[i] == PAGE_YES or (pages[i] == PAGE_MAYBE and self.is_page(a[i]) and self.is_page(b[i]))):
+                page = self.page_look(a[i], b[i])
+                if page is not None:
+                    if above[i]:
+                        out[i] = REFUTED if self.page_refutes(page) else UPHELD
+                    else:
+                        out[i] = CONFIRMED if self.page_confirms(page) else UPHELD
+                continue
+            if not above[i] and rescuable is not None and not rescuable[i]:
+                out[i] = NOT_LOOKED
+                continue
+            if in_band is not None and not in_band[i]:
                 out[i] = NOT_LOOKED
                 continue
             look = self.look(a[i], b[i])
@@ -253,6 +391,67 @@ def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float((x * y).sum() / d) if d > 0 else 0.0
 
 
+def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, tiles: int, shift: int,
+                lo: float = 5.0, hi: float = 12.0) -> tuple[int, float]:
+    """``(tiles compared, worst correlation)`` of page B warped onto page A by ``transform`` (a homography):
+    grey levels of B fitted to A's over the overlap; each tile of A inside the overlap with ink in either page
+    (grey-level spread >= ``hi``) is matched both ways within ``shift`` pixels; a tile with ink on one page and
+    none on the other (spread < ``lo``) scores 0."""
+    cv2 = _cv2()
+    h, w = grey_a.shape
+    warped = cv2.warpPerspective(grey_b, transform, (w, h), flags=cv2.INTER_LINEAR)
+    inside = cv2.warpPerspective(np.full(grey_b.shape, 255, np.uint8), transform, (w, h), flags=cv2.INTER_NEAREST)
+    inside = cv2.erode(inside, np.ones((2 * shift + 3, 2 * shift + 3), np.uint8)) > 0
+    fa = cv2.GaussianBlur(grey_a.astype(np.float32), (0, 0), 1.0)
+    fb = cv2.GaussianBlur(warped.astype(np.float32), (0, 0), 1.0)
+    x, y = fa[inside], fb[inside]
+    if x.size < 1000:
+        return 0, 0.0
+    xm, ym = float(x.mean()), float(y.mean())
+    alpha = float(((x - xm) * (y - ym)).mean() / max(float(((x - xm) ** 2).mean()), 1e-6))
+    if alpha < 0.2:  # no grey-level relation between the two: not the same page
+        return 0, 0.0
+    fb = (fb - (ym - alpha * xm)) / alpha
+    t = max(16, max(h, w) // tiles)
+    worst, compared = 1.0, 0
+    for y0 in range(0, h - t + 1, t):
+        for x0 in range(0, w - t + 1, t):
+            if not inside[y0:y0 + t, x0:x0 + t].all():
+                continue
+            ta, tb = fa[y0:y0 + t, x0:x0 + t], fb[y0:y0 + t, x0:x0 + t]
+            sa, sb = float(ta.std()), float(tb.std())
+            if max(sa, sb) < hi:
+                continue
+            compared += 1
+            if min(sa, sb) < lo:
+                return compared, 0.0
+            ys, xs = max(0, y0 - shift), max(0, x0 - shift)
+            ye, xe = min(h, y0 + t + shift), min(w, x0 + t + shift)
+            score = min(float(cv2.matchTemplate(fb[ys:ye, xs:xe], ta, cv2.TM_CCOEFF_NORMED).max()),
+                        float(cv2.matchTemplate(fa[ys:ye, xs:xe], tb, cv2.TM_CCOEFF_NORMED).max()))
+            worst = min(worst, score)
+    return compared, worst
+
+
+PAGE_NO, PAGE_MAYBE, PAGE_YES = 0, 1, 2  # page_kinds' codes
+
+
+def page_kinds(config, scorer, ref_a: np.ndarray, ref_b) -> np.ndarray | None:
+    """Which pairs are pairs of pages for the page look, from the two images' reference backgrounds ``ref_a``,
+    ``ref_b`` (:meth:`embeddr.normalize.Scorer.reference_background`): :data:`PAGE_YES` when both look like the
+    preset's reference set (>= ``rescue_max_reference``); :data:`PAGE_MAYBE` when both are at least
+    ``page_maybe`` (slides and diagrams: the paper check :meth:`Verifier.is_page` decides, so only those images
+    are ever read for it); :data:`PAGE_NO` otherwise. None: no page look (``pages = false``, or no reference
+    set)."""
+    if not config.pages or not scorer.has_reference or config.rescue_max_reference >= 1.0:
+        return None
+    lo = np.minimum(np.asarray(ref_a, np.float32), np.asarray(ref_b, np.float32))
+    out = np.full(len(lo), PAGE_NO, np.int8)
+    out[lo >= config.page_maybe] = PAGE_MAYBE
+    out[lo >= config.rescue_max_reference] = PAGE_YES
+    return out
+
+
 def may_rescue(config, scorer, ref_a: np.ndarray, ref_b) -> np.ndarray | None:
     """Which pairs the look may keep below the threshold: neither image looks like the preset's reference set
     (``ref_a``, ``ref_b``: their reference backgrounds, :meth:`embeddr.normalize.Scorer.reference_background`).
@@ -264,18 +463,22 @@ def may_rescue(config, scorer, ref_a: np.ndarray, ref_b) -> np.ndarray | None:
 
 
 def decide_band(scores: np.ndarray, threshold: float, band: tuple[float, float],
-                effect_of: Callable[[np.ndarray, np.ndarray], np.ndarray], eps: float = 1e-6
-                ) -> tuple[np.ndarray, np.ndarray]:
+                effect_of: Callable[[np.ndarray, np.ndarray], np.ndarray], eps: float = 1e-6,
+                also: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The decision with verification, for pairs already scored at or above ``low`` (``band = (low, high)``):
     ``(keep, effect)``. Outside the band: ``score >= threshold`` (effect :data:`NOT_LOOKED`). In the band,
     ``effect_of(indices, above_threshold)`` (:meth:`Verifier.decide`) says what the look does: a pair below the
     threshold is kept when :data:`CONFIRMED`, one above it dropped when :data:`REFUTED`; an unreadable or
-    upheld pair keeps ``score >= threshold``."""
+    upheld pair keeps ``score >= threshold``. ``also``: pairs looked at above the band too when they are at or
+    above the threshold (pairs of pages, :func:`page_kinds`)."""
     scores = np.asarray(scores, np.float32)
     keep = scores >= threshold - eps
     effect = np.full(len(scores), NOT_LOOKED, np.int8)
     low, high = band
-    inside = np.flatnonzero((scores >= low - eps) & (scores < high - eps))
+    looked = (scores >= low - eps) & (scores < high - eps)
+    if also is not None:
+        looked |= np.asarray(also, bool) & keep
+    inside = np.flatnonzero(looked)
     if len(inside):
         e = np.asarray(effect_of(inside, keep[inside]), np.int8)
         effect[inside] = e

@@ -138,3 +138,33 @@ def reference_group_pairs(pairs, *, floor, similarity, max_group=100_000):
     groups = [sorted(m, key=str) for m in members.values() if len(m) > 1]
     groups.sort(key=lambda g: (-len(g), str(g[0])))
     return groups
+
+
+DOCS = Path(os.environ.get("EMBEDDR_TEST_DOCS", Path.home() / ".cache" / "embeddr-test" / "texlive-fonts-recommended-doc"))
+
+
+def real_pdfs() -> list[Path]:
+    """Short real PDF manuals (texlive-fonts-recommended-doc, fetched by scripts/test.sh with apt-get)."""
+    found = sorted(DOCS.rglob("*.pdf")) if DOCS.is_dir() else []
+    skip_unless(bool(found), f"no real PDF documents under {DOCS} (scripts/test.sh fetches them with apt-get)")
+    # a manual shipped twice (A4 and letter paper) is a real duplicate, not two documents: keep one of each
+    return [p for p in found if not p.stem.endswith("A4")]
+
+
+def render_pdf(pdf: Path, out: Path, max_pages: int = 16) -> list[Path]:
+    pdfium = pytest.importorskip("pypdfium2") if not REQUIRE_ALL else __import__("pypdfium2")
+    doc = pdfium.PdfDocument(str(pdf))
+    pages = []
+    try:
+        if len(doc) > max_pages:
+            return []
+        for i in range(len(doc)):
+            page = doc[i]
+            img = page.render(scale=1100 / max(page.get_size())).to_pil().convert("RGB")
+            path = out / pdf.stem / f"page_{i + 1:03d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img.save(path, quality=90)
+            pages.append(path)
+    finally:
+        doc.close()
+    return pages

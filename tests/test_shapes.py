@@ -3,7 +3,6 @@ short real documents, blank pages, look-alike crowds; grouping on the score in u
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REQUIRE_ALL, save_photo, skip_unless
+from conftest import real_pdfs as _pdfs, render_pdf as _render, save_photo
 from embeddr.bench.shapes import RENDITION_SCHEDULE, PoolRow, Shape, sample
 from embeddr.bench.transforms import apply_family
 from embeddr.catalog import Catalog, FileRecord
@@ -19,9 +18,6 @@ from embeddr.dupes import find_duplicates
 from embeddr.encoders import resolve_preset
 from embeddr.jobs import scan
 from embeddr.normalize import Scorer, is_blank
-
-DOCS = Path(os.environ.get("EMBEDDR_TEST_DOCS", Path.home() / ".cache" / "embeddr-test" / "texlive-fonts-recommended-doc"))
-
 
 def _dupes(folder: Path, db: Path):
     scan([folder], db=db, workers=0)
@@ -48,33 +44,6 @@ def test_a_picture_in_15_renditions_among_other_photos_is_found_whole(photo_arra
     assert mine in groups, [sorted(Path(p).name for p in g) for g in groups]
     assert all(g == mine or not (g & mine) for g in groups)
     assert not any(len(g) > 1 and not (g & mine) for g in groups), "a pair between two different photos"
-
-
-def _pdfs() -> list[Path]:
-    """Short real PDF manuals (texlive-fonts-recommended-doc, fetched by scripts/test.sh with apt-get)."""
-    found = sorted(DOCS.rglob("*.pdf")) if DOCS.is_dir() else []
-    skip_unless(bool(found), f"no real PDF documents under {DOCS} (scripts/test.sh fetches them with apt-get)")
-    # a manual shipped twice (A4 and letter paper) is a real duplicate, not two documents: keep one of each
-    return [p for p in found if not p.stem.endswith("A4")]
-
-
-def _render(pdf: Path, out: Path, max_pages: int = 16) -> list[Path]:
-    pdfium = pytest.importorskip("pypdfium2") if not REQUIRE_ALL else __import__("pypdfium2")
-    doc = pdfium.PdfDocument(str(pdf))
-    pages = []
-    try:
-        if len(doc) > max_pages:
-            return []
-        for i in range(len(doc)):
-            page = doc[i]
-            img = page.render(scale=1100 / max(page.get_size())).to_pil().convert("RGB")
-            path = out / pdf.stem / f"page_{i + 1:03d}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            img.save(path, quality=90)
-            pages.append(path)
-    finally:
-        doc.close()
-    return pages
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,140 @@
+"""The page look (embeddr/verify.py) on pages of real PDF manuals: a page and its rescans, re-encodes, crops and
+recolours are the same page; a page with one line added (a slide build), another page of the same manual, or
+a page with another page number are not; `dupes` keeps the first and drops the second."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from conftest import real_pdfs, render_pdf, save_photo
+from embeddr.bench.transforms import apply_family, default_font
+from embeddr.catalog import Catalog
+from embeddr.dupes import find_duplicates
+from embeddr.encoders import resolve_preset
+from embeddr.jobs import scan
+from embeddr.verify import PAGE_YES, REFUTED, UPHELD, Verifier
+
+pytest.importorskip("cv2")
+
+
+def _blank_band(img: Image.Image, height: int) -> int | None:
+    """The top of a blank band of ``height`` rows in the middle half of a page (where a line can be added)."""
+    grey = np.asarray(img.convert("L"), np.float32)
+    h, w = grey.shape
+    inked = (grey[:, w // 8 : -w // 8] < 200).any(axis=1)
+    for top in range(h // 4, 3 * h // 4 - height):
+        if not inked[top : top + height].any():
+            return top
+    return None
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory) -> dict[str, Path]:
+    """A text page of a real manual, copies of it, a build of it with one more line, and another page."""
+    tmp = tmp_path_factory.mktemp("pages")
+    rendered = [p for pdf in real_pdfs() if pdf.stem in ("euro", "txfontsdoc", "pazotest") for p in render_pdf(pdf, tmp / "src")]
+    chosen = None
+    for path in rendered:  # the first page with ink and room for one more line
+        img = Image.open(path).convert("RGB")
+        top = _blank_band(img, 40)
+        if top is not None and (np.asarray(img.convert("L")) < 128).mean() > 0.01:
+            chosen = (path, img, top)
+            break
+    assert chosen is not None, "no real page with a blank band"
+    path, img, top = chosen
+    out = {"page": tmp / "page.png"}
+    img.save(out["page"])
+    for fam in ("rescan", "reencode", "crop_mild", "border", "grey", "tint"):
+        var = apply_family(fam, img, random.Random(f"page:{fam}"))
+        out[fam] = tmp / f"page_{fam}{var.save.ext}"
+        var.save.save(var.image, out[fam])
+    build = img.copy()
+    ImageDraw.Draw(build).text((img.width // 6, top + 8), "and one more line of text on this slide", fill="black",
+                               font=default_font(22))
+    out["build"] = tmp / "page_build.png"
+    build.save(out["build"])
+    renumbered = img.copy()  # the same page with another page number: white-out its lowest ink, then redraw
+    grey = np.asarray(img.convert("L"))
+    rows = np.flatnonzero((grey < 200).any(axis=1))
+    bottom = int(rows.max())
+    ImageDraw.Draw(renumbered).rectangle((0, bottom - 14, img.width, bottom + 2), fill="white")
+    ImageDraw.Draw(renumbered).text((img.width // 2 - 10, bottom - 14), "97", fill="black", font=default_font(14))
+    out["renumbered"] = tmp / "page_renumbered.png"
+    renumbered.save(out["renumbered"])
+    others = [p for p in rendered if p.parent == path.parent and p != path]
+    if others:
+        out["other"] = others[0]
+    return out
+
+
+def _verifier() -> Verifier:
+    return Verifier(resolve_preset("sscd-distilled").verify, lambda key: str(key))
+
+
+def test_pages_are_paper_and_photos_are_not(pages, photo_arrays, tmp_path):
+    v = _verifier()
+    assert v.is_page(pages["page"]) and v.is_page(pages["rescan"])
+    photos = [save_photo(arr, tmp_path / f"{name}.jpg") for name, arr in photo_arrays.items()]
+    assert [p.name for p in photos if v.is_page(p)] == []
+
+
+@pytest.mark.parametrize("copy", ["rescan", "reencode", "crop_mild", "border", "grey", "tint"])
+def test_a_page_and_its_copies_are_the_same_page(pages, copy):
+    v = _verifier()
+    look = v.page_look(pages["page"], pages[copy])
+    assert not look.small and not v.page_refutes(look), look
+    assert v.decide([pages["page"]], [pages[copy]], np.array([True]), None, np.array([PAGE_YES]), np.array([False])) == [UPHELD]
+
+
+@pytest.mark.parametrize("other", ["build", "renumbered", "other"])
+def test_a_page_with_other_ink_is_another_page(pages, other):
+    if other not in pages:
+        pytest.skip("a one-page manual")
+    v = _verifier()
+    look = v.page_look(pages["page"], pages[other])
+    assert v.page_refutes(look), look
+    assert v.decide([pages["page"]], [pages[other]], np.array([True]), None, np.array([PAGE_YES]), np.array([False])) == [REFUTED]
+
+
+def _slide(lines: list[str], path: Path) -> Image.Image:
+    img = Image.new("RGB", (1024, 768), "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((0, 0, 1024, 110), fill=(30, 60, 140))
+    draw.text((50, 30), "Quarterly archive report", fill="white", font=default_font(48))
+    for i, line in enumerate(lines):
+        draw.text((80, 170 + i * 90), "- " + line, fill="black", font=default_font(40))
+    img.save(path)
+    return img
+
+
+def test_dupes_keeps_copies_of_a_slide_and_drops_its_build(photo_arrays, tmp_path):
+    """A slide, its build with one more bullet, and copies of the slide (re-encode, crop, rescan, border)
+    among real photos. The score alone pairs the build with the slide (and misses the rescan); with the page
+    look the build stands apart and the copies are one group."""
+    folder = tmp_path / "collection"
+    folder.mkdir()
+    lines = ["Scanned 1,204 boxes of letters", "Found 18 % duplicate scans", "Canonical copies chosen by policy",
+             "Next: ingest checks for new files"]
+    slide = _slide(lines[:3], folder / "slide.png")
+    _slide(lines, folder / "slide_build.png")
+    copies = {"slide.png"}
+    for fam in ("reencode", "crop_mild", "rescan", "border"):
+        var = apply_family(fam, slide, random.Random(fam))
+        var.save.save(var.image, folder / f"slide_{fam}{var.save.ext}")
+        copies.add(f"slide_{fam}{var.save.ext}")
+    for name, arr in photo_arrays.items():
+        save_photo(arr, folder / f"{name}.jpg")
+    scan([folder], db=tmp_path / "p.db", workers=0)
+    with Catalog(tmp_path / "p.db") as catalog:
+        report = find_duplicates(catalog, resolve_preset("sscd-distilled"))
+        plain = find_duplicates(catalog, resolve_preset("sscd-distilled"), verify=False)
+    assert any("build" in p.a or "build" in p.b for p in plain.pairs)  # the score alone: one template, one pair
+    assert not any("build" in p.a or "build" in p.b for p in report.pairs), [(p.a, p.b) for p in report.pairs]
+    grouped = [{Path(m.path).name for m in g.members} for g in report.groups]
+    assert any(len(g & copies) >= 4 and not g - copies for g in grouped), grouped
+    assert report.extra["verify"]["refuted_above_threshold"] >= 1
