@@ -112,10 +112,10 @@ def _slide(lines: list[str], path: Path) -> Image.Image:
     return img
 
 
-def test_dupes_keeps_copies_of_a_slide_and_drops_its_build(photo_arrays, tmp_path):
+def test_dupes_keeps_copies_of_a_slide_and_drops_its_build(photo_arrays, tmp_path, encoder):
     """A slide, its build with one more bullet, and copies of the slide (re-encode, crop, rescan, border)
     among real photos. The score alone pairs the build with the slide (and misses the rescan); with the page
-    look the build stands apart and the copies are one group."""
+    look the build stands apart and the copies are one group. `check` of a copy of the build agrees."""
     folder = tmp_path / "collection"
     folder.mkdir()
     lines = ["Scanned 1,204 boxes of letters", "Found 18 % duplicate scans", "Canonical copies chosen by policy",
@@ -138,3 +138,12 @@ def test_dupes_keeps_copies_of_a_slide_and_drops_its_build(photo_arrays, tmp_pat
     grouped = [{Path(m.path).name for m in g.members} for g in report.groups]
     assert any(len(g & copies) >= 4 and not g - copies for g in grouped), grouped
     assert report.extra["verify"]["refuted_above_threshold"] >= 1
+    from embeddr.ingest import Gate
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    Image.open(folder / "slide_build.png").convert("RGB").save(incoming / "build_copy.jpg", quality=85)
+    with Gate(tmp_path / "p.db", encoder=encoder) as gate:
+        [result] = gate.check([str(incoming / "build_copy.jpg")])
+    names = {Path(m.path).name for m in result.matches}
+    assert "slide_build.png" in names and not names & copies, names
