@@ -161,7 +161,7 @@ def register(app: typer.Typer) -> None:
         ray: Annotated[Optional[str], typer.Option("--ray", help="Run the pair search as Ray tasks over blocks of the index: local, auto or ray://HOST:PORT (same report as the local search).")] = None,
         search: Annotated[str, typer.Option("--search", help="auto (exact below 30,000 distinct images, else the approximate k-means self-join, which checks a sample exactly and reports its estimated recall), exact, or approximate.")] = "auto",
         device: Annotated[str, typer.Option("--device", help="Where the approximate search runs: auto (a CUDA GPU when torch sees one), cuda, cpu. --device cuda without a GPU is an error.")] = "auto",
-        verify: Annotated[Optional[bool], typer.Option("--verify/--no-verify", help="Give pairs scored near the threshold (the preset's band, e.g. 0.452-0.652 for sscd-distilled) a second, geometric look at their images: kept if SIFT key points agree on one transform and the aligned pixels match, dropped if not. Default: on for presets with a [verify] table; needs the files readable.")] = None,
+        verify: Annotated[Optional[bool], typer.Option("--verify/--no-verify", help="Give pairs scored near the threshold (the preset's band, e.g. 0.452-0.702 for sscd-distilled) a second, geometric look at their images: kept if SIFT key points agree on one transform and the aligned pixels match, dropped if not; pairs of pages (text, tables, slides) at any score get the page look: kept only if every inked tile matches. Default: on for presets with a [verify] table; needs the files readable.")] = None,
     ):
         """List duplicate groups and every pair at or above the threshold.
 
@@ -174,7 +174,8 @@ def register(app: typer.Typer) -> None:
 
         --missed-by phash lists only the pairs pHash would miss (an audit of what hashes cannot find).
 
-        Pairs scored near the threshold get a second look at their images (--no-verify: the score alone);
+        Pairs scored near the threshold get a second look at their images, pairs of pages a page look at any
+        score (--no-verify: the score alone);
         those it kept say "verified": true, and the JSON's "verify" counts what it looked at.
 
         Example: embeddr dupes --db photos.db --format json --output dupes.json
