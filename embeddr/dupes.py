@@ -48,7 +48,21 @@ class Group:
                 "max_score": round(self.max_score, 6), "members": [m.as_dict() for m in self.members]}
 
 
-class PairList(Sequence):
+class _LazyPairs(Sequence):
+    """A sequence of pairs built only when indexed (iterating streams them; see the subclasses)."""
+
+    _list: list | None = None
+
+    def __getitem__(self, i):
+        if self._list is None:
+            self._list = list(iter(self))
+        return self._list[i]
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+
+class PairList(_LazyPairs):
     """Every file pair of a report, expanded from *content* pairs as it is iterated: exact copies (same
     bytes, score 1.0) first, then near pairs best first. Iterating holds no list of all pairs; indexing
     builds it once. ``len`` counts without building it."""
@@ -92,14 +106,6 @@ class PairList(Sequence):
                                     for x, y, _ in self._node_pairs)
         return self._len
 
-    def __getitem__(self, i):
-        if self._list is None:
-            self._list = list(iter(self))
-        return self._list[i]
-
-    def __eq__(self, other) -> bool:
-        return list(self) == list(other)
-
 
 class _Files:
     """The paths (and manifest ids) of the files of contents ``0 .. n-1``, compactly: the paths as one UTF-8 blob
@@ -138,7 +144,7 @@ class _Files:
         return self.path(int(self.order[self.offset[i]])) if self.count[i] else None
 
 
-class PairStream(Sequence):
+class PairStream(_LazyPairs):
     """Every file pair of a report, in :class:`PairList`'s order (exact copies first, then near pairs best first;
     ties by the first path of each side), expanded from *content* pairs held as arrays (node ids of ``nodes``,
     float32 scores) as it is iterated: no list of all pairs is held, and the files' paths are kept compactly
@@ -213,14 +219,6 @@ class PairStream(Sequence):
                 c = self._copies.count
                 self._len = int((c * (c - 1) // 2).sum()) + self._near
         return self._len
-
-    def __getitem__(self, i):
-        if self._list is None:
-            self._list = list(iter(self))
-        return self._list[i]
-
-    def __eq__(self, other) -> bool:
-        return list(self) == list(other)
 
 
 @dataclass
