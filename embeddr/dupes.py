@@ -49,9 +49,30 @@ class Group:
 
 
 class _LazyPairs(Sequence):
-    """A sequence of pairs built only when indexed (iterating streams them; see the subclasses)."""
+    """A sequence of pairs that iterating streams (:meth:`_stream`) and indexing builds once; ``len`` counts
+    without building it (:meth:`_count`, or by streaming when reviewer verdicts leave some pairs out)."""
 
     _list: list | None = None
+    _len: int | None = None
+    _rejected: set[tuple[str, str]]  # set by each subclass
+
+    def _stream(self) -> Iterator[Pair]:
+        raise NotImplementedError
+
+    def _count(self) -> int:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Pair]:
+        if self._list is not None:
+            return iter(self._list)
+        return self._stream()
+
+    def __len__(self) -> int:
+        if self._list is not None:
+            return len(self._list)
+        if self._len is None:
+            self._len = sum(1 for _ in self) if self._rejected else self._count()
+        return self._len
 
     def __getitem__(self, i):
         if self._list is None:
@@ -73,13 +94,8 @@ class PairList(_LazyPairs):
         self._verified = verified
         first = {h: rows[0].path for h, rows in by_hash.items() if rows}
         self._node_pairs = sorted(node_pairs, key=lambda t: (-t[2], first[t[0]], first[t[1]]))
-        self._list: list[Pair] | None = None
-        self._len: int | None = None
 
-    def __iter__(self) -> Iterator[Pair]:
-        if self._list is not None:
-            yield from self._list
-            return
+    def _stream(self) -> Iterator[Pair]:
         by_hash, rejected = self._by_hash, self._rejected
         for h in sorted(h for h, rows in by_hash.items() if len(rows) > 1):
             for x, y in combinations(by_hash[h], 2):  # rows are sorted by path
@@ -94,17 +110,9 @@ class PairList(_LazyPairs):
                     if (a.path, b.path) not in rejected:
                         yield Pair(a.path, b.path, v, "near", a.item_id, b.item_id, checked)
 
-    def __len__(self) -> int:
-        if self._list is not None:
-            return len(self._list)
-        if self._len is None:
-            if self._rejected:
-                self._len = sum(1 for _ in self)
-            else:
-                n = sum(len(r) * (len(r) - 1) // 2 for r in self._by_hash.values())
-                self._len = n + sum(len(self._by_hash.get(x, ())) * len(self._by_hash.get(y, ()))
-                                    for x, y, _ in self._node_pairs)
-        return self._len
+    def _count(self) -> int:
+        n = sum(len(r) * (len(r) - 1) // 2 for r in self._by_hash.values())
+        return n + sum(len(self._by_hash.get(x, ())) * len(self._by_hash.get(y, ())) for x, y, _ in self._node_pairs)
 
 
 class _Files:
@@ -176,13 +184,8 @@ class PairStream(_LazyPairs):
 
         self._copies = _Files(len(copied), copy_rows())
         self._near = int((files.count[self._a] * files.count[self._b]).sum()) if len(order) else 0
-        self._list: list[Pair] | None = None
-        self._len: int | None = None
 
-    def __iter__(self) -> Iterator[Pair]:
-        if self._list is not None:
-            yield from self._list
-            return
+    def _stream(self) -> Iterator[Pair]:
         rejected, copies = self._rejected, self._copies
         for i in np.flatnonzero(copies.count > 1).tolist():
             for x, y in combinations(copies.rows(i), 2):  # rows are sorted by path
@@ -209,16 +212,9 @@ class PairStream(_LazyPairs):
                         if (pa, pb) not in rejected:
                             yield Pair(pa, pb, v, "near", ia, ib, checked)
 
-    def __len__(self) -> int:
-        if self._list is not None:
-            return len(self._list)
-        if self._len is None:
-            if self._rejected:
-                self._len = sum(1 for _ in self)
-            else:
-                c = self._copies.count
-                self._len = int((c * (c - 1) // 2).sum()) + self._near
-        return self._len
+    def _count(self) -> int:
+        c = self._copies.count
+        return int((c * (c - 1) // 2).sum()) + self._near
 
 
 @dataclass
