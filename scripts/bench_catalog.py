@@ -233,13 +233,6 @@ def run_step(name: str, argv: list[str], code: Path, stub: bool, out: Path) -> d
             "peak_rss_mib": got.get("peak_rss_mib"), "output_bytes": out.stat().st_size}
 
 
-def load_average() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:  # pragma: no cover
-        return "?"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100_000)
@@ -255,6 +248,9 @@ def main() -> int:
         step_child(json.loads(args._step), args._stub)
         return 0
     root = args.dir or Path(f"/tmp/embeddr-bench-catalog-{args.n}")
+    sys.path.insert(0, str(REPO))
+    from embeddr.bench.record import finish, load_average
+
     result = {"files": args.n, "code": str(args.code), "load_average_before": load_average()}
     result["build"] = build(root, args.n, args.search)
     db, files = root / "bench.db", root / "files"
@@ -274,14 +270,7 @@ def main() -> int:
         commit = sp.run(["git", "-C", str(args.code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:  # pragma: no cover
         commit = ""
-    result.update(commit=commit or None, load_average_after=load_average(),
-                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cpus=os.cpu_count())
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
-    return 0
+    return finish(result, args.json, commit=commit or None)
 
 
 if __name__ == "__main__":

@@ -139,13 +139,6 @@ def child(db: Path, search: str, score: str, out: Path) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def load_average() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:  # pragma: no cover
-        return "?"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100_000)
@@ -164,6 +157,8 @@ def main() -> int:
     if args._child:
         run_dupes(args._child, args.search, args.score, args._out)
         return 0
+    from embeddr.bench.record import finish, load_average
+
     load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
@@ -214,14 +209,7 @@ def main() -> int:
                           loose_pairs=int(loose.sum()),
                           loose_pair_recall=round(float(found[loose].mean()) if loose.any() else 1.0, 5),
                           extra_pairs=int((~np.isin(gk, wk)).sum()))
-    result.update(load_average_before=load_before, load_average_after=load_average(),
-                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cpus=os.cpu_count())
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
-    return 0
+    return finish(result, args.json, load_average_before=load_before)
 
 
 if __name__ == "__main__":
