@@ -189,15 +189,10 @@ class Verifier:
 
     def _look(self, fa: _Features, fb: _Features, mirrored: bool) -> Look:
         cv2 = _cv2()
-        c = self.config
-        if fa.descriptors is None or fb.descriptors is None or len(fa.points) < 3 or len(fb.points) < 3:
+        matched = self._matches(fa, fb, min_points=3, min_matches=4)
+        if matched is None:
             return Look(mirrored=mirrored)
-        knn = self._matcher.knnMatch(fa.descriptors, fb.descriptors, k=2)
-        good = [m[0] for m in knn if len(m) == 2 and m[0].distance < c.ratio * m[1].distance]
-        if len(good) < 4:
-            return Look(mirrored=mirrored)
-        pa = fa.points[[m.queryIdx for m in good]]
-        pb = fb.points[[m.trainIdx for m in good]]
+        pa, pb = matched
         cv2.setRNGSeed(0)  # RANSAC draws the same samples every time: the same pair, the same look
         transform, inliers = cv2.estimateAffinePartial2D(pa, pb, method=cv2.RANSAC,
                                                          ransacReprojThreshold=0.02 * max(fb.grey.shape))
@@ -219,46 +214,43 @@ class Verifier:
 
     def look(self, a: Hashable, b: Hashable) -> Look | None:
         """What the second look finds for the pair (``None``: a file could not be read); remembered."""
+        return self._remembered(self._looks, a, b, False, self._plain_or_mirrored)
+
+    def _plain_or_mirrored(self, b: Hashable, fa: _Features, fb: _Features) -> Look:
+        result = self._look(fa, fb, False)
+        if not self.confirms(result):
+            fm = self.features(b, mirrored=True)
+            if fm is not None:
+                other = self._look(fa, fm, True)
+                if self._rank(other) > self._rank(result):
+                    result = other
+        return result
+
+    def _remembered(self, table: dict, a: Hashable, b: Hashable, page: bool, compute):
+        """A pair's verdict from ``table``, else ``compute(b, features of a, features of b)`` (``page``: at the
+        page look's size), remembered; ``None`` when a file cannot be read. Each pair is kept once, in key
+        order, and the table is emptied when it holds 500,000 (a long-running service: bounded memory)."""
         slot = (a, b) if str(a) <= str(b) else (b, a)
-        if slot in self._looks:
-            return self._looks[slot]
+        if slot in table:
+            return table[slot]
         a, b = slot
-        fa, fb = self.features(a), self.features(b)
+        fa, fb = self.features(a, page=page), self.features(b, page=page)
         if fa is None or fb is None:
             self.unreadable += 1
             result = None
         else:
             self.looked += 1
-            result = self._look(fa, fb, False)
-            if not self.confirms(result):
-                fm = self.features(b, mirrored=True)
-                if fm is not None:
-                    other = self._look(fa, fm, True)
-                    if self._rank(other) > self._rank(result):
-                        result = other
-        if len(self._looks) >= 500_000:  # a long-running service: keep memory bounded
-            self._looks.clear()
-        self._looks[slot] = result
+            result = compute(b, fa, fb)
+        if len(table) >= 500_000:
+            table.clear()
+        table[slot] = result
         return result
 
     def page_look(self, a: Hashable, b: Hashable) -> PageLook | None:
         """Whether two pages hold the same content, tile by tile (see the module's docstring); ``None``: a file
         could not be read. Remembered per pair."""
-        slot = (a, b) if str(a) <= str(b) else (b, a)
-        if slot in self._pages:
-            return self._pages[slot]
-        a, b = slot
-        fa, fb = self.features(a, page=True), self.features(b, page=True)
-        if fa is None or fb is None:
-            self.unreadable += 1
-            result = None
-        else:
-            self.looked += 1
-            result = self._page_look(fa, fb, lambda: self.features(b, mirrored=True, page=True))
-        if len(self._pages) >= 500_000:
-            self._pages.clear()
-        self._pages[slot] = result
-        return result
+        return self._remembered(self._pages, a, b, True, lambda b_, fa, fb: self._page_look(
+            fa, fb, lambda: self.features(b_, mirrored=True, page=True)))
 
     def _page_look(self, fa: _Features, fb: _Features, mirrored_b: Callable[[], _Features | None]) -> PageLook:
         c = self.config
@@ -276,16 +268,23 @@ class Verifier:
         inliers, transform = best
         return PageLook(inliers, *_tile_match(fa.grey, fb.grey, transform, int(c.page_tiles), int(c.page_shift)))
 
-    def _homography(self, fa: _Features, fb: _Features):
-        cv2 = _cv2()
-        if fa.descriptors is None or fb.descriptors is None or len(fa.points) < 8 or len(fb.points) < 8:
+    def _matches(self, fa: _Features, fb: _Features, min_points: int, min_matches: int):
+        """``(points in a, points in b)`` of the key point matches that pass Lowe's ratio test, or None when
+        either image has fewer than ``min_points`` key points or fewer than ``min_matches`` pass."""
+        if fa.descriptors is None or fb.descriptors is None or min(len(fa.points), len(fb.points)) < min_points:
             return None
         knn = self._matcher.knnMatch(fa.descriptors, fb.descriptors, k=2)
         good = [m[0] for m in knn if len(m) == 2 and m[0].distance < self.config.ratio * m[1].distance]
-        if len(good) < 8:
+        if len(good) < min_matches:
             return None
-        pa = fa.points[[m.queryIdx for m in good]]
-        pb = fb.points[[m.trainIdx for m in good]]
+        return fa.points[[m.queryIdx for m in good]], fb.points[[m.trainIdx for m in good]]
+
+    def _homography(self, fa: _Features, fb: _Features):
+        cv2 = _cv2()
+        matched = self._matches(fa, fb, min_points=8, min_matches=8)
+        if matched is None:
+            return None
+        pa, pb = matched
         cv2.setRNGSeed(0)
         transform, inliers = cv2.findHomography(pb, pa, cv2.RANSAC, 3.0)  # maps the second page onto the first
         if transform is None:
@@ -346,12 +345,7 @@ class Verifier:
         same page; any other pair outside the band is not looked at. Pairs are taken grouped by their first
         member, so each image's features are computed once."""
         out = np.full(len(a), UNREADABLE, np.int8)
-        prefetch = getattr(self.path_of, "prefetch", None)  # files of many keys in one go (dupes' catalog)
-        order = sorted(range(len(a)), key=lambda i: (str(a[i]), str(b[i])))
-        for n, i in enumerate(order):
-            if prefetch is not None and n % 8192 == 0:
-                batch = order[n:n + 8192]
-                prefetch({a[j] for j in batch} | {b[j] for j in batch})
+        for i in sorted(range(len(a)), key=lambda i: (str(a[i]), str(b[i]))):
             if pages is not None and self.config.pages and (above[i] or in_band is None or in_band[i]) and (
                     pages[i] == PAGE_YES or (pages[i] == PAGE_MAYBE and self.is_page(a[i]) and self.is_page(b[i]))):
                 page = self.page_look(a[i], b[i])
