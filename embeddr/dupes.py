@@ -396,7 +396,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     rejected_ids = _rejected_id_pairs(catalog, rejected)
     confirmed = np.zeros(len(a), bool)
     if verifying:
-        from .verify import CONFIRMED, PAGE_NO, Verifier, decide_band, page_kinds
+        from .verify import CONFIRMED, PAGE_MAYBE, PAGE_NO, PAGE_YES, Verifier, decide_band, page_kinds
 
         if verifier is None:
             verifier = Verifier(vcfg, _path_of(catalog))
@@ -453,8 +453,6 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         """What grouping compares with its floor for a pair in the verification band, or a pair of pages
         (``kind``: :func:`embeddr.verify.page_kinds`) at or above the floor: what the second look made of it
         (confirmed below the threshold: the threshold; refuted: -1), else its score."""
-        from .verify import PAGE_MAYBE, PAGE_YES
-
         vx, vy = int(nodes[x]), int(nodes[y])
         if vx not in band_hashes or vy not in band_hashes:
             if len(band_hashes) > 100_000:
