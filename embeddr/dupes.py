@@ -396,7 +396,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     rejected_ids = _rejected_id_pairs(catalog, rejected)
     confirmed = np.zeros(len(a), bool)
     if verifying:
-        from .verify import CONFIRMED, PAGE_MAYBE, PAGE_NO, PAGE_YES, Verifier, decide_band, page_kinds
+        from .verify import CONFIRMED, PAGE_NO, REFUTED, Verifier, decide_band, page_kinds
 
         if verifier is None:
             verifier = Verifier(vcfg, _path_of(catalog))
@@ -459,13 +459,9 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
                 band_hashes.clear()
             band_hashes.update(catalog.hashes_of_ids([vx, vy]))
         hx, hy = band_hashes[vx], band_hashes[vy]
-        if kind == PAGE_YES or (kind == PAGE_MAYBE and verifier.is_page(hx) and verifier.is_page(hy)):
-            page = verifier.page_look(hx, hy)  # two pages: the same page only if the page look says so
-            if verifier.page_refutes(page):
-                return -1.0
-            if band[0] - 1e-6 <= v < threshold - 1e-6 and verifier.page_confirms(page):
-                return threshold
-            return v
+        verdict = verifier.page_verdict(hx, hy, kind, v >= threshold - 1e-6, band[0] - 1e-6 <= v < band[1] - 1e-6)
+        if verdict is not None:  # pairs of pages: the page look decides (the same verdict dupes' pairs get)
+            return -1.0 if verdict == REFUTED else threshold if verdict == CONFIRMED else v
         if not (band[0] - 1e-6 <= v < band[1] - 1e-6):
             return v
         if v < threshold - 1e-6:

@@ -101,6 +101,7 @@ class Verify:
     page_min_tile: float = 0.85
     page_maybe: float = 0.3  # images with a reference background in [page_maybe, rescue_max_reference) ...
     page_paper: float = 0.4  # ... are pages when their light, flat tiles are at least this share (slides, diagrams)
+    page_paper_fail: float = 0.5  # two such images are other drawings when this share of their inked tiles differ
     provenance: str = ""
 
     def band(self, threshold: float, calibrated: float | None = None) -> tuple[float, float]:

@@ -81,9 +81,11 @@ class PageLook:
     tiles: int = 0  # tiles with ink in either page, compared
     worst: float = 0.0  # the lowest tile correlation (1: every tile the same)
     small: bool = False  # a page too small to read: no verdict
+    failed: int = 0  # compared tiles that do not match (correlation below page_min_tile)
 
     def as_dict(self) -> dict:
-        return {"inliers": self.inliers, "tiles": self.tiles, "worst_tile": round(self.worst, 4), "small": self.small}
+        return {"inliers": self.inliers, "tiles": self.tiles, "worst_tile": round(self.worst, 4),
+                "failed_tiles": self.failed, "small": self.small}
 
 
 @dataclass
@@ -266,7 +268,9 @@ class Verifier:
         if best is None:
             return PageLook()
         inliers, transform = best
-        return PageLook(inliers, *_tile_match(fa.grey, fb.grey, transform, int(c.page_tiles), int(c.page_shift)))
+        tiles, worst, failed = _tile_match(fa.grey, fb.grey, transform, int(c.page_tiles), int(c.page_shift),
+                                           float(c.page_min_tile))
+        return PageLook(inliers, tiles, worst, failed=failed)
 
     def _matches(self, fa: _Features, fb: _Features, min_points: int, min_matches: int):
         """``(points in a, points in b)`` of the key point matches that pass Lowe's ratio test, or None when
@@ -320,6 +324,38 @@ class Verifier:
         return look is not None and not look.small and (look.inliers < c.page_min_inliers or look.tiles == 0
                                                          or look.worst < c.page_min_tile)
 
+    def paper_refutes(self, look: PageLook | None) -> bool:
+        """Not the same drawing on paper (two images only somewhat like pages): too few matching key points, or
+        at least ``page_paper_fail`` of the inked tiles hold other ink. A caption, a logo or a recolouring of
+        clip-art on white changes a few tiles; another diagram or slide of one template changes most."""
+        c = self.config
+        return look is not None and not look.small and (look.inliers < c.page_min_inliers or look.tiles == 0
+                                                         or look.failed >= c.page_paper_fail * look.tiles)
+
+    def page_verdict(self, a: Hashable, b: Hashable, kind: int, above: bool, in_band: bool) -> int | None:
+        """What the page look makes of a pair of :func:`page_kinds` ``kind`` scored at or above the threshold
+        (``above``) or below it, in the verification band or not (``in_band``): :data:`REFUTED`,
+        :data:`UPHELD`, :data:`CONFIRMED` or :data:`UNREADABLE`; ``None`` when the picture rules decide instead.
+
+        * two pages (:data:`PAGE_YES`), at or above the threshold or in the band: the page look alone decides
+          (refuted above unless every inked tile matches; confirmed below only when it is the same page);
+        * two images somewhat like pages and both mostly blank paper (:data:`PAGE_MAYBE`, :meth:`is_page`:
+          slides, diagrams, and clip-art or products on white), at or above the threshold: refuted when most
+          inked tiles differ (:meth:`paper_refutes`); otherwise, and below the threshold, the picture rules."""
+        if not self.config.pages:
+            return None
+        if kind == PAGE_YES and (above or in_band):
+            page = self.page_look(a, b)
+            if page is None:
+                return UNREADABLE
+            if above:
+                return REFUTED if self.page_refutes(page) else UPHELD
+            return CONFIRMED if self.page_confirms(page) else UPHELD
+        if kind == PAGE_MAYBE and above and self.is_page(a) and self.is_page(b):
+            if self.paper_refutes(self.page_look(a, b)):
+                return REFUTED
+        return None
+
     def _rank(self, look: Look) -> tuple:
         """The better of two looks (plain, mirrored): confirmed first, then not refuted, then by inliers."""
         return self.confirms(look), not self.refutes(look), look.inliers
@@ -339,22 +375,17 @@ class Verifier:
         """For pairs ``(a[i], b[i])`` scored at or above the threshold (``above[i]``) or below it: what the look
         does (:data:`CONFIRMED`, :data:`UPHELD`, :data:`REFUTED`, :data:`UNREADABLE`). A pair below the threshold
         that is not ``rescuable[i]`` is not looked at (:data:`NOT_LOOKED`). With ``pages`` (:func:`page_kinds` of
-        each pair), a pair of pages (:data:`PAGE_YES`, or :data:`PAGE_MAYBE` with both images mostly blank
-        paper, :meth:`is_page`) at or above the threshold, or in the band (``in_band[i]``)
-        below it, gets the page look (:meth:`page_look`) instead: refuted above, confirmed below when it is the
-        same page; any other pair outside the band is not looked at. Pairs are taken grouped by their first
-        member, so each image's features are computed once."""
+        each pair), pairs of pages get the page look first (:meth:`page_verdict`, at any score at or above the
+        threshold, or in the band ``in_band[i]`` below it); any other pair outside the band is not looked at.
+        Pairs are taken grouped by their first member, so each image's features are computed once."""
         out = np.full(len(a), UNREADABLE, np.int8)
         for i in sorted(range(len(a)), key=lambda i: (str(a[i]), str(b[i]))):
-            if pages is not None and self.config.pages and (above[i] or in_band is None or in_band[i]) and (
-                    pages[i] == PAGE_YES or (pages[i] == PAGE_MAYBE and self.is_page(a[i]) and self.is_page(b[i]))):
-                page = self.page_look(a[i], b[i])
-                if page is not None:
-                    if above[i]:
-                        out[i] = REFUTED if self.page_refutes(page) else UPHELD
-                    else:
-                        out[i] = CONFIRMED if self.page_confirms(page) else UPHELD
-                continue
+            if pages is not None:
+                verdict = self.page_verdict(a[i], b[i], int(pages[i]), bool(above[i]),
+                                            in_band is None or bool(in_band[i]))
+                if verdict is not None:
+                    out[i] = verdict
+                    continue
             if not above[i] and rescuable is not None and not rescuable[i]:
                 out[i] = NOT_LOOKED
                 continue
@@ -386,11 +417,11 @@ def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 
 def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, tiles: int, shift: int,
-                lo: float = 5.0, hi: float = 12.0) -> tuple[int, float]:
-    """``(tiles compared, worst correlation)`` of page B warped onto page A by ``transform`` (a homography):
-    grey levels of B fitted to A's over the overlap; each tile of A inside the overlap with ink in either page
-    (grey-level spread >= ``hi``) is matched both ways within ``shift`` pixels; a tile with ink on one page and
-    none on the other (spread < ``lo``) scores 0."""
+                min_tile: float, lo: float = 5.0, hi: float = 12.0) -> tuple[int, float, int]:
+    """``(tiles compared, worst correlation, tiles below min_tile)`` of page B warped onto page A by
+    ``transform`` (a homography): grey levels of B fitted to A's over the overlap; each tile of A inside the
+    overlap with ink in either page (grey-level spread >= ``hi``) is matched both ways within ``shift`` pixels;
+    a tile with ink on one page and none on the other (spread < ``lo``) scores 0."""
     cv2 = _cv2()
     h, w = grey_a.shape
     warped = cv2.warpPerspective(grey_b, transform, (w, h), flags=cv2.INTER_LINEAR)
@@ -400,14 +431,14 @@ def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, t
     fb = cv2.GaussianBlur(warped.astype(np.float32), (0, 0), 1.0)
     x, y = fa[inside], fb[inside]
     if x.size < 1000:
-        return 0, 0.0
+        return 0, 0.0, 0
     xm, ym = float(x.mean()), float(y.mean())
     alpha = float(((x - xm) * (y - ym)).mean() / max(float(((x - xm) ** 2).mean()), 1e-6))
     if alpha < 0.2:  # no grey-level relation between the two: not the same page
-        return 0, 0.0
+        return 0, 0.0, 0
     fb = (fb - (ym - alpha * xm)) / alpha
     t = max(16, max(h, w) // tiles)
-    worst, compared = 1.0, 0
+    worst, compared, failed = 1.0, 0, 0
     for y0 in range(0, h - t + 1, t):
         for x0 in range(0, w - t + 1, t):
             if not inside[y0:y0 + t, x0:x0 + t].all():
@@ -418,13 +449,15 @@ def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, t
                 continue
             compared += 1
             if min(sa, sb) < lo:
-                return compared, 0.0
+                worst, failed = 0.0, failed + 1
+                continue
             ys, xs = max(0, y0 - shift), max(0, x0 - shift)
             ye, xe = min(h, y0 + t + shift), min(w, x0 + t + shift)
             score = min(float(cv2.matchTemplate(fb[ys:ye, xs:xe], ta, cv2.TM_CCOEFF_NORMED).max()),
                         float(cv2.matchTemplate(fa[ys:ye, xs:xe], tb, cv2.TM_CCOEFF_NORMED).max()))
             worst = min(worst, score)
-    return compared, worst
+            failed += score < min_tile
+    return compared, worst, failed
 
 
 PAGE_NO, PAGE_MAYBE, PAGE_YES = 0, 1, 2  # page_kinds' codes

@@ -53,6 +53,8 @@ GRIDS = {
         Shape("r13 docs14 crowds", renditions=13, docs=14, crowds=ALL_CROWDS, pictures=52),
         Shape("r13 docs14 crowds60", renditions=13, docs=14, crowds={k: 60 for k in ALL_CROWDS}, pictures=52, seed=1),
         Shape("r8 docs3 long", renditions=8, docs=3, doc_pages=(40, 82)),
+        Shape("r13 diagram docs14", renditions=13, docs=14, doc_sets=("texlive-pictures-doc",), pictures=52, seed=4),
+        Shape("r4 diagram docs all", renditions=4, docs=1000, doc_sets=("texlive-pictures-doc",), pictures=52),
     ],
     # evaluation shapes (test split): never used to choose anything
     "test": [
