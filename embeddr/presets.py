@@ -92,6 +92,7 @@ class Verify:
     # pairs of pages (both images like the reference set, see embeddr.verify.page_look): kept at or above the
     # threshold only when the page look finds the same content in every tile
     pages: bool = False
+    page_reference: float = 0.45  # two images are pages when both reference backgrounds are at least this
     page_side: int = 1024
     page_features: int = 3000
     page_min_side: int = 400

@@ -466,16 +466,16 @@ PAGE_NO, PAGE_MAYBE, PAGE_YES = 0, 1, 2  # page_kinds' codes
 def page_kinds(config, scorer, ref_a: np.ndarray, ref_b) -> np.ndarray | None:
     """Which pairs are pairs of pages for the page look, from the two images' reference backgrounds ``ref_a``,
     ``ref_b`` (:meth:`embeddr.normalize.Scorer.reference_background`): :data:`PAGE_YES` when both look like the
-    preset's reference set (>= ``rescue_max_reference``); :data:`PAGE_MAYBE` when both are at least
+    preset's reference set (>= ``page_reference``); :data:`PAGE_MAYBE` when both are at least
     ``page_maybe`` (slides and diagrams: the paper check :meth:`Verifier.is_page` decides, so only those images
     are ever read for it); :data:`PAGE_NO` otherwise. None: no page look (``pages = false``, or no reference
     set)."""
-    if not config.pages or not scorer.has_reference or config.rescue_max_reference >= 1.0:
+    if not config.pages or not scorer.has_reference or config.page_reference >= 1.0:
         return None
     lo = np.minimum(np.asarray(ref_a, np.float32), np.asarray(ref_b, np.float32))
     out = np.full(len(lo), PAGE_NO, np.int8)
     out[lo >= config.page_maybe] = PAGE_MAYBE
-    out[lo >= config.rescue_max_reference] = PAGE_YES
+    out[lo >= config.page_reference] = PAGE_YES
     return out
 
 
