@@ -17,7 +17,7 @@ from embeddr.catalog import Catalog
 from embeddr.dupes import find_duplicates
 from embeddr.encoders import resolve_preset
 from embeddr.jobs import scan
-from embeddr.verify import PAGE_YES, REFUTED, UPHELD, Verifier
+from embeddr.verify import NOT_LOOKED, PAGE_MAYBE, PAGE_YES, REFUTED, UPHELD, Verifier
 
 pytest.importorskip("cv2")
 
@@ -147,3 +147,68 @@ def test_dupes_keeps_copies_of_a_slide_and_drops_its_build(photo_arrays, tmp_pat
         [result] = gate.check([str(incoming / "build_copy.jpg")])
     names = {Path(m.path).name for m in result.matches}
     assert "slide_build.png" in names and not names & copies, names
+
+
+# -- the paper check: images only somewhat like pages (diagrams, slides, clip-art on white) -------------------
+
+def _on_white(arr: np.ndarray, path: Path) -> Path:
+    """A real drawing (scikit-image's sample data) on a white sheet twice its size, as clip-art or a figure."""
+    img = Image.fromarray(arr)
+    if img.mode == "RGBA":
+        sheet = Image.new("RGB", img.size, "white")
+        sheet.paste(img, mask=img.split()[3])
+        img = sheet
+    img = img.convert("RGB")
+    side = 2 * max(img.size)
+    canvas = Image.new("RGB", (side, side * 3 // 4), "white")
+    canvas.paste(img, ((side - img.width) // 2, (side * 3 // 4 - img.height) // 2))
+    canvas.thumbnail((1024, 1024))
+    canvas.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def drawings(tmp_path_factory) -> dict[str, Path]:
+    skimage_data = pytest.importorskip("skimage.data")
+    tmp = tmp_path_factory.mktemp("drawings")
+    out = {}
+    for name in ("logo", "rocket"):
+        out[name] = _on_white(getattr(skimage_data, name)(), tmp / f"{name}.png")
+        img = Image.open(out[name]).convert("RGB")
+        for fam in ("overlay", "hue", "border", "tint", "rescan", "crop_mild"):
+            for k in range(2):
+                var = apply_family(fam, img, random.Random(f"{name}:{fam}:{k}"))
+                out[f"{name}_{fam}{k}"] = tmp / f"{name}_{fam}{k}{var.save.ext}"
+                var.save.save(var.image, out[f"{name}_{fam}{k}"])
+    return out
+
+
+def test_copies_of_a_drawing_on_white_pass_the_paper_check(drawings):
+    """Captions, logos, watermarks, hue shifts, borders, tints, rescans and crops of clip-art on white change
+    some tiles, never most: the paper check keeps them (the strict page look would drop the overlays)."""
+    v = _verifier()
+    copies = [k for k in drawings if "_" in k]
+    assert len(copies) == 24
+    for key in copies:
+        original = drawings[key.split("_")[0]]
+        assert v.is_page(original) and v.is_page(drawings[key])
+        look = v.page_look(original, drawings[key])
+        assert look is not None and not v.paper_refutes(look), (key, look)
+        assert v.decide([original], [drawings[key]], np.array([True]), None, np.array([PAGE_MAYBE]),
+                        np.array([False])) == [NOT_LOOKED], key  # above the band: the score's decision stands
+    overlays = [k for k in copies if "overlay" in k]
+    assert any(v.page_refutes(v.page_look(drawings[k.split("_")[0]], drawings[k])) for k in overlays)
+
+
+def test_different_pages_of_one_manual_fail_the_paper_check(pages):
+    """Two pages of one manual do not align, or align on their layout with most inked tiles different: the
+    paper check refutes them, as `dupes` does for two diagrams or slides on paper; a rescan passes."""
+    if "other" not in pages:
+        pytest.skip("a one-page manual")
+    v = _verifier()
+    look = v.page_look(pages["page"], pages["other"])
+    assert look is not None and (look.inliers < 20 or look.failed >= 0.6 * look.tiles), look
+    assert v.paper_refutes(look)
+    assert v.decide([pages["page"]], [pages["other"]], np.array([True]), None, np.array([PAGE_MAYBE]),
+                    np.array([True])) == [REFUTED]
+    assert not v.paper_refutes(v.page_look(pages["page"], pages["rescan"]))
