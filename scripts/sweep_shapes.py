@@ -183,6 +183,13 @@ def score_cell(rows, pool_db: Path, model: str, work: Path, threshold: float | N
             groups[r.group].append(p)
     positives = {frozenset((x, y)): pair_family(row_of[x], row_of[y])
                  for ps in groups.values() for i, x in enumerate(ps) for y in ps[i + 1:]}
+    same_bytes = defaultdict(list)  # files with identical bytes are duplicates whatever their labels say (two
+    for p, r in row_of.items():  # pages a manual repeats, a stamp shipped twice): family "identical"
+        same_bytes[present[p]].append(p)
+    for ps in same_bytes.values():
+        for i, x in enumerate(ps):
+            for y in ps[i + 1:]:
+                positives.setdefault(frozenset((x, y)), "identical")
     found, false = Counter(), Counter()
     tp = fp = 0
     worst_false = []
