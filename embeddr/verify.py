@@ -27,8 +27,8 @@ The look is asymmetric, because it must overturn the score only on strong eviden
 
 **Pages** are different: two pages set from one template (a manual's pages, slide builds, tables that differ in a
 few glyphs) align almost pixel for pixel and score like copies at any score, up to 0.99. With ``pages = true``,
-a pair of two images that both look like the reference set, or both somewhat like it and both mostly blank
-paper (slides, diagrams; :func:`page_kinds`), and scores at or above the
+a pair of two images that both look like the reference set (>= ``page_reference``, :func:`page_kinds`) and
+scores at or above the
 threshold gets a *page look* (:meth:`Verifier.page_look`) whatever its score: key points at ``page_side`` pixels,
 a RANSAC homography (a rescan's perspective included), then the first page cut into ``page_tiles`` x
 ``page_tiles`` tiles and each tile that holds ink in either page matched against the other within
@@ -38,6 +38,12 @@ refute the pair. Added ink counts as a change, so a page with a stamp or caption
 pages too small to read (a thumbnail under ``page_min_side`` pixels) keep the score's decision. Below the
 threshold, in the band, a pair of pages is kept when the page look finds the same page (not only the same
 template): pages are rescued by the page look, never by the picture look.
+
+Images only *somewhat* like the reference set (>= ``page_maybe``) and both mostly blank paper
+(:meth:`Verifier.is_page`: diagrams, slides, but also clip-art and products on white) get the same page look at
+or above the threshold with a looser verdict (:meth:`Verifier.paper_refutes`): other drawings only when at least
+``page_paper_fail`` of the inked tiles differ, since a caption or a recolouring of clip-art changes some tiles
+and another diagram of one template most of them. :meth:`Verifier.page_verdict` is the one place that decides.
 
 Pairs above ``high`` are kept without a look (pages excepted); pairs below ``low`` are never looked at. A pair whose files
 cannot be read (moved, deleted, not a local file) keeps the plain decision (score >= threshold). See

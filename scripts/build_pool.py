@@ -9,7 +9,8 @@ Sources (all read in place; only derived renditions and rendered PDF pages are w
   derived renditions), the ``hard_neg`` groups as crowds of look-alikes (star fields, stamps and product
   shots on white, GCompris photo sets, chessboard shots of one scene), the ``natural_dups`` groups;
 * real PDF documents from Debian ``-doc`` packages, fetched with ``apt-get download`` into ``--debs``
-  when missing: ``texlive-science-doc`` for the calibration split, ``texlive-latex-base-doc`` and
+  when missing: ``texlive-science-doc`` and ``texlive-pictures-doc`` (TikZ and PSTricks diagrams, added
+  2026-11-29 so that diagram pages are seen in calibration) for the calibration split, ``texlive-latex-base-doc`` and
   ``texlive-metapost-doc`` and ``texlive-games`` (chess, go, crossword and card-game manuals: board diagrams)
   for the test split. (``texlive-humanities-doc`` and the wallpaper packages are
   an independent benchmark kept elsewhere: never used here.)
@@ -41,8 +42,8 @@ from embeddr.bench.make import split_fraction  # noqa: E402
 from embeddr.bench.shapes import build_pool  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "realimages"
-DOC_PACKAGES = {"texlive-science-doc": "calib", "texlive-latex-base-doc": "test", "texlive-metapost-doc": "test",
-                "texlive-games": "test"}
+DOC_PACKAGES = {"texlive-science-doc": "calib", "texlive-pictures-doc": "calib", "texlive-latex-base-doc": "test",
+                "texlive-metapost-doc": "test", "texlive-games": "test"}
 HELD_OUT_SOURCES = ("texlive-humanities-doc", "enlightenment-data", "plasma-workspace-wallpapers",
                     "mate-backgrounds", "gnome-backgrounds", "lomiri-wallpapers")
 POSITIVE_NATURALS = {"gcompris_same_source_": "natural", "cv_tamper_ela": "natural", "cv_text_rotated": "natural",
