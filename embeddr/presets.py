@@ -74,8 +74,8 @@ class Verify:
     (``features`` key points each, ratio test ``ratio``) and a RANSAC similarity transform. A pair below the
     threshold is kept when the look confirms it: ``min_inliers`` matches agreeing with the transform, spread
     over ``min_cells`` cells of a 6 x 6 grid, and an aligned grey-level correlation of at least ``min_ncc``. A
-    pair at or above it is dropped when the look refutes it: fewer than ``veto_inliers`` inliers or a
-    correlation below ``veto_ncc``. ``enabled = false`` (or no ``[verify]`` table): the score alone decides."""
+    pair at or above it is dropped when the look refutes it: both images with ``veto_min_points`` key points,
+    and fewer than ``veto_inliers`` inliers or a correlation below ``veto_ncc`` where they overlap. ``enabled = false`` (or no ``[verify]`` table): the score alone decides."""
 
     enabled: bool = False
     below: float = 0.12
@@ -88,6 +88,7 @@ class Verify:
     min_ncc: float = 0.9
     veto_inliers: int = 5
     veto_ncc: float = 0.3
+    veto_min_points: int = 0  # no veto unless both images have at least this many key points
     rescue_max_reference: float = 0.45  # no rescue when either image looks like the reference set (pages, slides)
     # pairs of pages (both images like the reference set, see embeddr.verify.page_look): kept at or above the
     # threshold only when the page look finds the same content in every tile

@@ -22,8 +22,10 @@ The look is asymmetric, because it must overturn the score only on strong eviden
   from one template, whose different pages align almost pixel for pixel) are rescued this way: both
   images' reference background must be below ``rescue_max_reference``;
 * a pair scored **at or above** the threshold (and below ``high``) is dropped when the look *refutes* it:
-  fewer than ``veto_inliers`` inliers or an aligned correlation below ``veto_ncc`` (no transform maps one
-  picture onto the other: look-alikes, pages of other text).
+  fewer than ``veto_inliers`` inliers or an aligned correlation below ``veto_ncc`` within the inliers'
+  convex hull (no transform maps one picture onto the other, or what both show does not agree:
+  look-alikes, pages of other text), and only when both images have at least ``veto_min_points`` key
+  points (an image too plain to be matched is not evidence of a different picture).
 
 **Pages** are different: two pages set from one template (a manual's pages, slide builds, tables that differ in a
 few glyphs) align almost pixel for pixel and score like copies at any score, up to 0.99. With ``pages = true``,
@@ -61,6 +63,7 @@ from dataclasses import dataclass
 import numpy as np
 
 GRID = 6  # the inliers' spread is counted on a GRID x GRID grid of the first image
+HULL_MIN_AREA = 0.05  # the inliers' hull must cover this share of the first image to stand for what both show
 
 # what the look did to a pair (decide_band's second result)
 NOT_LOOKED, UNREADABLE, REFUTED, UPHELD, CONFIRMED = -2, -1, 0, 2, 1
@@ -72,11 +75,15 @@ class Look:
 
     inliers: int = 0
     cells: int = 0
-    ncc: float = 0.0
+    ncc: float = 0.0  # aligned grey correlation over the whole overlap
     mirrored: bool = False
+    content_ncc: float = 0.0  # the same within the inliers' convex hull (what both images show: borders,
+    # margins and paper around a rescan left out); the whole overlap's when the hull is under 5 % of the image
+    points: int = 0  # key points of the image with fewer: below veto_min_points a look has no material to refute
 
     def as_dict(self) -> dict:
-        return {"inliers": self.inliers, "cells": self.cells, "ncc": round(self.ncc, 4), "mirrored": self.mirrored}
+        return {"inliers": self.inliers, "cells": self.cells, "ncc": round(self.ncc, 4),
+                "content_ncc": round(self.content_ncc, 4), "key_points": self.points, "mirrored": self.mirrored}
 
 
 @dataclass(frozen=True)
@@ -197,15 +204,16 @@ class Verifier:
 
     def _look(self, fa: _Features, fb: _Features, mirrored: bool) -> Look:
         cv2 = _cv2()
+        points = min(len(fa.points), len(fb.points)) if fa.descriptors is not None and fb.descriptors is not None else 0
         matched = self._matches(fa, fb, min_points=3, min_matches=4)
         if matched is None:
-            return Look(mirrored=mirrored)
+            return Look(mirrored=mirrored, points=points)
         pa, pb = matched
         cv2.setRNGSeed(0)  # RANSAC draws the same samples every time: the same pair, the same look
         transform, inliers = cv2.estimateAffinePartial2D(pa, pb, method=cv2.RANSAC,
                                                          ransacReprojThreshold=0.02 * max(fb.grey.shape))
         if transform is None:
-            return Look(mirrored=mirrored)
+            return Look(mirrored=mirrored, points=points)
         inl = inliers.ravel().astype(bool)
         h, w = fa.grey.shape
         p = pa[inl]
@@ -218,7 +226,14 @@ class Verifier:
                                  flags=cv2.WARP_INVERSE_MAP | cv2.INTER_NEAREST) > 0
         ga = cv2.GaussianBlur(fa.grey, (0, 0), 1.5)
         gb = cv2.GaussianBlur(warped, (0, 0), 1.5)
-        return Look(int(inl.sum()), cells, _ncc(ga, gb, overlap), mirrored)
+        ncc = content = _ncc(ga, gb, overlap)
+        if len(p) >= 3:  # what both images show: the inliers' convex hull, when it is not a sliver
+            hull = np.zeros((h, w), np.uint8)
+            cv2.fillConvexPoly(hull, cv2.convexHull(p.astype(np.float32)).astype(np.int32), 1)
+            shared = (hull > 0) & overlap
+            if shared.mean() >= HULL_MIN_AREA:
+                content = _ncc(ga, gb, shared)
+        return Look(int(inl.sum()), cells, ncc, mirrored, content, points)
 
     def look(self, a: Hashable, b: Hashable) -> Look | None:
         """What the second look finds for the pair (``None``: a file could not be read); remembered."""
@@ -372,9 +387,13 @@ class Verifier:
         return look is not None and look.inliers >= c.min_inliers and look.cells >= c.min_cells and look.ncc >= c.min_ncc
 
     def refutes(self, look: Look | None) -> bool:
-        """Strong evidence of different pictures: no transform maps one onto the other."""
+        """Strong evidence of different pictures: both images have key points enough to be matched
+        (``veto_min_points``), and no transform maps one onto the other (< ``veto_inliers`` inliers) or the
+        part they share does not correlate once aligned (``content_ncc`` < ``veto_ncc``). A border, margins or
+        a caption outside that part do not count; an image too plain for key points is never refuted."""
         c = self.config
-        return look is not None and (look.inliers < c.veto_inliers or look.ncc < c.veto_ncc)
+        return look is not None and look.points >= c.veto_min_points and (
+            look.inliers < c.veto_inliers or look.content_ncc < c.veto_ncc)
 
     def decide(self, a, b, above: np.ndarray, rescuable: np.ndarray | None = None,
                pages: np.ndarray | None = None, in_band: np.ndarray | None = None) -> np.ndarray:
