@@ -63,7 +63,11 @@ from dataclasses import dataclass
 import numpy as np
 
 GRID = 6  # the inliers' spread is counted on a GRID x GRID grid of the first image
-HULL_MIN_AREA = 0.05  # the inliers' hull must cover this share of the first image to stand for what both show
+# the inliers' hull stands for what both images show when they spread over HULL_MIN_CELLS cells of the grid
+# and it covers HULL_MIN_AREA of the first image (fewer: a planar pattern of two other shots, such as a
+# chessboard, or a few chance matches; the whole overlap's correlation is used then)
+HULL_MIN_CELLS = 12
+HULL_MIN_AREA = 0.05
 
 # what the look did to a pair (decide_band's second result)
 NOT_LOOKED, UNREADABLE, REFUTED, UPHELD, CONFIRMED = -2, -1, 0, 2, 1
@@ -78,7 +82,7 @@ class Look:
     ncc: float = 0.0  # aligned grey correlation over the whole overlap
     mirrored: bool = False
     content_ncc: float = 0.0  # the same within the inliers' convex hull (what both images show: borders,
-    # margins and paper around a rescan left out); the whole overlap's when the hull is under 5 % of the image
+    # margins and paper around a rescan left out); the whole overlap's when the inliers do not spread wide
     points: int = 0  # key points of the image with fewer: below veto_min_points a look has no material to refute
 
     def as_dict(self) -> dict:
@@ -227,7 +231,7 @@ class Verifier:
         ga = cv2.GaussianBlur(fa.grey, (0, 0), 1.5)
         gb = cv2.GaussianBlur(warped, (0, 0), 1.5)
         ncc = content = _ncc(ga, gb, overlap)
-        if len(p) >= 3:  # what both images show: the inliers' convex hull, when it is not a sliver
+        if cells >= HULL_MIN_CELLS:  # what both images show: the inliers' convex hull, when they spread wide
             hull = np.zeros((h, w), np.uint8)
             cv2.fillConvexPoly(hull, cv2.convexHull(p.astype(np.float32)).astype(np.int32), 1)
             shared = (hull > 0) & overlap
