@@ -156,3 +156,40 @@ def test_dupes_json_says_what_the_second_look_did(renditions, tmp_path, runner):
     strict = json.loads(runner.invoke(app, ["dupes", "--db", str(db), "--format", "json", "--threshold", "0.9"]).output)
     assert strict["verify"]["band"] == [0.9, round(0.9 + 0.13, 6)]
     assert all(p["score"] >= 0.9 - 1e-6 for p in strict["pairs"])
+
+
+def test_what_both_show_decides_not_their_borders(photo_arrays, tmp_path):
+    """A bordered copy of a real photo and a rescan of it (paper, margins, perspective): over the whole
+    aligned overlap the border and the margins make them correlate poorly (< 0.3, which once refuted such
+    pairs), but within the inliers' hull, what both show, they correlate >= 0.9: the veto keeps them."""
+    import random
+
+    from embeddr.bench.transforms import apply_family
+
+    img = Image.fromarray(photo_arrays["chelsea"]).convert("RGB")
+    v = Verifier(_preset().verify, lambda key: str(key))
+    whole_low = 0
+    for k in (1, 3):
+        border = apply_family("border", img, random.Random(f"b{k}"))
+        rescan = apply_family("rescan", img, random.Random(f"r{k}"))
+        pb, pr = tmp_path / f"border{k}{border.save.ext}", tmp_path / f"rescan{k}{rescan.save.ext}"
+        border.save.save(border.image, pb)
+        rescan.save.save(rescan.image, pr)
+        look = v.look(pb, pr)
+        assert look.inliers >= 30 and look.content_ncc >= 0.9 and not v.refutes(look), look
+        whole_low += look.ncc < 0.3
+    assert whole_low >= 1  # the case the hull is for
+
+
+def test_a_plain_image_is_never_refuted(photo_arrays, tmp_path):
+    """Too plain to hold key points (a heavily defocused photo and its tint): no material to match is not
+    evidence of two different pictures, so the score's decision stands."""
+    from PIL import ImageFilter
+
+    plain = Image.fromarray(photo_arrays["rocket"]).convert("RGB").filter(ImageFilter.GaussianBlur(12))
+    plain.save(tmp_path / "plain.png")
+    tinted = Image.blend(plain, Image.new("RGB", plain.size, (200, 120, 40)), 0.2)
+    tinted.save(tmp_path / "plain_tint.jpg", quality=90)
+    v = Verifier(_preset().verify, lambda key: str(key))
+    look = v.look(tmp_path / "plain.png", tmp_path / "plain_tint.jpg")
+    assert look.points < v.config.veto_min_points and not v.refutes(look), look
