@@ -386,9 +386,11 @@ class Verifier:
         return self.confirms(look), not self.refutes(look), look.inliers
 
     def confirms(self, look: Look | None) -> bool:
-        """Strong evidence of the same picture: enough agreeing, spread key points and aligned pixels."""
+        """Strong evidence of the same picture: enough agreeing, spread key points and aligned pixels (over the
+        whole overlap, or over what both images show)."""
         c = self.config
-        return look is not None and look.inliers >= c.min_inliers and look.cells >= c.min_cells and look.ncc >= c.min_ncc
+        return look is not None and look.inliers >= c.min_inliers and look.cells >= c.min_cells and max(
+            look.ncc, look.content_ncc) >= c.min_ncc
 
     def refutes(self, look: Look | None) -> bool:
         """Strong evidence of different pictures: both images have key points enough to be matched
