@@ -101,9 +101,9 @@ class Verify:
     page_tiles: int = 32
     page_shift: int = 4
     page_min_tile: float = 0.85
-    page_maybe: float = 0.3  # images with a reference background in [page_maybe, rescue_max_reference) ...
-    page_paper: float = 0.4  # ... are pages when their light, flat tiles are at least this share (slides, diagrams)
-    page_paper_fail: float = 0.5  # two such images are other drawings when this share of their inked tiles differ
+    page_maybe: float = 0.3  # two images with reference backgrounds in [page_maybe, page_reference) ...
+    page_paper: float = 0.4  # ... get the paper check when their light, flat tiles are at least this share
+    page_paper_fail: float = 0.6  # and are other drawings when this share of their inked tiles differ
     provenance: str = ""
 
     def band(self, threshold: float, calibrated: float | None = None) -> tuple[float, float]:

@@ -345,17 +345,22 @@ class Verifier:
 
     def page_refutes(self, look: PageLook | None) -> bool:
         """Not the same page: too few matching key points, or a tile with other (or added, or removed) ink."""
-        c = self.config
-        return look is not None and not look.small and (look.inliers < c.page_min_inliers or look.tiles == 0
-                                                         or look.worst < c.page_min_tile)
+        return self._unaligned(look) or (self._readable(look) and look.worst < self.config.page_min_tile)
 
     def paper_refutes(self, look: PageLook | None) -> bool:
         """Not the same drawing on paper (two images only somewhat like pages): too few matching key points, or
         at least ``page_paper_fail`` of the inked tiles hold other ink. A caption, a logo or a recolouring of
         clip-art on white changes a few tiles; another diagram or slide of one template changes most."""
-        c = self.config
-        return look is not None and not look.small and (look.inliers < c.page_min_inliers or look.tiles == 0
-                                                         or look.failed >= c.page_paper_fail * look.tiles)
+        return self._unaligned(look) or (
+            self._readable(look) and look.failed >= self.config.page_paper_fail * look.tiles)
+
+    @staticmethod
+    def _readable(look: PageLook | None) -> bool:
+        return look is not None and not look.small
+
+    def _unaligned(self, look: PageLook | None) -> bool:
+        """A page look that found no alignment (too few key points agree) or no ink to compare."""
+        return self._readable(look) and (look.inliers < self.config.page_min_inliers or look.tiles == 0)
 
     def page_verdict(self, a: Hashable, b: Hashable, kind: int, above: bool, in_band: bool) -> int | None:
         """What the page look makes of a pair of :func:`page_kinds` ``kind`` scored at or above the threshold
