@@ -73,9 +73,11 @@ class Verify:
     threshold + above)`` (the *band*, which follows the threshold in use): SIFT on images of ``side`` pixels
     (``features`` key points each, ratio test ``ratio``) and a RANSAC similarity transform. A pair below the
     threshold is kept when the look confirms it: ``min_inliers`` matches agreeing with the transform, spread
-    over ``min_cells`` cells of a 6 x 6 grid, and an aligned grey-level correlation of at least ``min_ncc``. A
-    pair at or above it is dropped when the look refutes it: both images with ``veto_min_points`` key points,
-    and fewer than ``veto_inliers`` inliers or a correlation below ``veto_ncc`` where they overlap. ``enabled = false`` (or no ``[verify]`` table): the score alone decides."""
+    over ``min_cells`` cells of a 6 x 6 grid, and an aligned grey-level correlation of at least ``min_ncc``; or,
+    for images too plain for many key points, at least ``few_inliers`` over ``few_cells`` cells and a correlation
+    of at least ``few_ncc`` (0: off). A pair at or above it is dropped when the look refutes it: both images
+    with ``veto_min_points`` key points, and fewer than ``veto_inliers`` inliers or a correlation below
+    ``veto_ncc`` where they overlap. ``enabled = false`` (or no ``[verify]`` table): the score alone decides."""
 
     enabled: bool = False
     below: float = 0.12
@@ -86,9 +88,14 @@ class Verify:
     min_inliers: int = 30
     min_cells: int = 4
     min_ncc: float = 0.9
+    few_inliers: int = 0  # the second way to confirm (0: off): few inliers, a very close aligned correlation
+    few_cells: int = 2
+    few_ncc: float = 0.95
     veto_inliers: int = 5
     veto_ncc: float = 0.3
     veto_min_points: int = 0  # no veto unless both images have at least this many key points
+    veto_few_points: int = 0  # ... and an image with fewer than this (0: off) is not refuted when at least
+    veto_few_share: float = 0.5  # this share of its key points agree with the transform
     rescue_max_reference: float = 0.45  # no rescue when either image looks like the reference set (pages, slides)
     # pairs of pages (both images like the reference set, see embeddr.verify.page_look): kept at or above the
     # threshold only when the page look finds the same content in every tile

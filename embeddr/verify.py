@@ -17,10 +17,12 @@ The look is asymmetric, because it must overturn the score only on strong eviden
 
 * a pair scored **below** the threshold (but in the band) becomes a duplicate when the look *confirms* it:
   at least ``min_inliers`` inliers over ``min_cells`` cells and an aligned correlation of at least
-  ``min_ncc`` (a strong crop, a mirror, an overlay: the same pixels moved). Only pairs of pictures that do
-  not look like the preset's reference set (text pages, tables, slides, clip-art: the kinds of picture made
-  from one template, whose different pages align almost pixel for pixel) are rescued this way: both
-  images' reference background must be below ``rescue_max_reference``;
+  ``min_ncc`` (a strong crop, a mirror, an overlay: the same pixels moved), or, for images too plain for many
+  key points (smooth wallpapers, gradients), at least ``few_inliers`` inliers over ``few_cells`` cells and a
+  correlation of at least ``few_ncc``, which different pictures did not reach on the calibration cells. Only
+  pairs of pictures that do not look like the preset's reference set (text pages, tables, slides, clip-art:
+  the kinds of picture made from one template, whose different pages align almost pixel for pixel) are
+  rescued this way: both images' reference background must be below ``rescue_max_reference``;
 * a pair scored **at or above** the threshold (and below ``high``) is dropped when the look *refutes* it:
   fewer than ``veto_inliers`` inliers or an aligned correlation below ``veto_ncc`` within the inliers'
   convex hull (no transform maps one picture onto the other, or what both show does not agree:
@@ -394,17 +396,24 @@ class Verifier:
         """Strong evidence of the same picture: enough agreeing, spread key points and aligned pixels (over the
         whole overlap, or over what both images show)."""
         c = self.config
-        return look is not None and look.inliers >= c.min_inliers and look.cells >= c.min_cells and max(
-            look.ncc, look.content_ncc) >= c.min_ncc
+        if look is None:
+            return False
+        corr = max(look.ncc, look.content_ncc)
+        return (look.inliers >= c.min_inliers and look.cells >= c.min_cells and corr >= c.min_ncc) or (
+            0 < c.few_inliers <= look.inliers and look.cells >= c.few_cells and corr >= c.few_ncc)
 
     def refutes(self, look: Look | None) -> bool:
         """Strong evidence of different pictures: both images have key points enough to be matched
         (``veto_min_points``), and no transform maps one onto the other (< ``veto_inliers`` inliers) or the
         part they share does not correlate once aligned (``content_ncc`` < ``veto_ncc``). A border, margins or
-        a caption outside that part do not count; an image too plain for key points is never refuted."""
+        a caption outside that part do not count; an image too plain for key points is never refuted, nor is one
+        with few (< ``veto_few_points``) when most of them (``veto_few_share``) agree with the transform."""
         c = self.config
-        return look is not None and look.points >= c.veto_min_points and (
-            look.inliers < c.veto_inliers or look.content_ncc < c.veto_ncc)
+        if look is None or look.points < c.veto_min_points:
+            return False
+        if look.points < c.veto_few_points and look.inliers >= c.veto_few_share * look.points:
+            return False  # a plain image (a smooth wallpaper) whose few key points mostly agree
+        return look.inliers < c.veto_inliers or look.content_ncc < c.veto_ncc
 
     def decide(self, a, b, above: np.ndarray, rescuable: np.ndarray | None = None,
                pages: np.ndarray | None = None, in_band: np.ndarray | None = None) -> np.ndarray:

@@ -14,6 +14,14 @@ Sources (all read in place; only derived renditions and rendered PDF pages are w
   ``texlive-metapost-doc`` and ``texlive-games`` (chess, go, crossword and card-game manuals: board diagrams)
   for the test split. (``texlive-humanities-doc`` and the wallpaper packages are
   an independent benchmark kept elsewhere: never used here.)
+* desktop wallpapers (added 2026-11-29: smooth abstract art, gradients and landscapes, which the photo pool
+  lacks and which a copy-detection model finds alike), also fetched with ``apt-get download``, shrunk to a
+  long side of 1024 px and given renditions like the photos: ``lxqt-themes``, ``xfdesktop4-data`` and
+  ``breeze`` (its "Next" wallpaper) for the calibration split, ``ukui-wallpapers``, ``sway-backgrounds`` and
+  ``desktop-base`` (the grub backgrounds of its themes) for the test split. A wallpaper shipped at other
+  sizes or aspect ratios (Next, Sway's blue, each desktop-base theme's 4:3 grub background) forms a natural
+  group with its picture. Wallpapers that are another wallpaper of the set with a logo, an ink splat or
+  other colours are left out (whether they are copies is a policy, not a fact).
 
 Which ``natural_dups`` groups are duplicates (positives): the same capture re-rendered —
 ``gcompris_same_source_*`` (one photo shipped at two sizes), ``cv_tamper_ela`` (a retouched copy),
@@ -49,6 +57,79 @@ HELD_OUT_SOURCES = ("texlive-humanities-doc", "enlightenment-data", "plasma-work
 POSITIVE_NATURALS = {"gcompris_same_source_": "natural", "cv_tamper_ela": "natural", "cv_text_rotated": "natural",
                      "tuxpaint_mirror_": "natural_mirror"}
 CROWD_OF = {"stellarium_deep_sky": "stars", "cv_chessboard_same_scene": "chessboard"}
+# package: (split, picture globs, natural groups {picture file: [other renditions]}, stems left out)
+WALLPAPERS = {
+    "lxqt-themes": ("calib", ["usr/share/lxqt/wallpapers/*.png", "usr/share/lxqt/wallpapers/*.jpg"], {},
+                    {"origami-bright-logo", "plasma-logo-dark", "waves-purple-logo", "triangles-logo",
+                     "lxqt-origami-green", "waves-logo"}),
+    "xfdesktop4-data": ("calib", ["usr/share/backgrounds/xfce/*.png", "usr/share/backgrounds/xfce/*.jpg"], {}, set()),
+    "breeze": ("calib", ["usr/share/wallpapers/Next/contents/images/1920x1080.png"],
+               {"usr/share/wallpapers/Next/contents/images/1920x1080.png":
+                [f"usr/share/wallpapers/Next/contents/images/{s}.png" for s in
+                 ("1024x768", "1080x1920", "1280x1024", "1366x768", "1600x1200", "1920x1200")]}, set()),
+    "ukui-wallpapers": ("test", ["usr/share/backgrounds/*.png", "usr/share/backgrounds/*.jpg"], {}, set()),
+    "sway-backgrounds": ("test", ["usr/share/backgrounds/sway/Sway_Wallpaper_Blue_1920x1080.png"],
+                         {"usr/share/backgrounds/sway/Sway_Wallpaper_Blue_1920x1080.png":
+                          ["usr/share/backgrounds/sway/Sway_Wallpaper_Blue_*.png"]}, set()),
+    "desktop-base": ("test", ["usr/share/desktop-base/*-theme/grub/grub-16x9.png"],
+                     {"usr/share/desktop-base/*-theme/grub/grub-16x9.png": ["grub-4x3.png"]}, {"joy-inksplat"}),
+}
+WALLPAPER_SIDE = 1024
+
+
+def _unpack(debs: Path, pkg: str) -> Path:
+    tree = debs / "x" / pkg
+    if not tree.exists():
+        if not list(debs.glob(f"{pkg}_*.deb")):
+            subprocess.run(["apt-get", "download", pkg], cwd=debs, check=True)
+        deb = sorted(debs.glob(f"{pkg}_*.deb"))[-1]
+        tree.mkdir(parents=True)
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
+    return tree
+
+
+def _shrunk(src: Path, dst: Path) -> Path:
+    """``src`` with a long side of at most WALLPAPER_SIDE, as ``dst`` (+ the source's suffix), once."""
+    from PIL import Image
+
+    from embeddr.bench.transforms import to_rgb
+
+    dst = dst.with_suffix(src.suffix.lower())
+    if not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(src) as im:
+            img = to_rgb(im)
+        img.thumbnail((WALLPAPER_SIDE, WALLPAPER_SIDE), Image.LANCZOS)
+        img.save(dst, quality=92) if dst.suffix == ".jpg" else img.save(dst)
+    return dst
+
+
+def fetch_wallpapers(debs: Path, stage: Path) -> tuple[list[tuple[str, Path, str]], list[tuple]]:
+    """(photos as (name, path, split), naturals as (group, split, members, family, anchor name))."""
+    debs.mkdir(parents=True, exist_ok=True)
+    photos, naturals = [], []
+    for pkg, (split, globs, nat, skip) in WALLPAPERS.items():
+        assert not pkg.startswith(HELD_OUT_SOURCES)
+        tree = _unpack(debs, pkg)
+        for pattern in globs:
+            for src in sorted(tree.glob(pattern)):
+                # a theme's grub background: the theme; a KDE wallpaper package (Next/contents/images/WxH.png): its name
+                design = (src.parent.parent.name if src.parent.name == "grub"
+                          else src.parents[2].name if src.parent.name == "images" else src.stem)
+                if design.removesuffix("-theme") in skip or src.stem in skip:
+                    continue
+                design = design.removesuffix("-theme")
+                name = f"wallpapers/{pkg}/{design}{src.suffix.lower()}"
+                photos.append((name, _shrunk(src, stage / pkg / design), split))
+                others = next((v for k, v in nat.items() if src.match(k)), [])
+                members = []
+                for o in others:
+                    hits = sorted(tree.glob(o)) if "/" in o else [src.parent / o]
+                    members += [_shrunk(h, stage / pkg / f"{design}__{h.stem}") for h in hits
+                                if h.exists() and h != src]
+                if members:
+                    naturals.append((f"wall_{pkg}_{design}", split, members, "natural", name))
+    return photos, naturals
 
 
 def side(key: str) -> str:
@@ -60,14 +141,7 @@ def fetch_docs(debs: Path) -> list[tuple[str, str, Path]]:
     out = []
     for pkg, split in DOC_PACKAGES.items():
         assert not pkg.startswith(HELD_OUT_SOURCES)
-        tree = debs / "x" / pkg
-        if not tree.exists():
-            if not list(debs.glob(f"{pkg}_*.deb")):
-                subprocess.run(["apt-get", "download", pkg], cwd=debs, check=True)
-            deb = sorted(debs.glob(f"{pkg}_*.deb"))[-1]
-            tree.mkdir(parents=True)
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
-        out.append((pkg, split, tree))
+        out.append((pkg, split, _unpack(debs, pkg)))
     return out
 
 
@@ -119,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             crowds.append((f"video_{video}", side(video), data / sorted(by_set["natural_dups"][name])[0]))
 
     photos = [(p, data / p) for p in distinct]
+    wall_photos, wall_naturals = fetch_wallpapers(args.debs, args.out / "wallpapers_src")
+    photos += wall_photos
+    naturals += wall_naturals
     pool = build_pool(args.out, photos=photos, renditions=args.renditions, doc_sets=fetch_docs(args.debs),
                       docs_per_set=args.docs_per_set, crowds=crowds,
                       naturals=[(n, s, m) for n, s, m, _, _ in naturals], seed=args.seed, workers=args.workers)

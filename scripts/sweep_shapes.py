@@ -55,6 +55,10 @@ GRIDS = {
         Shape("r8 docs3 long", renditions=8, docs=3, doc_pages=(40, 82)),
         Shape("r13 diagram docs14", renditions=13, docs=14, doc_sets=("texlive-pictures-doc",), pictures=52, seed=4),
         Shape("r4 diagram docs all", renditions=4, docs=1000, doc_sets=("texlive-pictures-doc",), pictures=52),
+        Shape("wallpapers r12 docs14", renditions=12, docs=14, picture_sets=("wallpapers",)),
+        Shape("wallpapers r30", renditions=30, picture_sets=("wallpapers",)),
+        Shape("wallpapers+photos r4 crowds", renditions=4, docs=14, crowds=ALL_CROWDS, pictures=80,
+              picture_sets=("wallpapers", "images"), seed=5),
     ],
     # evaluation shapes (test split): never used to choose anything
     "test": [
@@ -80,6 +84,10 @@ GRIDS = {
         # a document source looked at by nobody before the final run: chess, go, crossword, card-game manuals
         Shape("games docs all", renditions=12, docs=1000, doc_sets=("texlive-games",), pictures=52),
         Shape("games docs14", renditions=12, docs=14, doc_sets=("texlive-games",), pictures=52, seed=3),
+        Shape("wallpapers r12 docs14", renditions=12, docs=14, picture_sets=("wallpapers",)),
+        Shape("wallpapers r30", renditions=30, picture_sets=("wallpapers",)),
+        Shape("wallpapers+photos r4 crowds", renditions=4, docs=14, crowds=ALL_CROWDS, pictures=80,
+              picture_sets=("wallpapers", "images"), seed=5),
     ],
     # crowds reported apart (see docs/benchmarks.md): frames of videos
     "video": [

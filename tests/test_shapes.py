@@ -166,6 +166,8 @@ def test_shapes_sample_renditions_docs_and_crowds():
         pool += [PoolRow(Path(f"/pool/d{d}/p{i}.jpg"), "calib", "doc", f"doc:d{d}", "", "doc_page") for i in range(n)]
     pool += [PoolRow(Path(f"/stars/s{i}.jpg"), "calib", "crowd", "crowd:stars", "", "crowd") for i in range(9)]
     pool.append(PoolRow(Path("/other/x.jpg"), "test", "picture", "img:x", "img:x", "original"))
+    pool += [PoolRow(Path(f"/wall/w{i}.png"), "calib", "picture", f"img:wallpapers/w{i}", f"img:wallpapers/w{i}",
+                     "original") for i in range(3)]
     rows = sample(pool, Shape("s", renditions=13, pictures=4, docs=2, doc_pages=(2, 8), crowds={"stars": 5}), "calib")
     by_unit: dict[str, int] = {}
     for r in rows:
@@ -173,6 +175,9 @@ def test_shapes_sample_renditions_docs_and_crowds():
     assert sorted(v for k, v in by_unit.items() if k.startswith("img:")) == [14, 14, 14, 14]
     assert by_unit["doc:d0"] == 2 and by_unit["doc:d1"] == 5 and "doc:d2" not in by_unit
     assert by_unit["crowd:stars"] == 5 and "img:x" not in by_unit
+    assert not any(k.startswith("img:wallpapers/") for k in by_unit)  # an opt-in set: only when a shape names it
+    walls = sample(pool, Shape("w", renditions=4, picture_sets=("wallpapers",)), "calib")
+    assert {r.unit for r in walls} == {f"img:wallpapers/w{i}" for i in range(3)}
     assert sample(pool, Shape("s", renditions=13, pictures=4, docs=2, doc_pages=(2, 8), crowds={"stars": 5}), "calib") == rows
     varied = sample(pool, Shape("v", renditions=(1, 30)), "calib")
     sizes = {}

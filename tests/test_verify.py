@@ -193,3 +193,46 @@ def test_a_plain_image_is_never_refuted(photo_arrays, tmp_path):
     v = Verifier(_preset().verify, lambda key: str(key))
     look = v.look(tmp_path / "plain.png", tmp_path / "plain_tint.jpg")
     assert look.points < v.config.veto_min_points and not v.refutes(look), look
+
+
+def test_a_smooth_picture_and_its_copies_are_confirmed_with_few_key_points(photo_arrays, tmp_path):
+    """A smooth picture (a real photo defocused into soft shapes, like a gradient wallpaper) has too few key points
+    for the first way to confirm (>= 30 inliers); a bordered copy and a crop of it align on a few points with a
+    correlation >= 0.95 and are confirmed the second way, while the same for another photo is not."""
+    from PIL import ImageFilter
+
+    def smooth(name: str) -> Image.Image:
+        img = Image.fromarray(photo_arrays[name]).convert("RGB").resize((512, 512))
+        return img.filter(ImageFilter.GaussianBlur(9))
+
+    wall = smooth("astronaut")
+    wall.save(tmp_path / "wall.png")
+    bordered = ImageOps.expand(wall.resize((440, 440)), border=36, fill=(250, 250, 250))
+    bordered.save(tmp_path / "wall_border.jpg", quality=90)
+    wall.crop((60, 40, 460, 470)).save(tmp_path / "wall_crop.jpg", quality=90)
+    smooth("coffee").save(tmp_path / "other.png")
+    v = Verifier(_preset().verify, lambda key: str(key))
+    c = v.config
+    assert c.few_inliers > 0
+    for copy in ("wall_border.jpg", "wall_crop.jpg"):
+        look = v.look(tmp_path / "wall.png", tmp_path / copy)
+        assert look.inliers < c.min_inliers, (copy, look)  # not the first way
+        assert v.confirms(look) and not v.refutes(look), (copy, look)
+    other = v.look(tmp_path / "wall.png", tmp_path / "other.png")
+    assert not v.confirms(other), other
+
+
+def test_few_key_points_that_mostly_agree_are_not_a_refutation():
+    """The veto's rule for plain images, on the looks it is given: with fewer than ``veto_few_points`` key points
+    (a smooth wallpaper), most of them agreeing with one transform is no evidence of two pictures; none agreeing
+    (two different clip-art stamps) still is, and so is a textured pair that does not align."""
+    from embeddr.verify import Look
+
+    v = _verifier()
+    c = v.config
+    assert 0 < c.veto_min_points < c.veto_few_points
+    few = c.veto_few_points - 1
+    assert not v.refutes(Look(inliers=int(few * c.veto_few_share) + 1, cells=3, points=few))
+    assert v.refutes(Look(inliers=0, points=few))
+    assert v.refutes(Look(inliers=4, cells=2, points=c.veto_few_points + 20))
+    assert not v.refutes(Look(inliers=0, points=c.veto_min_points - 1))

@@ -8,7 +8,8 @@ the quality benchmark is built in two steps:
 
    * **pictures**: each ``distinct`` photo of ``../shared/data/realimages`` (or any folder of photos) and
      up to ``renditions`` (default 30) derived renditions of it, drawn from :data:`RENDITION_SCHEDULE`
-     (every family appears in the first 13);
+     (every family appears in the first 13); a picture's *set* is the first part of its name (``images/...``
+     for the real photos, ``wallpapers/...`` for desktop backgrounds: smooth abstract art and landscapes);
    * **docs**: every page of real multi-page PDF documents (Debian's ``-doc`` packages ship thousands),
      rendered with pypdfium2 like a scanner would (JPEG, ~1100 px long side); the pages of one document
      look alike and are *not* duplicates of each other;
@@ -58,6 +59,9 @@ POOL_HEADER = ("path", "split", "kind", "unit", "group", "family")
 DOC_LONG_SIDE = 1100
 MAX_DOC_PAGES = 82
 NATURAL_RANK = 99  # pool rank of a real rendition that joins a picture's group
+# picture sets a shape samples only when it names them (Shape.picture_sets): desktop wallpapers
+# (scripts/build_pool.py) joined the pool after the photo shapes' figures were published
+OPT_IN_PICTURE_SETS = ("wallpapers",)
 
 
 @dataclass(frozen=True)
@@ -87,14 +91,16 @@ def _render_pdf(pdf: Path, out_dir: Path, max_pages: int = MAX_DOC_PAGES) -> lis
     out: list[Path] = []
     try:
         for i in range(min(len(doc), max_pages)):
+            p = out_dir / f"p{i + 1:03d}.jpg"
+            out.append(p)
+            if p.exists():  # a pool that is grown, not rebuilt, keeps its pages (and their vectors)
+                continue
             page = doc[i]
             w, h = page.get_size()
             scale = DOC_LONG_SIDE / max(w, h, 1)
             img = page.render(scale=scale).to_pil().convert("RGB")
-            p = out_dir / f"p{i + 1:03d}.jpg"
             p.parent.mkdir(parents=True, exist_ok=True)
             img.save(p, "JPEG", quality=90)
-            out.append(p)
     finally:
         doc.close()
     return out
@@ -113,23 +119,25 @@ def _pdf_pages(pdf: Path) -> int:
         doc.close()
 
 
-def build_pool(out: Path, *, photos: Sequence[tuple[str, Path]] = (), renditions: int = 30,
+def build_pool(out: Path, *, photos: Sequence[tuple] = (), renditions: int = 30,
                doc_sets: Sequence[tuple[str, str, Path]] = (), docs_per_set: int = 80, min_pages: int = 2,
                max_pages: int = MAX_DOC_PAGES, crowds: Sequence[tuple[str, str, Path]] = (),
                naturals: Sequence[tuple[str, str, Sequence[Path]]] = (), seed: int = 0,
                workers: int = 1) -> Path:
     """Write a pool under ``out`` and return its ``pool.csv``.
 
-    ``photos``: ``(name, path)`` of distinct photos (split by name). ``doc_sets``: ``(name, split, folder)``
-    of PDF folders (documents with ``min_pages``..``max_pages`` pages; at most ``docs_per_set`` of them,
-    drawn with ``seed``). ``crowds``: ``(crowd name, split, path)`` of look-alike files, read in place.
+    ``photos``: ``(name, path)`` of distinct photos (split by name), or ``(name, path, split)``.
+    ``doc_sets``: ``(name, split, folder)`` of PDF folders (documents with ``min_pages``..``max_pages`` pages;
+    at most ``docs_per_set`` of them, drawn with ``seed``). ``crowds``: ``(crowd name, split, path)`` of
+    look-alike files, read in place.
     ``naturals``: ``(group name, split, paths)`` of real renditions of one picture, read in place.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str, str, str, str, str]] = []
 
-    jobs = [(name, str(path), str(out), renditions, seed) for name, path in photos]
+    jobs = [(p[0], str(p[1]), str(out), renditions, seed, p[2] if len(p) > 2 else _split_of(p[0]))
+            for p in photos]
     if workers > 1 and len(jobs) > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -172,8 +180,7 @@ def build_pool(out: Path, *, photos: Sequence[tuple[str, Path]] = (), renditions
 
 
 def _picture_rows(job) -> list[tuple[str, str, str, str, str, str]]:
-    name, path, out, renditions, seed = job
-    split = _split_of(name)
+    name, path, out, renditions, seed, split = job
     stem = PurePosixPath(name).with_suffix("").as_posix().replace("/", "__")
     folder = Path(out) / "pictures" / split / stem
     folder.mkdir(parents=True, exist_ok=True)
@@ -224,6 +231,8 @@ class Shape:
     naturals: bool = True
     singletons: int = 0
     doc_sets: tuple[str, ...] = ()  # only documents of these sets (e.g. "texlive-games"); () = any
+    picture_sets: tuple[str, ...] = ()  # pictures of these sets only (a picture's set: the first part of its
+    # name, "images" for the real photos); () = every set but the opt-in ones (OPT_IN_PICTURE_SETS)
     seed: int = 0
 
     def describe(self) -> str:
@@ -232,6 +241,10 @@ class Shape:
         return (f"renditions {r}, pictures {self.pictures or 'all'}, docs {self.docs} ({self.doc_pages[0]}-"
                 f"{self.doc_pages[1]} p), crowds {crowd}, naturals {'yes' if self.naturals else 'no'}, "
                 f"singletons {self.singletons}")
+
+
+def _sampled_set(name: str, shape: Shape) -> bool:
+    return name in shape.picture_sets if shape.picture_sets else name not in OPT_IN_PICTURE_SETS
 
 
 def sample(pool: Iterable[PoolRow], shape: Shape, split: str) -> list[PoolRow]:
@@ -243,7 +256,7 @@ def sample(pool: Iterable[PoolRow], shape: Shape, split: str) -> list[PoolRow]:
             units[r.unit].append(r)
     out: list[PoolRow] = []
 
-    pictures = sorted(u for u in units if u.startswith("img:"))
+    pictures = sorted(u for u in units if u.startswith("img:") and _sampled_set(u[4:].split("/", 1)[0], shape))
     rng.shuffle(pictures)
     n_pic = len(pictures) if shape.pictures is None else min(shape.pictures, len(pictures))
     chosen, rest = pictures[:n_pic], pictures[n_pic:]
