@@ -91,6 +91,8 @@ class Verify:
     few_inliers: int = 0  # the second way to confirm (0: off): few inliers, a very close aligned correlation
     few_cells: int = 2
     few_ncc: float = 0.95
+    dense_ncc: float = 0.0  # the third way (0: off): one image slid over the other at dense_side px correlates
+    dense_side: int = 128  # at least this much (Verifier.dense)
     veto_inliers: int = 5
     veto_ncc: float = 0.3
     veto_min_points: int = 0  # no veto unless both images have at least this many key points

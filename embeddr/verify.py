@@ -22,7 +22,10 @@ The look is asymmetric, because it must overturn the score only on strong eviden
   correlation of at least ``few_ncc``, which different pictures did not reach on the calibration cells. Only
   pairs of pictures that do not look like the preset's reference set (text pages, tables, slides, clip-art:
   the kinds of picture made from one template, whose different pages align almost pixel for pixel) are
-  rescued this way: both images' reference background must be below ``rescue_max_reference``;
+  rescued this way: both images' reference background must be below ``rescue_max_reference``. A pair the
+  look cannot confirm is still confirmed when one image, slid over the other at ``dense_side`` pixels (scaled
+  to 35-100 % of its width, plain or mirrored), correlates at least ``dense_ncc`` (:meth:`Verifier.dense`):
+  the copies of a picture too plain for key points;
 * a pair scored **at or above** the threshold (and below ``high``) is dropped when the look *refutes* it:
   fewer than ``veto_inliers`` inliers or an aligned correlation below ``veto_ncc`` within the inliers'
   convex hull (no transform maps one picture onto the other, or what both show does not agree:
@@ -144,6 +147,7 @@ class Verifier:
         self._looks: dict[tuple[Hashable, Hashable], Look | None] = {}
         self._pages: dict[tuple[Hashable, Hashable], PageLook | None] = {}
         self._paper: dict[Hashable, bool] = {}
+        self._dense: dict = {}
         self.looked = 0  # pairs looked at (not counting remembered verdicts)
         self.unreadable = 0
         self.errors: dict[str, str] = {}  # path -> why it could not be read
@@ -415,6 +419,42 @@ class Verifier:
             return False  # a plain image (a smooth wallpaper) whose few key points mostly agree
         return look.inliers < c.veto_inliers or look.content_ncc < c.veto_ncc
 
+    def dense(self, a: Hashable, b: Hashable) -> float | None:
+        """The look without key points, for plain images: both images grey at ``dense_side`` pixels, one scaled
+        to 35-100 % of the other's width (plain or mirrored, either way round) and slid over the other; the best
+        normalised correlation. A crop, a border, a thumbnail or a re-encode of a smooth wallpaper lies inside its
+        original whatever its key points. ``None``: a file could not be read. Remembered per pair."""
+        slot = (a, b) if str(a) <= str(b) else (b, a)
+        if slot in self._dense:
+            return self._dense[slot]
+        cv2 = _cv2()
+        ga, gb = self._grey(a, self.config.dense_side), self._grey(b, self.config.dense_side)
+        best = None
+        if ga is not None and gb is not None:
+            ga, gb = ga.astype(np.float32), gb.astype(np.float32)
+            best = -1.0
+            for big, small in ((ga, gb), (gb, ga), (ga, gb[:, ::-1]), (gb[:, ::-1], ga)):
+                for share in np.arange(0.35, 1.001, 0.05):
+                    k = share * big.shape[1] / small.shape[1]
+                    w, h = round(small.shape[1] * k), round(small.shape[0] * k)
+                    if min(w, h) < DENSE_MIN_SIDE or w > big.shape[1] or h > big.shape[0]:
+                        continue
+                    t = cv2.resize(np.ascontiguousarray(small), (w, h), interpolation=cv2.INTER_AREA)
+                    if t.std() < 1.0:  # a flat template correlates with nothing
+                        continue
+                    best = max(best, float(cv2.matchTemplate(big, t, cv2.TM_CCOEFF_NORMED).max()))
+        if len(self._dense) >= 500_000:
+            self._dense.clear()
+        self._dense[slot] = best
+        return best
+
+    def dense_confirms(self, a: Hashable, b: Hashable) -> bool:
+        """The same picture by :meth:`dense` (``dense_ncc``; 0: never)."""
+        if self.config.dense_ncc <= 0:
+            return False
+        score = self.dense(a, b)
+        return score is not None and score >= self.config.dense_ncc
+
     def decide(self, a, b, above: np.ndarray, rescuable: np.ndarray | None = None,
                pages: np.ndarray | None = None, in_band: np.ndarray | None = None) -> np.ndarray:
         """For pairs ``(a[i], b[i])`` scored at or above the threshold (``above[i]``) or below it: what the look
@@ -443,11 +483,14 @@ class Verifier:
             if above[i]:
                 out[i] = REFUTED if self.refutes(look) else UPHELD
             else:
-                out[i] = CONFIRMED if self.confirms(look) else UPHELD
+                out[i] = CONFIRMED if self.confirms(look) or self.dense_confirms(a[i], b[i]) else UPHELD
         return out
 
     def stats(self) -> dict:
         return {"pairs_looked_at": self.looked, "pairs_unreadable": self.unreadable}
+
+
+DENSE_MIN_SIDE = 24  # the smallest template :meth:`Verifier.dense` slides (pixels)
 
 
 def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:

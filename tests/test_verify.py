@@ -236,3 +236,34 @@ def test_few_key_points_that_mostly_agree_are_not_a_refutation():
     assert v.refutes(Look(inliers=0, points=few))
     assert v.refutes(Look(inliers=4, cells=2, points=c.veto_few_points + 20))
     assert not v.refutes(Look(inliers=0, points=c.veto_min_points - 1))
+
+
+def test_the_dense_look_confirms_copies_of_a_picture_without_key_points(photo_arrays, tmp_path):
+    """A picture blurred into soft shapes has almost no key points, so no alignment confirms its crop or its
+    bordered copy; slid over the original at 128 px they correlate >= ``dense_ncc`` and are confirmed, while
+    other photos blurred alike are not."""
+    from PIL import ImageFilter
+
+    def smooth(name: str) -> Image.Image:
+        img = Image.fromarray(photo_arrays[name]).convert("RGB").resize((512, 384))
+        return img.filter(ImageFilter.GaussianBlur(12))
+
+    wall = smooth("astronaut")
+    wall.save(tmp_path / "wall.png")
+    wall.crop((100, 60, 400, 300)).save(tmp_path / "wall_crop.jpg", quality=90)
+    ImageOps.expand(wall.resize((440, 330)), border=30, fill=(255, 255, 255)).save(tmp_path / "wall_border.jpg",
+                                                                                   quality=90)
+    for other in ("coffee", "chelsea", "rocket"):
+        smooth(other).save(tmp_path / f"{other}.png")
+    v = Verifier(_preset().verify, lambda key: str(key))
+    assert v.config.dense_ncc > 0
+    for copy in ("wall_crop.jpg", "wall_border.jpg"):
+        look = v.look(tmp_path / "wall.png", tmp_path / copy)
+        assert not v.confirms(look), look  # no key point alignment to go on
+        assert v.dense_confirms(tmp_path / "wall.png", tmp_path / copy), v.dense(tmp_path / "wall.png", tmp_path / copy)
+    for other in ("coffee", "chelsea", "rocket"):
+        assert not v.dense_confirms(tmp_path / "wall.png", tmp_path / f"{other}.png")
+    # and dupes uses it: both copies join the picture although their scores may fall below the threshold
+    decided = v.decide([tmp_path / "wall.png"] * 2, [tmp_path / "wall_crop.jpg", tmp_path / "coffee.png"],
+                       above=np.array([False, False]))
+    assert list(decided) == [CONFIRMED, UPHELD]
