@@ -142,12 +142,12 @@ class Verifier:
         self.path_of = path_of or (lambda key: None)
         self.image_of = image_of or (lambda key: None)
         self.max_pixels = max_pixels
-        self._cache: OrderedDict[tuple[Hashable, bool], _Features | None] = OrderedDict()
+        self._cache: OrderedDict[tuple, object] = OrderedDict()  # per image: features, the dense look's grey
         self._size = cache
         self._looks: dict[tuple[Hashable, Hashable], Look | None] = {}
         self._pages: dict[tuple[Hashable, Hashable], PageLook | None] = {}
         self._paper: dict[Hashable, bool] = {}
-        self._dense: dict = {}
+        self._dense: dict[tuple[Hashable, Hashable], float | None] = {}
         self.looked = 0  # pairs looked at (not counting remembered verdicts)
         self.unreadable = 0
         self.errors: dict[str, str] = {}  # path -> why it could not be read
@@ -184,12 +184,22 @@ class Verifier:
             grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(grey)
 
-    def features(self, key: Hashable, mirrored: bool = False, page: bool = False) -> _Features | None:
-        """Key points of an image (``page``: at the page look's larger size, with more key points)."""
-        slot = (key, mirrored, page)
+    def _kept(self, slot: tuple, compute: Callable[[], object]):
+        """What ``compute()`` gives for one image's ``slot``, kept for the last ``cache`` slots used."""
         if slot in self._cache:
             self._cache.move_to_end(slot)
             return self._cache[slot]
+        value = compute()
+        self._cache[slot] = value
+        while len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return value
+
+    def features(self, key: Hashable, mirrored: bool = False, page: bool = False) -> _Features | None:
+        """Key points of an image (``page``: at the page look's larger size, with more key points)."""
+        return self._kept((key, mirrored, page), lambda: self._features(key, mirrored, page))
+
+    def _features(self, key: Hashable, mirrored: bool, page: bool) -> _Features | None:
         cv2 = _cv2()
         if mirrored:
             plain = self.features(key, page=page)
@@ -205,9 +215,6 @@ class Verifier:
                 sift = self._page_sift
             points, descriptors = sift.detectAndCompute(grey, None)
             feats = _Features(np.array([p.pt for p in points], np.float32).reshape(-1, 2), descriptors, grey)
-        self._cache[slot] = feats
-        while len(self._cache) > self._size:
-            self._cache.popitem(last=False)
         return feats
 
     # -- one pair -----------------------------------------------------------------------------------------
@@ -262,22 +269,16 @@ class Verifier:
     def _remembered(self, table: dict, a: Hashable, b: Hashable, page: bool, compute):
         """A pair's verdict from ``table``, else ``compute(b, features of a, features of b)`` (``page``: at the
         page look's size), remembered; ``None`` when a file cannot be read. Each pair is kept once, in key
-        order, and the table is emptied when it holds 500,000 (a long-running service: bounded memory)."""
-        slot = (a, b) if str(a) <= str(b) else (b, a)
-        if slot in table:
-            return table[slot]
-        a, b = slot
-        fa, fb = self.features(a, page=page), self.features(b, page=page)
-        if fa is None or fb is None:
-            self.unreadable += 1
-            result = None
-        else:
+        order (:func:`_per_pair`)."""
+        def first_time(a: Hashable, b: Hashable):
+            fa, fb = self.features(a, page=page), self.features(b, page=page)
+            if fa is None or fb is None:
+                self.unreadable += 1
+                return None
             self.looked += 1
-            result = compute(b, fa, fb)
-        if len(table) >= 500_000:
-            table.clear()
-        table[slot] = result
-        return result
+            return compute(b, fa, fb)
+
+        return _per_pair(table, a, b, first_time)
 
     def page_look(self, a: Hashable, b: Hashable) -> PageLook | None:
         """Whether two pages hold the same content, tile by tile (see the module's docstring); ``None``: a file
@@ -340,7 +341,7 @@ class Verifier:
                 t = grey[:h, :w].astype(np.float32).reshape(h // 16, 16, w // 16, 16).transpose(0, 2, 1, 3)
                 t = t.reshape(-1, 256)
                 share = float(((t.std(1) < 4.0) & (t.mean(1) >= 200.0)).mean())
-        if len(self._paper) >= 500_000:
+        if len(self._paper) >= PAIR_MEMO:
             self._paper.clear()
         self._paper[key] = share >= self.config.page_paper
         return self._paper[key]
@@ -423,29 +424,28 @@ class Verifier:
         """The look without key points, for plain images: both images grey at ``dense_side`` pixels, one scaled
         to 35-100 % of the other's width (plain or mirrored, either way round) and slid over the other; the best
         normalised correlation. A crop, a border, a thumbnail or a re-encode of a smooth wallpaper lies inside its
-        original whatever its key points. ``None``: a file could not be read. Remembered per pair."""
-        slot = (a, b) if str(a) <= str(b) else (b, a)
-        if slot in self._dense:
-            return self._dense[slot]
+        original whatever its key points. ``None``: a file could not be read. Remembered per pair (the small
+        grey images per image, with the key points)."""
+        return _per_pair(self._dense, a, b, self._dense_score)
+
+    def _dense_score(self, a: Hashable, b: Hashable) -> float | None:
         cv2 = _cv2()
-        ga, gb = self._grey(a, self.config.dense_side), self._grey(b, self.config.dense_side)
-        best = None
-        if ga is not None and gb is not None:
-            ga, gb = ga.astype(np.float32), gb.astype(np.float32)
-            best = -1.0
-            for big, small in ((ga, gb), (gb, ga), (ga, gb[:, ::-1]), (gb[:, ::-1], ga)):
-                for share in np.arange(0.35, 1.001, 0.05):
-                    k = share * big.shape[1] / small.shape[1]
-                    w, h = round(small.shape[1] * k), round(small.shape[0] * k)
-                    if min(w, h) < DENSE_MIN_SIDE or w > big.shape[1] or h > big.shape[0]:
-                        continue
-                    t = cv2.resize(np.ascontiguousarray(small), (w, h), interpolation=cv2.INTER_AREA)
-                    if t.std() < 1.0:  # a flat template correlates with nothing
-                        continue
-                    best = max(best, float(cv2.matchTemplate(big, t, cv2.TM_CCOEFF_NORMED).max()))
-        if len(self._dense) >= 500_000:
-            self._dense.clear()
-        self._dense[slot] = best
+        side = self.config.dense_side
+        ga, gb = (self._kept((key, "dense"), lambda key=key: self._grey(key, side)) for key in (a, b))
+        if ga is None or gb is None:
+            return None
+        ga, gb = ga.astype(np.float32), gb.astype(np.float32)
+        best = -1.0
+        for big, small in ((ga, gb), (gb, ga), (ga, gb[:, ::-1]), (gb[:, ::-1], ga)):
+            for share in np.arange(0.35, 1.001, 0.05):
+                k = share * big.shape[1] / small.shape[1]
+                w, h = round(small.shape[1] * k), round(small.shape[0] * k)
+                if min(w, h) < DENSE_MIN_SIDE or w > big.shape[1] or h > big.shape[0]:
+                    continue
+                t = cv2.resize(np.ascontiguousarray(small), (w, h), interpolation=cv2.INTER_AREA)
+                if t.std() < 1.0:  # a flat template correlates with nothing
+                    continue
+                best = max(best, float(cv2.matchTemplate(big, t, cv2.TM_CCOEFF_NORMED).max()))
         return best
 
     def dense_confirms(self, a: Hashable, b: Hashable) -> bool:
@@ -491,6 +491,20 @@ class Verifier:
 
 
 DENSE_MIN_SIDE = 24  # the smallest template :meth:`Verifier.dense` slides (pixels)
+PAIR_MEMO = 500_000  # verdicts a verifier remembers before it starts again (a long-running service: bounded memory)
+
+
+def _per_pair(table: dict, a: Hashable, b: Hashable, compute: Callable[[Hashable, Hashable], object]):
+    """``compute(a, b)`` remembered in ``table`` once per pair, in key order (so either order gives the same
+    answer); the table is emptied when it holds :data:`PAIR_MEMO`."""
+    slot = (a, b) if str(a) <= str(b) else (b, a)
+    if slot in table:
+        return table[slot]
+    result = compute(*slot)
+    if len(table) >= PAIR_MEMO:
+        table.clear()
+    table[slot] = result
+    return result
 
 
 def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
