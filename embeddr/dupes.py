@@ -252,7 +252,8 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
                   live_ids: np.ndarray | None = None, device: str = "auto", references: dict | None = None):
     """The one search path of every command that lists pairs (dupes, apply, report, review), on the search
     structure kept beside the catalog (:mod:`embeddr.searchindex`): ``(a, b, score, bg, info, index)`` where
-    ``a < b`` are vector ids of the distinct contents whose score (``scorer``) is at or above ``threshold``,
+    ``a < b`` are vector ids of the distinct contents whose score (``scorer``) is at or above ``threshold`` (or
+    whose raw cosine reaches the scorer's ``far_raw``, :meth:`embeddr.normalize.Scorer.with_far`),
     ``bg`` the background of each of ``live_ids`` (sorted; default: every live vector), ``info`` what search ran
     (with the approximate search's sampled recall estimate) and ``index`` the search structure. Vectorised:
     no Python loop per candidate pair.
@@ -292,11 +293,11 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
         return np.maximum(per_row[rows_], ref[rows_])
 
     def decide(a: np.ndarray, b: np.ndarray, raw: np.ndarray, per_row: np.ndarray) -> np.ndarray:
-        keep = scorer.score(raw, per_row[a], per_row[b]) >= threshold - EPS  # at most the pairs kept
+        keep = scorer.listed(raw, scorer.score(raw, per_row[a], per_row[b]), threshold)  # at most the pairs kept
         if scorer.normalized and scorer.has_reference and keep.any():
             ka, kb = a[keep], b[keep]
             bg = whole(per_row, np.concatenate([ka, kb]))
-            keep[keep] = scorer.score(raw[keep], bg[: len(ka)], bg[len(ka) :]) >= threshold - EPS
+            keep[keep] = scorer.listed(raw[keep], scorer.score(raw[keep], bg[: len(ka)], bg[len(ka) :]), threshold)
         return keep
 
     if search == "approximate":
@@ -360,6 +361,8 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     verifying = (vcfg.enabled if verify is None else bool(verify)) and score == preset.score and not preset.is_hash
     band = vcfg.band(threshold, preset.threshold.value) if verifying else (threshold, threshold)
     low = min(band[0], threshold)  # pairs are searched down to the band's low end
+    far_raw = vcfg.far_raw(threshold, preset.threshold.value) if verifying else None
+    scorer = scorer.with_far(far_raw)  # ... and those below it whose raw cosine reaches far_raw (the far look)
     references: dict = {}  # the reference part of the background, where the search computed it
     if engine is not None and search != "approximate":
         from .index import load_index, stored
@@ -402,21 +405,28 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
             verifier = Verifier(vcfg, _path_of(catalog))
         ref_bg = _reference_of(scorer, stored_ids, read, references)
         rescuable = _rescuable(scorer, vcfg, ref_bg)
+        far_rescuable = _rescuable(scorer, vcfg, ref_bg, vcfg.far_max_reference)
         paging = page_kinds(vcfg, scorer, [], []) is not None
         # pairs of pages get the page look at any score at or above the threshold (embeddr.verify.page_kinds)
         pages = page_kinds(vcfg, scorer, ref_bg(a), ref_bg(b)) if paging and len(a) else None
         in_band = (s >= band[0] - 1e-6) & (s < band[1] - 1e-6)
+        far = s < band[0] - 1e-6  # listed below the band only for their raw cosine (scorer.with_far) ...
+        if far.any():  # ... and looked at when neither image is like the reference set (far_max_reference)
+            far_ok = far_rescuable(a[far], b[far])
+            if far_ok is not None:
+                far[np.flatnonzero(far)[~far_ok]] = False
 
         def effect_of(idx: np.ndarray, above: np.ndarray) -> np.ndarray:
             ia, ib = a[idx], b[idx]
             hash_of = catalog.hashes_of_ids(np.concatenate([ia, ib]).tolist())  # the looked-at pairs only
             return verifier.decide([hash_of[x] for x in ia.tolist()], [hash_of[y] for y in ib.tolist()], above,
-                                   rescuable(ia, ib), None if pages is None else pages[idx], in_band[idx])
+                                   rescuable(ia, ib), None if pages is None else pages[idx], in_band[idx], far[idx])
 
-        keep, effect = decide_band(s, threshold, band, effect_of, also=None if pages is None else pages > PAGE_NO)
-        del pages, in_band
+        keep, effect = decide_band(s, threshold, band, effect_of, also=None if pages is None else pages > PAGE_NO,
+                                   far=far)
         confirmed = effect == CONFIRMED
-        search_info["verify"] = verify_summary(band, effect)
+        search_info["verify"] = verify_summary(band, effect, far, far_raw)
+        del pages, in_band, far
         a, b, s, confirmed = a[keep], b[keep], s[keep], confirmed[keep]
     if len(rejected_ids) and len(a):
         out = _pair_in(a, b, rejected_ids)
@@ -432,33 +442,38 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     node_rows = np.searchsorted(stored_ids, nodes)
     rejected_nodes = _node_pairs_of(rejected_ids, nodes)
 
-    def similarity(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def similarity(x: np.ndarray, y: np.ndarray, with_raw: bool = False):
         """The scores of node pairs ``(x[i], y[i])`` under the scorer in use (the listed pairs' score): the raw
         cosine of each pair a ``np.dot`` of the two stored vectors (as one pair at a time gives it), read once
-        per batch."""
+        per batch. ``with_raw``: ``(scores, raw cosines)`` (-1 both for pairs a reviewer rejected)."""
         if len(x) == 0:
-            return np.zeros(0, np.float64)
+            z = np.zeros(0, np.float64)
+            return (z, z) if with_raw else z
         u = np.unique(np.concatenate([x, y]))
         vecs = read(node_rows[u])
         px, py = np.searchsorted(u, x).tolist(), np.searchsorted(u, y).tolist()
         raw = np.array([np.dot(vecs[i], vecs[j]) for i, j in zip(px, py)], np.float32)
         v = np.asarray(scorer.score(raw, node_bg[x], node_bg[y]), np.float64)
         if len(rejected_nodes):
-            v[_pair_in(x, y, rejected_nodes)] = -1.0
-        return v
+            out = _pair_in(x, y, rejected_nodes)
+            v[out], raw[out] = -1.0, -1.0
+        return (v, raw.astype(np.float64)) if with_raw else v
 
     band_hashes: dict[int, str] = {}  # the content hashes of the cross pairs looked at (the verifier's keys)
 
-    def band_decision(x: int, y: int, v: float, kind: int = 0) -> float:
-        """What grouping compares with its floor for a pair in the verification band, or a pair of pages
-        (``kind``: :func:`embeddr.verify.page_kinds`) at or above the floor: what the second look made of it
-        (confirmed below the threshold: the threshold; refuted: -1), else its score."""
+    def band_decision(x: int, y: int, v: float, kind: int = 0, far: bool = False) -> float:
+        """What grouping compares with its floor for a pair in the verification band, a pair of pages
+        (``kind``: :func:`embeddr.verify.page_kinds`) at or above the floor, or a pair below the band whose raw
+        cosine reaches ``far_raw`` (``far``): what the second look made of it (confirmed below the threshold:
+        the threshold; refuted: -1), else its score."""
         vx, vy = int(nodes[x]), int(nodes[y])
         if vx not in band_hashes or vy not in band_hashes:
             if len(band_hashes) > 100_000:
                 band_hashes.clear()
             band_hashes.update(catalog.hashes_of_ids([vx, vy]))
         hx, hy = band_hashes[vx], band_hashes[vy]
+        if far:  # (all_at_least has checked far_max_reference)
+            return threshold if verifier.far_confirms(hx, hy) else v
         verdict = verifier.page_verdict(hx, hy, kind, v >= threshold - 1e-6, band[0] - 1e-6 <= v < band[1] - 1e-6)
         if verdict is not None:  # pairs of pages: the page look decides (the same verdict dupes' pairs get)
             return -1.0 if verdict == REFUTED else threshold if verdict == CONFIRMED else v
@@ -476,15 +491,21 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     def all_at_least(x: np.ndarray, y: np.ndarray) -> bool:
         """Whether every unlisted cross pair of two groups passes the floor on the decision: the score, or for
         a pair in the verification band the second look's verdict (looked at only where the scores pass)."""
-        v = similarity(x, y)
+        v, raw = similarity(x, y, with_raw=True)
         looked = (v >= band[0] - 1e-6) & (v < band[1] - 1e-6) if verifying else np.zeros(len(v), bool)
+        far = (v < band[0] - 1e-6) & (raw >= far_raw - 1e-6) if far_raw is not None else np.zeros(len(v), bool)
+        if far.any():
+            far_ok = far_rescuable(nodes[x[far]], nodes[y[far]])
+            if far_ok is not None:
+                far[np.flatnonzero(far)[~far_ok]] = False
+        looked |= far
         kinds = np.zeros(len(v), np.int8)
         if verifying and paging and len(v):
             kinds = page_kinds(vcfg, scorer, ref_bg(nodes[x]), ref_bg(nodes[y]))
-            looked |= (kinds > PAGE_NO) & (v >= floor - 1e-6)
+            looked |= (kinds > PAGE_NO) & (v >= floor - 1e-6) & ~far
         if (v[~looked] < floor).any():
             return False
-        return all(band_decision(int(x[i]), int(y[i]), float(v[i]), int(kinds[i])) >= floor
+        return all(band_decision(int(x[i]), int(y[i]), float(v[i]), int(kinds[i]), bool(far[i])) >= floor
                    for i in np.flatnonzero(looked))
 
     from .group import PairIndex, group_arrays
@@ -594,28 +615,35 @@ def _rejected_id_pairs(catalog: Catalog, rejected: set[tuple[str, str]]) -> np.n
     return np.array(sorted(out), np.int64).reshape(-1, 2)
 
 
-def verify_summary(band: tuple[float, float], effect: np.ndarray) -> dict:
-    """What the second look did, for the report's JSON (:mod:`embeddr.verify`)."""
+def verify_summary(band: tuple[float, float], effect: np.ndarray, far: np.ndarray | None = None,
+                   far_raw: float | None = None) -> dict:
+    """What the second look did, for the report's JSON (:mod:`embeddr.verify`); with ``far`` (the pairs below the
+    band that got the far look) and ``far_raw``, what the far look did among them."""
     from .verify import CONFIRMED, REFUTED, UNREADABLE
 
-    return {"band": [round(band[0], 6), round(band[1], 6)],
-            "looked_at": int((effect >= UNREADABLE).sum()),
-            "confirmed_below_threshold": int((effect == CONFIRMED).sum()),
-            "refuted_above_threshold": int((effect == REFUTED).sum()),
-            "unreadable": int((effect == UNREADABLE).sum())}
+    out = {"band": [round(band[0], 6), round(band[1], 6)],
+           "looked_at": int((effect >= UNREADABLE).sum()),
+           "confirmed_below_threshold": int((effect == CONFIRMED).sum()),
+           "refuted_above_threshold": int((effect == REFUTED).sum()),
+           "unreadable": int((effect == UNREADABLE).sum())}
+    if far_raw is not None:
+        e = effect[far] if far is not None else effect[:0]
+        out["far"] = {"raw_from": round(float(far_raw), 6), "looked_at": int((e >= UNREADABLE).sum()),
+                      "confirmed": int((e == CONFIRMED).sum())}
+    return out
 
 
-def _rescuable(scorer, vcfg, ref_bg):
+def _rescuable(scorer, vcfg, ref_bg, limit: float | None = None):
     """``f(ids_a, ids_b)``: which pairs may be kept below the threshold by the second look: neither image looks
     like the preset's reference set (its reference background, ``ref_bg(ids)`` (:func:`_reference_of`), is
-    below ``vcfg.rescue_max_reference``)."""
+    below ``limit``, default ``vcfg.rescue_max_reference``)."""
 
     def rescuable(ids_a: np.ndarray, ids_b: np.ndarray) -> np.ndarray | None:
         from .verify import may_rescue
 
-        if may_rescue(vcfg, scorer, [], []) is None or len(ids_a) == 0:
+        if may_rescue(vcfg, scorer, [], [], limit) is None or len(ids_a) == 0:
             return None
-        return may_rescue(vcfg, scorer, ref_bg(ids_a), ref_bg(ids_b))
+        return may_rescue(vcfg, scorer, ref_bg(ids_a), ref_bg(ids_b), limit)
 
     return rescuable
 

@@ -301,6 +301,9 @@ class Gate:
             self.band = (vcfg.band(self.threshold, self.preset.threshold.value) if self.verifying
                          else (self.threshold, self.threshold))
             self._floor = min(self.band[0], self.threshold)  # scores searched for
+            # ... and pairs below it whose raw cosine reaches far_raw (the far look), as dupes lists them
+            self.scorer = self.scorer.with_far(vcfg.far_raw(self.threshold, self.preset.threshold.value)
+                                               if self.verifying else None)
             self._verifier = None
             self._verify_lock = threading.Lock()
             self._uploads: dict[str, bytes] = {}
@@ -516,7 +519,7 @@ class Gate:
             elif not blank and not _blank(q.record):
                 raw = np.array([min(float(np.dot(q.vector, p.vector)), 1.0)], np.float32)
                 s = float(self.scorer.score(raw, np.array([p.bg]), np.array([q.bg]))[0])
-                if s >= self._floor - EPS:
+                if self.scorer.listed(raw, np.array([s]), self._floor)[0]:
                     near.append(Match(path, s, "near"))
                     vector_of[path] = q.vector
                     if q.upload is not None:
@@ -548,24 +551,29 @@ class Gate:
                                           max_pixels=self.max_pixels, cache=256)
             self._verify_items = {key: item_path}
             scores = np.array([m.score for m in near], np.float32)
-            rescuable, pages = self._reference_kinds(p, near, vector_of)
+            rescuable, pages, far_ok = self._reference_kinds(p, near, vector_of)
             in_band = (scores >= self.band[0] - EPS) & (scores < self.band[1] - EPS)
+            far = scores < self.band[0] - EPS  # listed below the band only for their raw cosine (the far look),
+            if far_ok is not None:  # looked at when neither image is like the reference set
+                far &= far_ok
             keep, effect = decide_band(scores, self.threshold, self.band, lambda idx, above: self._verifier.decide(
                 [key] * len(idx), [near[i].path for i in idx], above, None if rescuable is None else rescuable[idx],
-                None if pages is None else pages[idx], in_band[idx]), also=None if pages is None else np.ones(len(near), bool))
+                None if pages is None else pages[idx], in_band[idx], far[idx]),
+                also=None if pages is None else np.ones(len(near), bool), far=far)
             self._uploads.clear()
         return [replace(m, verified=True) if effect[i] == CONFIRMED else m for i, m in enumerate(near) if keep[i]]
 
     def _reference_kinds(self, p: _Prepared, near: list[Match], vector_of: dict
-                         ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """``(rescuable, pages)``, as ``dupes`` decides: which near matches may be kept below the threshold by
-        the second look (neither image looks like the preset's reference set), and which are pairs of pages
-        (both do: the page look, :meth:`embeddr.verify.Verifier.page_look`)."""
+                         ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """``(rescuable, pages, far)``, as ``dupes`` decides: which near matches may be kept below the threshold
+        by the second look (neither image looks like the preset's reference set), which are pairs of pages
+        (both do: the page look, :meth:`embeddr.verify.Verifier.page_look`), and which may get the far look
+        (``far_max_reference``)."""
         from .verify import may_rescue, page_kinds
 
         cfg = self.preset.verify
         if may_rescue(cfg, self.scorer, [], []) is None and page_kinds(cfg, self.scorer, [], []) is None:
-            return None, None
+            return None, None, None
         from .index import stored
 
         ids, vecs = stored(self.index)
@@ -577,7 +585,8 @@ class Gate:
             rows.append(np.asarray(v, np.float32) if v is not None else np.zeros(len(p.vector), np.float32))
         ref = self.scorer.reference_background(np.stack([p.vector, *rows]))
         mine = np.full(len(rows), ref[0])
-        return may_rescue(cfg, self.scorer, mine, ref[1:]), page_kinds(cfg, self.scorer, mine, ref[1:])
+        return (may_rescue(cfg, self.scorer, mine, ref[1:]), page_kinds(cfg, self.scorer, mine, ref[1:]),
+                may_rescue(cfg, self.scorer, mine, ref[1:], cfg.far_max_reference))
 
     def _verify_path(self, key: str) -> str | None:
         if key.startswith("\0item:"):
@@ -690,7 +699,7 @@ class Gate:
         nn_ids = np.where(np.stack([f[3] for f in found]) >= 0, ids[np.maximum(np.stack([f[3] for f in found]), 0)], -1)
         bgs = scorer.backgrounds(ids[rows], np.asarray(vecs[rows], np.float32), nn_s, nn_ids)
         scores = scorer.score(raw, np.float32(p.bg), bgs)
-        keep = scores >= self._floor - EPS
+        keep = scorer.listed(raw, scores, self._floor)
         return {int(i): float(x) for i, x in zip(ids[rows][keep].tolist(), scores[keep].tolist())}
 
     def _own_id(self, content_hash: str | None) -> int:

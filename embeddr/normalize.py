@@ -146,6 +146,7 @@ class Scorer:
         self.normalized = normalized
         self.k, self.beta, self.floor, self.ceiling = int(k), float(beta), float(floor), float(ceiling)
         self.k_ref = int(k_ref)
+        self.far_raw: float | None = None  # see with_far
         self._ref: faiss.Index | None = None
         if normalized and reference is not None and len(reference):
             import faiss
@@ -171,6 +172,25 @@ class Scorer:
         n = preset.normalize
         return cls(k=n.k, beta=n.beta, floor=n.floor, ceiling=n.ceiling, k_ref=n.k_ref,
                    reference=load_reference(preset))
+
+    def with_far(self, raw: float | None) -> "Scorer":
+        """The same scorer, whose :meth:`listed` also lists every pair with a raw cosine of at least ``raw``,
+        whatever its score (``None``: none): the pairs the background pushed far below the threshold, for the
+        second look's far look (:meth:`embeddr.verify.Verifier.far_confirms`). Every search path lists pairs
+        through :meth:`listed`, so ``dupes``, ``check`` and ``serve`` see the same pairs."""
+        import copy
+
+        other = copy.copy(self)
+        other.far_raw = None if raw is None or not self.normalized else float(raw)
+        return other
+
+    def listed(self, raw: np.ndarray, score: np.ndarray, threshold: float) -> np.ndarray:
+        """Which candidate pairs a search lists: a score of at least ``threshold`` or, with :meth:`with_far`,
+        a raw cosine of at least ``far_raw``."""
+        keep = np.asarray(score) >= threshold - EPS
+        if self.far_raw is not None:
+            keep |= np.asarray(raw) >= self.far_raw - EPS
+        return keep
 
     @property
     def name(self) -> str:
@@ -292,5 +312,5 @@ def decide(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, threshold: flo
         return np.where(found, bg[order[pos]], NO_BACKGROUND).astype(np.float32)
 
     s = scorer.score(raw, bg_of(a), bg_of(b))
-    keep = s >= threshold - EPS
+    keep = scorer.listed(raw, s, threshold)
     return a[keep], b[keep], s[keep], bg

@@ -93,6 +93,10 @@ class Verify:
     few_ncc: float = 0.95
     dense_ncc: float = 0.0  # the third way (0: off): one image slid over the other at dense_side px correlates
     dense_side: int = 128  # at least this much (Verifier.dense)
+    far: bool = False  # the far look: pairs whose raw cosine reaches the threshold but whose score fell below the
+    far_detail: float = 0.5  # band are kept when the dense look confirms them and their detail agrees at least
+    far_side: int = 384  # this much there, compared at far_side pixels (Verifier.far_confirms)
+    far_max_reference: float = 0.3  # ... for pictures unlike the reference set only (both below this)
     veto_inliers: int = 5
     veto_ncc: float = 0.3
     veto_min_points: int = 0  # no veto unless both images have at least this many key points
@@ -121,6 +125,14 @@ class Verify:
         threshold set by hand is a decision of its own, and the look then only refutes pairs at or above it."""
         rescue = calibrated is None or abs(threshold - calibrated) < 1e-9
         return (threshold - self.below if rescue else threshold), threshold + self.above
+
+    def far_raw(self, threshold: float, calibrated: float | None = None) -> float | None:
+        """The raw cosine from which pairs scored below the band get the far look (``far``): the threshold
+        itself (the raw cosine alone would list the pair; its background pushed it down), only at the preset's
+        ``calibrated`` threshold (as :meth:`band`'s rescue), else ``None``."""
+        if not (self.enabled and self.far and self.dense_ncc > 0):
+            return None
+        return threshold if calibrated is None or abs(threshold - calibrated) < 1e-9 else None
 
 
 @dataclass(frozen=True)

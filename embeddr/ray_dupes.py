@@ -104,5 +104,5 @@ def _search(ray, stored_ids, stored_vecs, ids, vecs, threshold, scorer, live, bl
         return np.where(sorted_ids[pos] == x, bg[order[pos]], NO_BACKGROUND).astype(np.float32)
 
     s = scorer.score(raw, bg_of(a), bg_of(b))
-    keep = s >= threshold - EPS
+    keep = scorer.listed(raw, s, threshold)
     return a[keep], b[keep], s[keep], bg

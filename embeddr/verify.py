@@ -52,7 +52,18 @@ or above the threshold with a looser verdict (:meth:`Verifier.paper_refutes`): o
 ``page_paper_fail`` of the inked tiles differ, since a caption or a recolouring of clip-art changes some tiles
 and another diagram of one template most of them. :meth:`Verifier.page_verdict` is the one place that decides.
 
-Pairs above ``high`` are kept without a look (pages excepted); pairs below ``low`` are never looked at. A pair whose files
+**The far look.** A picture with many renditions of its own, or a smooth wallpaper among other smooth wallpapers,
+has a high background, and the normalised score can push its true copies far below the band although their raw
+cosine reaches the threshold. With ``far = true`` (at the preset's calibrated threshold) every search path also
+lists the pairs whose *raw* cosine reaches the threshold (:meth:`embeddr.normalize.Scorer.with_far`), and such a
+pair below the band is kept only when the dense look places one image in the other (``dense_ncc``) *and* the fine
+detail agrees there (:meth:`Verifier.detail`: band-passed images at ``far_side`` pixels correlate at least
+``far_detail``): shading alone makes two star fields or two gradients of one palette slide onto each other, their
+edges and stars do not line up. Only pictures unlike the reference set get it (both reference backgrounds below
+``far_max_reference``: no page, slide or diagram, whose pages one move or one chord apart pass both checks).
+
+Pairs above ``high`` are kept without a look (pages excepted); pairs below ``low`` are looked at only by the far
+look. A pair whose files
 cannot be read (moved, deleted, not a local file) keeps the plain decision (score >= threshold). See
 :func:`decide_band`.
 
@@ -147,7 +158,8 @@ class Verifier:
         self._looks: dict[tuple[Hashable, Hashable], Look | None] = {}
         self._pages: dict[tuple[Hashable, Hashable], PageLook | None] = {}
         self._paper: dict[Hashable, bool] = {}
-        self._dense: dict[tuple[Hashable, Hashable], float | None] = {}
+        self._dense: dict[tuple[Hashable, Hashable], tuple | None] = {}  # (correlation, placement)
+        self._detail: dict[tuple[Hashable, Hashable], float | None] = {}
         self.looked = 0  # pairs looked at (not counting remembered verdicts)
         self.unreadable = 0
         self.errors: dict[str, str] = {}  # path -> why it could not be read
@@ -426,17 +438,19 @@ class Verifier:
         normalised correlation. A crop, a border, a thumbnail or a re-encode of a smooth wallpaper lies inside its
         original whatever its key points. ``None``: a file could not be read. Remembered per pair (the small
         grey images per image, with the key points)."""
-        return _per_pair(self._dense, a, b, self._dense_score)
+        found = _per_pair(self._dense, a, b, self._dense_place)
+        return None if found is None else found[0]
 
-    def _dense_score(self, a: Hashable, b: Hashable) -> float | None:
+    def _dense_place(self, a: Hashable, b: Hashable) -> tuple | None:
+        """``(correlation, (way, x, y, w, h))``: the dense look's best placement of one image in the other
+        (``way``: :func:`_ways`' index; ``x, y, w, h``: the placed image's box in the other, at ``dense_side``)."""
         cv2 = _cv2()
         side = self.config.dense_side
         ga, gb = (self._kept((key, "dense"), lambda key=key: self._grey(key, side)) for key in (a, b))
         if ga is None or gb is None:
             return None
-        ga, gb = ga.astype(np.float32), gb.astype(np.float32)
-        best = -1.0
-        for big, small in ((ga, gb), (gb, ga), (ga, gb[:, ::-1]), (gb[:, ::-1], ga)):
+        best, where = -1.0, None
+        for way, (big, small) in enumerate(_ways(ga.astype(np.float32), gb.astype(np.float32))):
             for share in np.arange(0.35, 1.001, 0.05):
                 k = share * big.shape[1] / small.shape[1]
                 w, h = round(small.shape[1] * k), round(small.shape[0] * k)
@@ -445,8 +459,10 @@ class Verifier:
                 t = cv2.resize(np.ascontiguousarray(small), (w, h), interpolation=cv2.INTER_AREA)
                 if t.std() < 1.0:  # a flat template correlates with nothing
                     continue
-                best = max(best, float(cv2.matchTemplate(big, t, cv2.TM_CCOEFF_NORMED).max()))
-        return best
+                _, score, _, (x, y) = cv2.minMaxLoc(cv2.matchTemplate(big, t, cv2.TM_CCOEFF_NORMED))
+                if score > best:
+                    best, where = float(score), (way, x, y, w, h)
+        return best, where
 
     def dense_confirms(self, a: Hashable, b: Hashable) -> bool:
         """The same picture by :meth:`dense` (``dense_ncc``; 0: never)."""
@@ -455,16 +471,76 @@ class Verifier:
         score = self.dense(a, b)
         return score is not None and score >= self.config.dense_ncc
 
+    def detail(self, a: Hashable, b: Hashable) -> float | None:
+        """Whether the fine detail agrees where :meth:`dense` placed one image in the other: both images grey at
+        ``far_side`` pixels, the placed one scaled to its box, each band-passed (a difference of Gaussians,
+        sigma 1 and 4 pixels: edges, stars, texture, no shading) and correlated within a few pixels of the
+        box. Two star fields or two gradients of one palette slide onto each other at 128 px with a correlation
+        of up to 0.97 on their shading alone; their detail does not line up (at most 0.49 on the calibration
+        split), a copy's does. ``None``: a file could not be read; 0: no placement or no detail to compare."""
+        return _per_pair(self._detail, a, b, self._detail_score)
+
+    def _detail_score(self, a: Hashable, b: Hashable) -> float | None:
+        cv2 = _cv2()
+        found = _per_pair(self._dense, a, b, self._dense_place)
+        if found is None:
+            return None
+        if found[1] is None:
+            return 0.0
+        way, x, y, w, h = found[1]
+        side = self.config.far_side
+        ha, hb = (self._kept((key, "detail"), lambda key=key: self._grey(key, side)) for key in (a, b))
+        small_a, small_b = (self._kept((key, "dense"), lambda key=key: self._grey(key, self.config.dense_side))
+                            for key in (a, b))
+        if ha is None or hb is None or small_a is None or small_b is None:
+            return None
+        big, small = _ways(ha, hb)[way]
+        f = big.shape[1] / _ways(small_a, small_b)[way][0].shape[1]
+        bw, bh = min(max(round(w * f), 8), big.shape[1]), min(max(round(h * f), 8), big.shape[0])
+        t = _band_pass(cv2.resize(np.ascontiguousarray(small), (bw, bh), interpolation=cv2.INTER_AREA))
+        m = DETAIL_SHIFT
+        x0, y0 = max(0, round(x * f) - m), max(0, round(y * f) - m)
+        x1, y1 = min(big.shape[1], round(x * f) + bw + m), min(big.shape[0], round(y * f) + bh + m)
+        region = _band_pass(big[y0:y1, x0:x1])
+        if region.shape[0] < t.shape[0] or region.shape[1] < t.shape[1] or float(t.std()) < 1e-3:
+            return 0.0
+        return float(np.nan_to_num(cv2.matchTemplate(region, t, cv2.TM_CCOEFF_NORMED)).max())
+
+    def far_confirms(self, a: Hashable, b: Hashable) -> bool | None:
+        """The far look, for a pair whose raw cosine reaches the threshold but whose score the background pushed
+        below the band (``far``, :meth:`embeddr.presets.Verify.far_raw`): the same picture when :meth:`dense`
+        reaches ``dense_ncc`` and :meth:`detail` ``far_detail``. ``None``: a file could not be read."""
+        cfg = self.config
+        if cfg.dense_ncc <= 0:
+            return False
+        score = self.dense(a, b)
+        if score is None:
+            return None
+        if score < cfg.dense_ncc:
+            return False
+        fine = self.detail(a, b)
+        return None if fine is None else fine >= cfg.far_detail
+
     def decide(self, a, b, above: np.ndarray, rescuable: np.ndarray | None = None,
-               pages: np.ndarray | None = None, in_band: np.ndarray | None = None) -> np.ndarray:
+               pages: np.ndarray | None = None, in_band: np.ndarray | None = None,
+               far: np.ndarray | None = None) -> np.ndarray:
         """For pairs ``(a[i], b[i])`` scored at or above the threshold (``above[i]``) or below it: what the look
         does (:data:`CONFIRMED`, :data:`UPHELD`, :data:`REFUTED`, :data:`UNREADABLE`). A pair below the threshold
         that is not ``rescuable[i]`` is not looked at (:data:`NOT_LOOKED`). With ``pages`` (:func:`page_kinds` of
         each pair), pairs of pages get the page look first (:meth:`page_verdict`, at any score at or above the
-        threshold, or in the band ``in_band[i]`` below it); any other pair outside the band is not looked at.
-        Pairs are taken grouped by their first member, so each image's features are computed once."""
+        threshold, or in the band ``in_band[i]`` below it); any other pair outside the band is not looked at,
+        but pairs ``far[i]`` below the band (listed for their raw cosine, :meth:`embeddr.normalize.Scorer.with_far`)
+        get the far look (:meth:`far_confirms`) when rescuable. Pairs are taken grouped by their first member, so
+        each image's features are computed once."""
         out = np.full(len(a), UNREADABLE, np.int8)
         for i in sorted(range(len(a)), key=lambda i: (str(a[i]), str(b[i]))):
+            if far is not None and far[i]:
+                if rescuable is not None and not rescuable[i]:
+                    out[i] = NOT_LOOKED
+                    continue
+                same = self.far_confirms(a[i], b[i])
+                out[i] = UNREADABLE if same is None else CONFIRMED if same else UPHELD
+                continue
             if pages is not None:
                 verdict = self.page_verdict(a[i], b[i], int(pages[i]), bool(above[i]),
                                             in_band is None or bool(in_band[i]))
@@ -491,6 +567,19 @@ class Verifier:
 
 
 DENSE_MIN_SIDE = 24  # the smallest template :meth:`Verifier.dense` slides (pixels)
+DETAIL_SHIFT = 6  # how far (pixels at far_side) :meth:`Verifier.detail` looks around the dense look's placement
+
+
+def _ways(a: np.ndarray, b: np.ndarray) -> tuple:
+    """``(big, small)`` ways :meth:`Verifier.dense` tries: b in a, a in b, mirrored b in a, a in mirrored b."""
+    return ((a, b), (b, a), (a, b[:, ::-1]), (b[:, ::-1], a))
+
+
+def _band_pass(grey: np.ndarray) -> np.ndarray:
+    """A difference of Gaussians (sigma 1 and 4 pixels): the detail of a grey image without its shading."""
+    cv2 = _cv2()
+    g = np.ascontiguousarray(grey, np.float32)
+    return cv2.GaussianBlur(g, (0, 0), 1.0) - cv2.GaussianBlur(g, (0, 0), 4.0)
 PAIR_MEMO = 500_000  # verdicts a verifier remembers before it starts again (a long-running service: bounded memory)
 
 
@@ -581,11 +670,12 @@ def page_kinds(config, scorer, ref_a: np.ndarray, ref_b) -> np.ndarray | None:
     return out
 
 
-def may_rescue(config, scorer, ref_a: np.ndarray, ref_b) -> np.ndarray | None:
+def may_rescue(config, scorer, ref_a: np.ndarray, ref_b, limit: float | None = None) -> np.ndarray | None:
     """Which pairs the look may keep below the threshold: neither image looks like the preset's reference set
-    (``ref_a``, ``ref_b``: their reference backgrounds, :meth:`embeddr.normalize.Scorer.reference_background`).
-    None: no limit (no reference set, or ``rescue_max_reference >= 1``). ``dupes`` and ``check`` both ask here."""
-    limit = config.rescue_max_reference
+    (``ref_a``, ``ref_b``: their reference backgrounds, :meth:`embeddr.normalize.Scorer.reference_background`,
+    below ``limit``; default ``rescue_max_reference``, and ``far_max_reference`` for the far look).
+    None: no limit (no reference set, or a limit >= 1). ``dupes`` and ``check`` both ask here."""
+    limit = config.rescue_max_reference if limit is None else limit
     if limit >= 1.0 or not scorer.has_reference:
         return None
     return (np.asarray(ref_a) < limit) & (np.asarray(ref_b) < limit)
@@ -593,13 +683,14 @@ def may_rescue(config, scorer, ref_a: np.ndarray, ref_b) -> np.ndarray | None:
 
 def decide_band(scores: np.ndarray, threshold: float, band: tuple[float, float],
                 effect_of: Callable[[np.ndarray, np.ndarray], np.ndarray], eps: float = 1e-6,
-                also: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                also: np.ndarray | None = None, far: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The decision with verification, for pairs already scored at or above ``low`` (``band = (low, high)``):
     ``(keep, effect)``. Outside the band: ``score >= threshold`` (effect :data:`NOT_LOOKED`). In the band,
     ``effect_of(indices, above_threshold)`` (:meth:`Verifier.decide`) says what the look does: a pair below the
     threshold is kept when :data:`CONFIRMED`, one above it dropped when :data:`REFUTED`; an unreadable or
     upheld pair keeps ``score >= threshold``. ``also``: pairs looked at above the band too when they are at or
-    above the threshold (pairs of pages, :func:`page_kinds`)."""
+    above the threshold (pairs of pages, :func:`page_kinds`); ``far``: pairs below the band looked at too (the
+    far look: kept only when :data:`CONFIRMED`)."""
     scores = np.asarray(scores, np.float32)
     keep = scores >= threshold - eps
     effect = np.full(len(scores), NOT_LOOKED, np.int8)
@@ -607,6 +698,8 @@ def decide_band(scores: np.ndarray, threshold: float, band: tuple[float, float],
     looked = (scores >= low - eps) & (scores < high - eps)
     if also is not None:
         looked |= np.asarray(also, bool) & keep
+    if far is not None:
+        looked |= np.asarray(far, bool) & (scores < low - eps)
     inside = np.flatnonzero(looked)
     if len(inside):
         e = np.asarray(effect_of(inside, keep[inside]), np.int8)

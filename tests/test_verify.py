@@ -149,12 +149,13 @@ def test_dupes_json_says_what_the_second_look_did(renditions, tmp_path, runner):
     assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
     on, off = json.loads(on.output), json.loads(off.output)
     assert set(on["verify"]) == {"band", "looked_at", "confirmed_below_threshold", "refuted_above_threshold",
-                                 "unreadable"}
+                                 "unreadable", "far"}
     assert on["verify"]["band"] == [round(0.572 - 0.12, 6), round(0.572 + 0.13, 6)]
+    assert set(on["verify"]["far"]) == {"raw_from", "looked_at", "confirmed"} and on["verify"]["far"]["raw_from"] == 0.572
     assert "verify" not in off
     # a threshold set by hand: the look only refutes pairs at or above it, it never adds one below it
     strict = json.loads(runner.invoke(app, ["dupes", "--db", str(db), "--format", "json", "--threshold", "0.9"]).output)
-    assert strict["verify"]["band"] == [0.9, round(0.9 + 0.13, 6)]
+    assert strict["verify"]["band"] == [0.9, round(0.9 + 0.13, 6)] and "far" not in strict["verify"]
     assert all(p["score"] >= 0.9 - 1e-6 for p in strict["pairs"])
 
 
@@ -267,3 +268,78 @@ def test_the_dense_look_confirms_copies_of_a_picture_without_key_points(photo_ar
     decided = v.decide([tmp_path / "wall.png"] * 2, [tmp_path / "wall_crop.jpg", tmp_path / "coffee.png"],
                        above=np.array([False, False]))
     assert list(decided) == [CONFIRMED, UPHELD]
+
+
+def _star_fields(photo_arrays, folder: Path) -> dict[str, Path]:
+    """Two "star fields" on one smooth real backdrop (a photo blurred into soft shading) with their stars in other
+    places, and a crop of the first: at 128 px the shading makes all three slide onto each other."""
+    from PIL import ImageFilter
+
+    backdrop = np.asarray(Image.fromarray(photo_arrays["astronaut"]).convert("RGB").resize((512, 384))
+                          .filter(ImageFilter.GaussianBlur(12)))
+    out = {}
+    for name, seed in (("field_a", 1), ("field_b", 2)):
+        arr = backdrop.copy()
+        rng = np.random.default_rng(seed)
+        for x, y in zip(rng.integers(4, 508, 160), rng.integers(4, 380, 160)):
+            arr[y - 1:y + 2, x - 1:x + 2] = 255
+        out[name] = folder / f"{name}.png"
+        Image.fromarray(arr).save(out[name])
+    out["field_a_crop"] = folder / "field_a_crop.jpg"
+    Image.open(out["field_a"]).crop((60, 40, 440, 330)).save(out["field_a_crop"], quality=92)
+    return out
+
+
+def test_the_far_look_needs_the_detail_to_agree(photo_arrays, tmp_path):
+    """The far look (pairs pushed far below the band) asks for more than the dense look: two star fields on one
+    backdrop correlate like copies at 128 px, but their stars do not line up at 384 px; a crop's do."""
+    fields = _star_fields(photo_arrays, tmp_path)
+    v = Verifier(_preset().verify, lambda key: str(key))
+    assert v.config.far and v.config.far_detail > 0
+    a, b, crop = fields["field_a"], fields["field_b"], fields["field_a_crop"]
+    assert v.dense(a, b) >= v.config.dense_ncc  # the shading alone: the dense look would take them
+    assert v.detail(a, b) < v.config.far_detail and not v.far_confirms(a, b)
+    assert v.detail(a, crop) >= v.config.far_detail and v.far_confirms(a, crop)
+    # in decide: a pair below the band is looked at only when it is listed for the far look
+    decided = v.decide([a, a, a], [crop, b, crop], above=np.array([False] * 3), far=np.array([True, True, False]),
+                       in_band=np.array([False] * 3))
+    assert list(decided) == [CONFIRMED, UPHELD, NOT_LOOKED]
+
+
+def test_dupes_and_check_keep_far_pairs_only_when_the_far_look_confirms(photo_arrays, renditions, tmp_path, encoder):
+    """With a background penalty so steep that every pair scores far below the band, `dupes` lists the pairs
+    whose raw cosine reaches the threshold and keeps those the far look confirms (the crop of a star field, not
+    the other field on the same backdrop); `check` of the crop gives the same answer."""
+    from embeddr.ingest import Gate
+    from embeddr.normalize import Scorer
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in _star_fields(photo_arrays, folder).values():
+        assert path.exists()
+    for name in ("coffee", "rocket"):
+        (folder / renditions[name].name).write_bytes(renditions[name].read_bytes())
+    db = tmp_path / "far.db"
+    scan([folder], db=db, workers=0)
+    p = _preset(threshold=0.5)
+    p = dataclasses.replace(p, normalize=dataclasses.replace(p.normalize, beta=50.0, floor=0.0))
+    with Catalog(db) as catalog:
+        from embeddr.index import load_index, stored
+
+        ids, vecs = stored(load_index(catalog))
+        raw = vecs @ vecs.T
+        assert (raw[np.triu_indices(len(ids), 1)] >= 0.5).sum() >= 2  # the fields and the crop: raw >= threshold
+        report = find_duplicates(catalog, p)
+        off = find_duplicates(catalog, dataclasses.replace(p, verify=dataclasses.replace(p.verify, far=False)))
+    assert sorted(sorted(Path(m.path).stem for m in g.members) for g in report.groups) == [["field_a", "field_a_crop"]]
+    assert all(p_.verified and p_.score < 0.5 - 0.12 for p_ in report.pairs)
+    far = report.extra["verify"]["far"]
+    assert far["raw_from"] == 0.5 and far["confirmed"] == 1 and far["looked_at"] >= 2
+    assert off.groups == []
+    with Gate(db, encoder=encoder, threshold=0.5) as gate:
+        gate.preset = p
+        gate.band = p.verify.band(gate.threshold, p.threshold.value)
+        gate._floor = gate.band[0]
+        gate.scorer = Scorer.for_preset(p).with_far(p.verify.far_raw(gate.threshold, p.threshold.value))
+        [result] = gate.check([str(folder / "field_a_crop.jpg")])
+    assert [(Path(m.path).stem, m.verified) for m in result.matches if m.kind == "near"] == [("field_a", True)]
