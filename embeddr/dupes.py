@@ -405,16 +405,11 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
             verifier = Verifier(vcfg, _path_of(catalog))
         ref_bg = _reference_of(scorer, stored_ids, read, references)
         rescuable = _rescuable(scorer, vcfg, ref_bg)
-        far_rescuable = _rescuable(scorer, vcfg, ref_bg, vcfg.far_max_reference)
         paging = page_kinds(vcfg, scorer, [], []) is not None
         # pairs of pages get the page look at any score at or above the threshold (embeddr.verify.page_kinds)
         pages = page_kinds(vcfg, scorer, ref_bg(a), ref_bg(b)) if paging and len(a) else None
         in_band = (s >= band[0] - 1e-6) & (s < band[1] - 1e-6)
-        far = s < band[0] - 1e-6  # listed below the band only for their raw cosine (scorer.with_far) ...
-        if far.any():  # ... and looked at when neither image is like the reference set (far_max_reference)
-            far_ok = far_rescuable(a[far], b[far])
-            if far_ok is not None:
-                far[np.flatnonzero(far)[~far_ok]] = False
+        far = s < band[0] - 1e-6  # listed below the band only for their raw cosine (scorer.with_far)
 
         def effect_of(idx: np.ndarray, above: np.ndarray) -> np.ndarray:
             ia, ib = a[idx], b[idx]
@@ -472,8 +467,9 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
                 band_hashes.clear()
             band_hashes.update(catalog.hashes_of_ids([vx, vy]))
         hx, hy = band_hashes[vx], band_hashes[vy]
-        if far:  # (all_at_least has checked far_max_reference)
-            return threshold if verifier.far_confirms(hx, hy) else v
+        if far:
+            ok = rescuable(np.array([vx]), np.array([vy]))
+            return threshold if (ok is None or ok[0]) and verifier.far_confirms(hx, hy) else v
         verdict = verifier.page_verdict(hx, hy, kind, v >= threshold - 1e-6, band[0] - 1e-6 <= v < band[1] - 1e-6)
         if verdict is not None:  # pairs of pages: the page look decides (the same verdict dupes' pairs get)
             return -1.0 if verdict == REFUTED else threshold if verdict == CONFIRMED else v
@@ -484,7 +480,8 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
             if (ok is None or ok[0]) and verifier.confirms(verifier.look(hx, hy)):
                 return threshold
             return v
-        if verifier.refutes(verifier.look(hx, hy)):
+        ok = rescuable(np.array([vx]), np.array([vy]))
+        if verifier.refutes(verifier.look(hx, hy), hx, hy, ok is None or bool(ok[0])):
             return -1.0
         return v
 
@@ -494,10 +491,6 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         v, raw = similarity(x, y, with_raw=True)
         looked = (v >= band[0] - 1e-6) & (v < band[1] - 1e-6) if verifying else np.zeros(len(v), bool)
         far = (v < band[0] - 1e-6) & (raw >= far_raw - 1e-6) if far_raw is not None else np.zeros(len(v), bool)
-        if far.any():
-            far_ok = far_rescuable(nodes[x[far]], nodes[y[far]])
-            if far_ok is not None:
-                far[np.flatnonzero(far)[~far_ok]] = False
         looked |= far
         kinds = np.zeros(len(v), np.int8)
         if verifying and paging and len(v):
@@ -633,17 +626,17 @@ def verify_summary(band: tuple[float, float], effect: np.ndarray, far: np.ndarra
     return out
 
 
-def _rescuable(scorer, vcfg, ref_bg, limit: float | None = None):
+def _rescuable(scorer, vcfg, ref_bg):
     """``f(ids_a, ids_b)``: which pairs may be kept below the threshold by the second look: neither image looks
     like the preset's reference set (its reference background, ``ref_bg(ids)`` (:func:`_reference_of`), is
-    below ``limit``, default ``vcfg.rescue_max_reference``)."""
+    below ``vcfg.rescue_max_reference``)."""
 
     def rescuable(ids_a: np.ndarray, ids_b: np.ndarray) -> np.ndarray | None:
         from .verify import may_rescue
 
-        if may_rescue(vcfg, scorer, [], [], limit) is None or len(ids_a) == 0:
+        if may_rescue(vcfg, scorer, [], []) is None or len(ids_a) == 0:
             return None
-        return may_rescue(vcfg, scorer, ref_bg(ids_a), ref_bg(ids_b), limit)
+        return may_rescue(vcfg, scorer, ref_bg(ids_a), ref_bg(ids_b))
 
     return rescuable
 

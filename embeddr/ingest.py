@@ -551,11 +551,9 @@ class Gate:
                                           max_pixels=self.max_pixels, cache=256)
             self._verify_items = {key: item_path}
             scores = np.array([m.score for m in near], np.float32)
-            rescuable, pages, far_ok = self._reference_kinds(p, near, vector_of)
+            rescuable, pages = self._reference_kinds(p, near, vector_of)
             in_band = (scores >= self.band[0] - EPS) & (scores < self.band[1] - EPS)
-            far = scores < self.band[0] - EPS  # listed below the band only for their raw cosine (the far look),
-            if far_ok is not None:  # looked at when neither image is like the reference set
-                far &= far_ok
+            far = scores < self.band[0] - EPS  # listed below the band only for their raw cosine (the far look)
             keep, effect = decide_band(scores, self.threshold, self.band, lambda idx, above: self._verifier.decide(
                 [key] * len(idx), [near[i].path for i in idx], above, None if rescuable is None else rescuable[idx],
                 None if pages is None else pages[idx], in_band[idx], far[idx]),
@@ -564,16 +562,15 @@ class Gate:
         return [replace(m, verified=True) if effect[i] == CONFIRMED else m for i, m in enumerate(near) if keep[i]]
 
     def _reference_kinds(self, p: _Prepared, near: list[Match], vector_of: dict
-                         ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-        """``(rescuable, pages, far)``, as ``dupes`` decides: which near matches may be kept below the threshold
-        by the second look (neither image looks like the preset's reference set), which are pairs of pages
-        (both do: the page look, :meth:`embeddr.verify.Verifier.page_look`), and which may get the far look
-        (``far_max_reference``)."""
+                         ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(rescuable, pages)``, as ``dupes`` decides: which near matches may be kept below the threshold by
+        the second look (neither image looks like the preset's reference set; the far look too), and which are
+        pairs of pages (both do: the page look, :meth:`embeddr.verify.Verifier.page_look`)."""
         from .verify import may_rescue, page_kinds
 
         cfg = self.preset.verify
         if may_rescue(cfg, self.scorer, [], []) is None and page_kinds(cfg, self.scorer, [], []) is None:
-            return None, None, None
+            return None, None
         from .index import stored
 
         ids, vecs = stored(self.index)
@@ -585,8 +582,7 @@ class Gate:
             rows.append(np.asarray(v, np.float32) if v is not None else np.zeros(len(p.vector), np.float32))
         ref = self.scorer.reference_background(np.stack([p.vector, *rows]))
         mine = np.full(len(rows), ref[0])
-        return (may_rescue(cfg, self.scorer, mine, ref[1:]), page_kinds(cfg, self.scorer, mine, ref[1:]),
-                may_rescue(cfg, self.scorer, mine, ref[1:], cfg.far_max_reference))
+        return may_rescue(cfg, self.scorer, mine, ref[1:]), page_kinds(cfg, self.scorer, mine, ref[1:])
 
     def _verify_path(self, key: str) -> str | None:
         if key.startswith("\0item:"):

@@ -96,7 +96,8 @@ class Verify:
     far: bool = False  # the far look: pairs whose raw cosine reaches the threshold but whose score fell below the
     far_detail: float = 0.5  # band are kept when the dense look confirms them and their detail agrees at least
     far_side: int = 384  # this much there, compared at far_side pixels (Verifier.far_confirms)
-    far_max_reference: float = 0.3  # ... for pictures unlike the reference set only (both below this)
+    far_upholds: bool = False  # a pair at or above the threshold the look would refute is kept when the far look
+    # confirms it (and neither image is like the reference set)
     veto_inliers: int = 5
     veto_ncc: float = 0.3
     veto_min_points: int = 0  # no veto unless both images have at least this many key points

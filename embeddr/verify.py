@@ -30,7 +30,8 @@ The look is asymmetric, because it must overturn the score only on strong eviden
   fewer than ``veto_inliers`` inliers or an aligned correlation below ``veto_ncc`` within the inliers'
   convex hull (no transform maps one picture onto the other, or what both show does not agree:
   look-alikes, pages of other text), and only when both images have at least ``veto_min_points`` key
-  points (an image too plain to be matched is not evidence of a different picture).
+  points (an image too plain to be matched is not evidence of a different picture) and, with
+  ``far_upholds``, the far look (below) does not confirm it.
 
 **Pages** are different: two pages set from one template (a manual's pages, slide builds, tables that differ in a
 few glyphs) align almost pixel for pixel and score like copies at any score, up to 0.99. With ``pages = true``,
@@ -59,8 +60,8 @@ lists the pairs whose *raw* cosine reaches the threshold (:meth:`embeddr.normali
 pair below the band is kept only when the dense look places one image in the other (``dense_ncc``) *and* the fine
 detail agrees there (:meth:`Verifier.detail`: band-passed images at ``far_side`` pixels correlate at least
 ``far_detail``): shading alone makes two star fields or two gradients of one palette slide onto each other, their
-edges and stars do not line up. Only pictures unlike the reference set get it (both reference backgrounds below
-``far_max_reference``: no page, slide or diagram, whose pages one move or one chord apart pass both checks).
+edges and stars do not line up. As for any rescue below the threshold, pictures like the reference set (pages,
+tables, slides: ``rescue_max_reference``) never get it.
 
 Pairs above ``high`` are kept without a look (pages excepted); pairs below ``low`` are looked at only by the far
 look. A pair whose files
@@ -419,18 +420,23 @@ class Verifier:
         return (look.inliers >= c.min_inliers and look.cells >= c.min_cells and corr >= c.min_ncc) or (
             0 < c.few_inliers <= look.inliers and look.cells >= c.few_cells and corr >= c.few_ncc)
 
-    def refutes(self, look: Look | None) -> bool:
+    def refutes(self, look: Look | None, a: Hashable = None, b: Hashable = None, rescuable: bool = True) -> bool:
         """Strong evidence of different pictures: both images have key points enough to be matched
         (``veto_min_points``), and no transform maps one onto the other (< ``veto_inliers`` inliers) or the
         part they share does not correlate once aligned (``content_ncc`` < ``veto_ncc``). A border, margins or
         a caption outside that part do not count; an image too plain for key points is never refuted, nor is one
-        with few (< ``veto_few_points``) when most of them (``veto_few_share``) agree with the transform."""
+        with few (< ``veto_few_points``) when most of them (``veto_few_share``) agree with the transform. With
+        ``far_upholds`` and the pair's keys ``a``, ``b`` (``rescuable``: neither is like the reference set), a
+        pair the far look confirms (:meth:`far_confirms`) is not refuted either: key points that do not match
+        on a smooth picture are no evidence against pixels and detail that do."""
         c = self.config
         if look is None or look.points < c.veto_min_points:
             return False
         if look.points < c.veto_few_points and look.inliers >= c.veto_few_share * look.points:
             return False  # a plain image (a smooth wallpaper) whose few key points mostly agree
-        return look.inliers < c.veto_inliers or look.content_ncc < c.veto_ncc
+        if not (look.inliers < c.veto_inliers or look.content_ncc < c.veto_ncc):
+            return False
+        return not (c.far_upholds and rescuable and a is not None and b is not None and self.far_confirms(a, b))
 
     def dense(self, a: Hashable, b: Hashable) -> float | None:
         """The look without key points, for plain images: both images grey at ``dense_side`` pixels, one scaled
@@ -557,7 +563,8 @@ class Verifier:
             if look is None:
                 continue
             if above[i]:
-                out[i] = REFUTED if self.refutes(look) else UPHELD
+                may = rescuable is None or bool(rescuable[i])
+                out[i] = REFUTED if self.refutes(look, a[i], b[i], may) else UPHELD
             else:
                 out[i] = CONFIRMED if self.confirms(look) or self.dense_confirms(a[i], b[i]) else UPHELD
         return out
@@ -670,12 +677,11 @@ def page_kinds(config, scorer, ref_a: np.ndarray, ref_b) -> np.ndarray | None:
     return out
 
 
-def may_rescue(config, scorer, ref_a: np.ndarray, ref_b, limit: float | None = None) -> np.ndarray | None:
+def may_rescue(config, scorer, ref_a: np.ndarray, ref_b) -> np.ndarray | None:
     """Which pairs the look may keep below the threshold: neither image looks like the preset's reference set
-    (``ref_a``, ``ref_b``: their reference backgrounds, :meth:`embeddr.normalize.Scorer.reference_background`,
-    below ``limit``; default ``rescue_max_reference``, and ``far_max_reference`` for the far look).
-    None: no limit (no reference set, or a limit >= 1). ``dupes`` and ``check`` both ask here."""
-    limit = config.rescue_max_reference if limit is None else limit
+    (``ref_a``, ``ref_b``: their reference backgrounds, :meth:`embeddr.normalize.Scorer.reference_background`).
+    None: no limit (no reference set, or ``rescue_max_reference >= 1``). ``dupes`` and ``check`` both ask here."""
+    limit = config.rescue_max_reference
     if limit >= 1.0 or not scorer.has_reference:
         return None
     return (np.asarray(ref_a) < limit) & (np.asarray(ref_b) < limit)

@@ -343,3 +343,22 @@ def test_dupes_and_check_keep_far_pairs_only_when_the_far_look_confirms(photo_ar
         gate.scorer = Scorer.for_preset(p).with_far(p.verify.far_raw(gate.threshold, p.threshold.value))
         [result] = gate.check([str(folder / "field_a_crop.jpg")])
     assert [(Path(m.path).stem, m.verified) for m in result.matches if m.kind == "near"] == [("field_a", True)]
+
+
+def test_a_pair_the_far_look_confirms_is_not_refuted(photo_arrays, tmp_path):
+    """A look without matching key points refutes a pair, unless the far look confirms it (``far_upholds``): the
+    crop of a smooth star field is upheld, the other field on the same backdrop is still refuted, and so is any
+    pair of images like the reference set (``rescuable`` false) or with ``far_upholds`` off."""
+    from embeddr.verify import Look
+
+    fields = _star_fields(photo_arrays, tmp_path)
+    a, b, crop = fields["field_a"], fields["field_b"], fields["field_a_crop"]
+    nothing = Look(inliers=0, cells=0, ncc=0.0, content_ncc=0.0, points=200)  # no transform found
+    v = Verifier(_preset().verify, lambda key: str(key))
+    assert v.config.far_upholds
+    assert v.refutes(nothing)  # without the pair's images: refuted
+    assert not v.refutes(nothing, a, crop)
+    assert v.refutes(nothing, a, b)
+    assert v.refutes(nothing, a, crop, rescuable=False)
+    off = Verifier(dataclasses.replace(_preset().verify, far_upholds=False), lambda key: str(key))
+    assert off.refutes(nothing, a, crop)
