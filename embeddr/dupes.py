@@ -363,6 +363,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     low = min(band[0], threshold)  # pairs are searched down to the band's low end
     far_raw = vcfg.far_raw(threshold, preset.threshold.value) if verifying else None
     scorer = scorer.with_far(far_raw)  # ... and those below it whose raw cosine reaches far_raw (the far look)
+    far_skipped = 0  # far pairs listed but not looked at (more than far_max_pairs)
     references: dict = {}  # the reference part of the background, where the search computed it
     if engine is not None and search != "approximate":
         from .index import load_index, stored
@@ -410,6 +411,10 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         pages = page_kinds(vcfg, scorer, ref_bg(a), ref_bg(b)) if paging and len(a) else None
         in_band = (s >= band[0] - 1e-6) & (s < band[1] - 1e-6)
         far = s < band[0] - 1e-6  # listed below the band only for their raw cosine (scorer.with_far)
+        far_listed = int(far.sum())
+        if far_listed > vcfg.far_max_pairs:  # crowds of look-alikes: a look per pair would take days; say so
+            far[:] = False
+            far_skipped = far_listed
 
         def effect_of(idx: np.ndarray, above: np.ndarray) -> np.ndarray:
             ia, ib = a[idx], b[idx]
@@ -420,7 +425,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         keep, effect = decide_band(s, threshold, band, effect_of, also=None if pages is None else pages > PAGE_NO,
                                    far=far)
         confirmed = effect == CONFIRMED
-        search_info["verify"] = verify_summary(band, effect, far, far_raw)
+        search_info["verify"] = verify_summary(band, effect, far, far_raw, far_skipped)
         del pages, in_band, far
         a, b, s, confirmed = a[keep], b[keep], s[keep], confirmed[keep]
     if len(rejected_ids) and len(a):
@@ -490,7 +495,8 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         a pair in the verification band the second look's verdict (looked at only where the scores pass)."""
         v, raw = similarity(x, y, with_raw=True)
         looked = (v >= band[0] - 1e-6) & (v < band[1] - 1e-6) if verifying else np.zeros(len(v), bool)
-        far = (v < band[0] - 1e-6) & (raw >= far_raw - 1e-6) if far_raw is not None else np.zeros(len(v), bool)
+        far = ((v < band[0] - 1e-6) & (raw >= far_raw - 1e-6) if far_raw is not None and not far_skipped
+               else np.zeros(len(v), bool))
         looked |= far
         kinds = np.zeros(len(v), np.int8)
         if verifying and paging and len(v):
@@ -609,9 +615,10 @@ def _rejected_id_pairs(catalog: Catalog, rejected: set[tuple[str, str]]) -> np.n
 
 
 def verify_summary(band: tuple[float, float], effect: np.ndarray, far: np.ndarray | None = None,
-                   far_raw: float | None = None) -> dict:
+                   far_raw: float | None = None, far_skipped: int = 0) -> dict:
     """What the second look did, for the report's JSON (:mod:`embeddr.verify`); with ``far`` (the pairs below the
-    band that got the far look) and ``far_raw``, what the far look did among them."""
+    band that got the far look) and ``far_raw``, what the far look did among them; ``far_skipped``: the far pairs
+    listed but not looked at (more than the preset's ``far_max_pairs``)."""
     from .verify import CONFIRMED, REFUTED, UNREADABLE
 
     out = {"band": [round(band[0], 6), round(band[1], 6)],
@@ -622,7 +629,7 @@ def verify_summary(band: tuple[float, float], effect: np.ndarray, far: np.ndarra
     if far_raw is not None:
         e = effect[far] if far is not None else effect[:0]
         out["far"] = {"raw_from": round(float(far_raw), 6), "looked_at": int((e >= UNREADABLE).sum()),
-                      "confirmed": int((e == CONFIRMED).sum())}
+                      "confirmed": int((e == CONFIRMED).sum()), "skipped": int(far_skipped)}
     return out
 
 

@@ -98,6 +98,8 @@ class Verify:
     far_side: int = 384  # this much there, compared at far_side pixels (Verifier.far_confirms)
     far_upholds: bool = False  # a pair at or above the threshold the look would refute is kept when the far look
     # confirms it (and neither image is like the reference set)
+    far_max_pairs: int = 100_000  # more far pairs than this in one `dupes` (crowds of look-alikes at scale: a look
+    # each would take days): none is looked at, and the JSON says how many were skipped
     veto_inliers: int = 5
     veto_ncc: float = 0.3
     veto_min_points: int = 0  # no veto unless both images have at least this many key points

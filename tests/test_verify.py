@@ -151,7 +151,8 @@ def test_dupes_json_says_what_the_second_look_did(renditions, tmp_path, runner):
     assert set(on["verify"]) == {"band", "looked_at", "confirmed_below_threshold", "refuted_above_threshold",
                                  "unreadable", "far"}
     assert on["verify"]["band"] == [round(0.572 - 0.12, 6), round(0.572 + 0.13, 6)]
-    assert set(on["verify"]["far"]) == {"raw_from", "looked_at", "confirmed"} and on["verify"]["far"]["raw_from"] == 0.572
+    assert set(on["verify"]["far"]) == {"raw_from", "looked_at", "confirmed", "skipped"}
+    assert on["verify"]["far"]["raw_from"] == 0.572 and on["verify"]["far"]["skipped"] == 0
     assert "verify" not in off
     # a threshold set by hand: the look only refutes pairs at or above it, it never adds one below it
     strict = json.loads(runner.invoke(app, ["dupes", "--db", str(db), "--format", "json", "--threshold", "0.9"]).output)
@@ -331,6 +332,9 @@ def test_dupes_and_check_keep_far_pairs_only_when_the_far_look_confirms(photo_ar
         assert (raw[np.triu_indices(len(ids), 1)] >= 0.5).sum() >= 2  # the fields and the crop: raw >= threshold
         report = find_duplicates(catalog, p)
         off = find_duplicates(catalog, dataclasses.replace(p, verify=dataclasses.replace(p.verify, far=False)))
+        # more far pairs than far_max_pairs: none is looked at, and the JSON says how many were skipped
+        capped = find_duplicates(catalog, dataclasses.replace(p, verify=dataclasses.replace(p.verify, far_max_pairs=1)))
+    assert capped.groups == [] and capped.extra["verify"]["far"]["skipped"] >= 2
     assert sorted(sorted(Path(m.path).stem for m in g.members) for g in report.groups) == [["field_a", "field_a_crop"]]
     assert all(p_.verified and p_.score < 0.5 - 0.12 for p_ in report.pairs)
     far = report.extra["verify"]["far"]
