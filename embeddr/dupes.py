@@ -472,23 +472,18 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
                 band_hashes.clear()
             band_hashes.update(catalog.hashes_of_ids([vx, vy]))
         hx, hy = band_hashes[vx], band_hashes[vy]
+        ok = rescuable(np.array([vx]), np.array([vy]))
+        may = ok is None or bool(ok[0])  # neither image like the reference set
         if far:
-            ok = rescuable(np.array([vx]), np.array([vy]))
-            return threshold if (ok is None or ok[0]) and verifier.far_confirms(hx, hy) else v
+            return threshold if may and verifier.far_confirms(hx, hy) else v
         verdict = verifier.page_verdict(hx, hy, kind, v >= threshold - 1e-6, band[0] - 1e-6 <= v < band[1] - 1e-6)
         if verdict is not None:  # pairs of pages: the page look decides (the same verdict dupes' pairs get)
             return -1.0 if verdict == REFUTED else threshold if verdict == CONFIRMED else v
         if not (band[0] - 1e-6 <= v < band[1] - 1e-6):
             return v
         if v < threshold - 1e-6:
-            ok = rescuable(np.array([vx]), np.array([vy]))
-            if (ok is None or ok[0]) and verifier.confirms(verifier.look(hx, hy)):
-                return threshold
-            return v
-        ok = rescuable(np.array([vx]), np.array([vy]))
-        if verifier.refutes(verifier.look(hx, hy), hx, hy, ok is None or bool(ok[0])):
-            return -1.0
-        return v
+            return threshold if may and verifier.rescues(hx, hy) else v
+        return -1.0 if verifier.refutes(verifier.look(hx, hy), hx, hy, may) else v
 
     def all_at_least(x: np.ndarray, y: np.ndarray) -> bool:
         """Whether every unlisted cross pair of two groups passes the floor on the decision: the score, or for

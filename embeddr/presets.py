@@ -132,8 +132,9 @@ class Verify:
     def far_raw(self, threshold: float, calibrated: float | None = None) -> float | None:
         """The raw cosine from which pairs scored below the band get the far look (``far``): the threshold
         itself (the raw cosine alone would list the pair; its background pushed it down), only at the preset's
-        ``calibrated`` threshold (as :meth:`band`'s rescue), else ``None``."""
-        if not (self.enabled and self.far and self.dense_ncc > 0):
+        ``calibrated`` threshold (as :meth:`band`'s rescue), else ``None``. (Whether the look runs at all is the
+        caller's: ``enabled``, or ``--verify``.)"""
+        if not (self.far and self.dense_ncc > 0):
             return None
         return threshold if calibrated is None or abs(threshold - calibrated) < 1e-9 else None
 

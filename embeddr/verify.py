@@ -438,6 +438,13 @@ class Verifier:
             return False
         return not (c.far_upholds and rescuable and a is not None and b is not None and self.far_confirms(a, b))
 
+    def rescues(self, a: Hashable, b: Hashable) -> bool:
+        """A pair below the threshold is the same picture: the look confirms it (:meth:`confirms`) or, for a
+        picture too plain for key points, the dense look does (:meth:`dense_confirms`). The one rule ``dupes``'
+        pairs, its grouping and ``check`` keep pairs by."""
+        look = self.look(a, b)
+        return look is not None and (self.confirms(look) or self.dense_confirms(a, b))
+
     def dense(self, a: Hashable, b: Hashable) -> float | None:
         """The look without key points, for plain images: both images grey at ``dense_side`` pixels, one scaled
         to 35-100 % of the other's width (plain or mirrored, either way round) and slid over the other; the best
@@ -566,7 +573,7 @@ class Verifier:
                 may = rescuable is None or bool(rescuable[i])
                 out[i] = REFUTED if self.refutes(look, a[i], b[i], may) else UPHELD
             else:
-                out[i] = CONFIRMED if self.confirms(look) or self.dense_confirms(a[i], b[i]) else UPHELD
+                out[i] = CONFIRMED if self.rescues(a[i], b[i]) else UPHELD
         return out
 
     def stats(self) -> dict:
@@ -587,6 +594,8 @@ def _band_pass(grey: np.ndarray) -> np.ndarray:
     cv2 = _cv2()
     g = np.ascontiguousarray(grey, np.float32)
     return cv2.GaussianBlur(g, (0, 0), 1.0) - cv2.GaussianBlur(g, (0, 0), 4.0)
+
+
 PAIR_MEMO = 500_000  # verdicts a verifier remembers before it starts again (a long-running service: bounded memory)
 
 
