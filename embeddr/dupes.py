@@ -412,8 +412,8 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         in_band = (s >= band[0] - 1e-6) & (s < band[1] - 1e-6)
         far = s < band[0] - 1e-6  # listed below the band only for their raw cosine (scorer.with_far)
         far_listed = int(far.sum())
-        if far_listed > vcfg.far_max_pairs:  # crowds of look-alikes: a look per pair would take days; say so
-            far[:] = False
+        if _far_lookable(far, a, b, rescuable, vcfg.far_max_pairs) > vcfg.far_max_pairs:
+            far[:] = False  # crowds of look-alikes: a look per pair would take days; say so
             far_skipped = far_listed
 
         def effect_of(idx: np.ndarray, above: np.ndarray) -> np.ndarray:
@@ -626,6 +626,28 @@ def verify_summary(band: tuple[float, float], effect: np.ndarray, far: np.ndarra
         out["far"] = {"raw_from": round(float(far_raw), 6), "looked_at": int((e >= UNREADABLE).sum()),
                       "confirmed": int((e == CONFIRMED).sum()), "skipped": int(far_skipped)}
     return out
+
+
+FAR_CHUNK = 1 << 20  # far pairs whose rescue rule is read at a time (bounded memory at a million files)
+
+
+def _far_lookable(far: np.ndarray, a: np.ndarray, b: np.ndarray, rescuable, limit: int) -> int:
+    """How many far pairs the far look could keep: ``far`` loses (in place) the pairs that may not be rescued
+    (either image like the reference set: pages, slides, whose raw cosines with each other are high, and which
+    no look keeps below the threshold); counting stops once past ``limit``."""
+    idx = np.flatnonzero(far)
+    lookable = 0
+    for start in range(0, len(idx), FAR_CHUNK):
+        rows = idx[start:start + FAR_CHUNK]
+        may = rescuable(a[rows], b[rows])
+        if may is None:
+            lookable += len(rows)
+        else:
+            far[rows[~may]] = False
+            lookable += int(np.count_nonzero(may))
+        if lookable > limit:
+            break
+    return lookable
 
 
 def _rescuable(scorer, vcfg, ref_bg):

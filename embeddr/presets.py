@@ -93,13 +93,16 @@ class Verify:
     few_ncc: float = 0.95
     dense_ncc: float = 0.0  # the third way (0: off): one image slid over the other at dense_side px correlates
     dense_side: int = 128  # at least this much (Verifier.dense)
+    detail_dense: float = 0.0  # the fourth way (0: off): the dense look reaches this and the fine detail agrees
+    detail_ncc: float = 0.6  # at least this much where it placed the one image in the other (Verifier.detail)
     far: bool = False  # the far look: pairs whose raw cosine reaches the threshold but whose score fell below the
     far_detail: float = 0.5  # band are kept when the dense look confirms them and their detail agrees at least
     far_side: int = 384  # this much there, compared at far_side pixels (Verifier.far_confirms)
     far_upholds: bool = False  # a pair at or above the threshold the look would refute is kept when the far look
     # confirms it (and neither image is like the reference set)
     far_max_pairs: int = 100_000  # more far pairs than this in one `dupes` (crowds of look-alikes at scale: a look
-    # each would take days): none is looked at, and the JSON says how many were skipped
+    # each would take days): none is looked at, and the JSON says how many were skipped. Counted among the pairs
+    # the far look could keep (rescue_max_reference): pages' pairs, which it never looks at, do not count
     veto_inliers: int = 5
     veto_ncc: float = 0.3
     veto_min_points: int = 0  # no veto unless both images have at least this many key points

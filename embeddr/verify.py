@@ -427,8 +427,9 @@ class Verifier:
         a caption outside that part do not count; an image too plain for key points is never refuted, nor is one
         with few (< ``veto_few_points``) when most of them (``veto_few_share``) agree with the transform. With
         ``far_upholds`` and the pair's keys ``a``, ``b`` (``rescuable``: neither is like the reference set), a
-        pair the far look confirms (:meth:`far_confirms`) is not refuted either: key points that do not match
-        on a smooth picture are no evidence against pixels and detail that do."""
+        pair the far look or the detail look confirms (:meth:`far_confirms`, :meth:`detail_confirms`) is not
+        refuted either: key points that do not match on a smooth picture are no evidence against pixels and
+        detail that do."""
         c = self.config
         if look is None or look.points < c.veto_min_points:
             return False
@@ -436,14 +437,16 @@ class Verifier:
             return False  # a plain image (a smooth wallpaper) whose few key points mostly agree
         if not (look.inliers < c.veto_inliers or look.content_ncc < c.veto_ncc):
             return False
-        return not (c.far_upholds and rescuable and a is not None and b is not None and self.far_confirms(a, b))
+        return not (c.far_upholds and rescuable and a is not None and b is not None
+                    and (self.detail_confirms(a, b) or self.far_confirms(a, b)))
 
     def rescues(self, a: Hashable, b: Hashable) -> bool:
         """A pair below the threshold is the same picture: the look confirms it (:meth:`confirms`) or, for a
-        picture too plain for key points, the dense look does (:meth:`dense_confirms`). The one rule ``dupes``'
+        picture too plain for key points, the dense look does (:meth:`dense_confirms`), or the dense look and the
+        detail together do (:meth:`detail_confirms`). The one rule ``dupes``'
         pairs, its grouping and ``check`` keep pairs by."""
         look = self.look(a, b)
-        return look is not None and (self.confirms(look) or self.dense_confirms(a, b))
+        return look is not None and (self.confirms(look) or self.dense_confirms(a, b) or self.detail_confirms(a, b))
 
     def dense(self, a: Hashable, b: Hashable) -> float | None:
         """The look without key points, for plain images: both images grey at ``dense_side`` pixels, one scaled
@@ -483,6 +486,20 @@ class Verifier:
             return False
         score = self.dense(a, b)
         return score is not None and score >= self.config.dense_ncc
+
+    def detail_confirms(self, a: Hashable, b: Hashable) -> bool:
+        """The same picture by the dense look and the detail together (``detail_dense``, ``detail_ncc``; 0: never):
+        a placement that correlates at least ``detail_dense`` (short of ``dense_ncc``: a rescan's tilt, a combo's
+        recolour and caption) where the fine detail agrees at least ``detail_ncc``. Two look-alikes that slide onto
+        each other that well (star fields, fruit clip-art) do not share their detail."""
+        c = self.config
+        if c.detail_dense <= 0 or c.dense_ncc <= 0:
+            return False
+        score = self.dense(a, b)
+        if score is None or score < c.detail_dense:
+            return False
+        fine = self.detail(a, b)
+        return fine is not None and fine >= c.detail_ncc
 
     def detail(self, a: Hashable, b: Hashable) -> float | None:
         """Whether the fine detail agrees where :meth:`dense` placed one image in the other: both images grey at

@@ -307,6 +307,30 @@ def test_the_far_look_needs_the_detail_to_agree(photo_arrays, tmp_path):
     assert list(decided) == [CONFIRMED, UPHELD, NOT_LOOKED]
 
 
+def test_the_detail_look_confirms_what_the_dense_look_alone_would_not(photo_arrays, tmp_path):
+    """The fourth way (``detail_dense``, ``detail_ncc``): a placement short of ``dense_ncc`` is enough when the fine
+    detail agrees there. Here ``dense_ncc`` is set out of reach: the crop of a star field is confirmed by the
+    dense look and its detail together, the other field on the same backdrop (whose shading slides onto it just
+    as well) is not, and without the fourth way neither is."""
+    fields = _star_fields(photo_arrays, tmp_path)
+    a, crop, other = fields["field_a"], fields["field_a_crop"], fields["field_b"]
+    shipped = _preset().verify
+    assert 0 < shipped.detail_dense < shipped.dense_ncc and shipped.detail_ncc > 0
+    cfg = dataclasses.replace(shipped, dense_ncc=0.9999)
+    v = Verifier(cfg, lambda key: str(key))
+    assert cfg.detail_dense <= v.dense(a, crop) < cfg.dense_ncc and not v.dense_confirms(a, crop)
+    assert v.detail_confirms(a, crop)
+    assert v.dense(a, other) >= cfg.detail_dense and not v.detail_confirms(a, other)  # shading alone
+    off = Verifier(dataclasses.replace(cfg, detail_dense=0.0), lambda key: str(key))
+    assert not off.detail_confirms(a, crop)
+    # a look without matching key points does not refute the crop (far_upholds): the detail look upholds it
+    from embeddr.verify import Look
+
+    nothing = Look(inliers=0, cells=0, ncc=0.0, content_ncc=0.0, points=200)
+    assert not v.refutes(nothing, a, crop) and v.refutes(nothing, a, other)
+    assert not v.far_confirms(a, crop)  # the far look alone (dense >= dense_ncc) would not have
+
+
 def test_dupes_and_check_keep_far_pairs_only_when_the_far_look_confirms(photo_arrays, renditions, tmp_path, encoder):
     """With a background penalty so steep that every pair scores far below the band, `dupes` lists the pairs
     whose raw cosine reaches the threshold and keeps those the far look confirms (the crop of a star field, not
@@ -347,6 +371,22 @@ def test_dupes_and_check_keep_far_pairs_only_when_the_far_look_confirms(photo_ar
         gate.scorer = Scorer.for_preset(p).with_far(p.verify.far_raw(gate.threshold, p.threshold.value))
         [result] = gate.check([str(folder / "field_a_crop.jpg")])
     assert [(Path(m.path).stem, m.verified) for m in result.matches if m.kind == "near"] == [("field_a", True)]
+
+
+def test_only_far_pairs_a_look_could_keep_count_towards_far_max_pairs():
+    """``far_max_pairs`` bounds the far looks ``dupes`` would take. Pairs of pages (either image like the reference
+    set) are never looked at below the threshold, so they leave the far list and do not count: thousands of pages,
+    whose raw cosines with each other are high, had made ``dupes`` skip every far look of a collection."""
+    from embeddr.dupes import _far_lookable
+
+    a, b = np.arange(6), np.arange(6) + 10
+    pages = [0, 1, 12]
+    rescuable = lambda ia, ib: ~(np.isin(ia, pages) | np.isin(ib, pages))  # noqa: E731
+    far = np.array([True, True, True, False, True, True])
+    assert _far_lookable(far, a, b, rescuable, limit=100) == 2
+    assert far.tolist() == [False, False, False, False, True, True]  # the pages' pairs leave the far list
+    assert _far_lookable(np.ones(6, bool), a, b, lambda ia, ib: None, limit=100) == 6  # no reference set: all count
+    assert _far_lookable(np.ones(6, bool), a, b, rescuable, limit=1) > 1  # past the limit: dupes skips them all
 
 
 def test_a_pair_the_far_look_confirms_is_not_refuted(photo_arrays, tmp_path):
