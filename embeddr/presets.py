@@ -123,6 +123,8 @@ class Verify:
     page_maybe: float = 0.3  # two images with reference backgrounds in [page_maybe, page_reference) ...
     page_paper: float = 0.4  # ... get the paper check when their light, flat tiles are at least this share
     page_paper_fail: float = 0.6  # and are other drawings when this share of their inked tiles differ
+    page_weak_ncc: float = 0.0  # ... also when not both paper, if the key point look correlates below this (0: off)
+    page_weak_points: int = 100  # ... between images with at least this many key points (text, line art)
     provenance: str = ""
 
     def band(self, threshold: float, calibrated: float | None = None) -> tuple[float, float]:

@@ -391,7 +391,10 @@ class Verifier:
           (refuted above unless every inked tile matches; confirmed below only when it is the same page);
         * two images somewhat like pages and both mostly blank paper (:data:`PAGE_MAYBE`, :meth:`is_page`:
           slides, diagrams, and clip-art or products on white), at or above the threshold: refuted when most
-          inked tiles differ (:meth:`paper_refutes`); otherwise, and below the threshold, the picture rules."""
+          inked tiles differ (:meth:`paper_refutes`); otherwise, and below the threshold, the picture rules.
+          Two such images that are not both blank paper (a dense diagram page, code boxes) are refuted when
+          the key point look aligns them only weakly (:meth:`_weakly_aligned`: what a page's layout and
+          repeated glyphs give two different pages) and the paper check refutes them."""
         if not self.config.pages:
             return None
         if kind == PAGE_YES and (above or in_band):
@@ -404,7 +407,22 @@ class Verifier:
         if kind == PAGE_MAYBE and above and self.is_page(a) and self.is_page(b):
             if self.paper_refutes(self.page_look(a, b)):
                 return REFUTED
+        elif kind == PAGE_MAYBE and above and self._weakly_aligned(a, b):
+            if self.paper_refutes(self.page_look(a, b)):
+                return REFUTED
         return None
+
+    def _weakly_aligned(self, a: Hashable, b: Hashable) -> bool:
+        """The key point look aligns the pair (>= ``veto_inliers`` inliers) between images with the key points of
+        text or line art (>= ``page_weak_points``), but its pixels correlate less than ``page_weak_ncc`` (0: off).
+        A plain image (a motion-blurred clock, a striped wallpaper: 3-23 key points, on which the page look's
+        homography slips along the stripes) is never weakly aligned."""
+        c = self.config
+        if c.page_weak_ncc <= 0:
+            return False
+        look = self.look(a, b)
+        return (look is not None and look.points >= max(c.page_weak_points, 1) and look.inliers >= c.veto_inliers
+                and max(look.ncc, look.content_ncc) < c.page_weak_ncc)
 
     def _rank(self, look: Look) -> tuple:
         """The better of two looks (plain, mirrored): confirmed first, then not refuted, then by inliers."""

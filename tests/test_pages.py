@@ -212,3 +212,25 @@ def test_different_pages_of_one_manual_fail_the_paper_check(pages):
     assert v.decide([pages["page"]], [pages["other"]], np.array([True]), None, np.array([PAGE_MAYBE]),
                     np.array([True])) == [REFUTED]
     assert not v.paper_refutes(v.page_look(pages["page"], pages["rescan"]))
+
+
+def test_pages_that_are_not_paper_get_the_paper_check_when_the_look_is_weak(pages):
+    """Dense diagram pages or pages with shaded code boxes are not mostly blank paper, so the paper check did not
+    see them, and the key point look, aligning two different pages on their layout and repeated glyphs, does not
+    refute them. When that look correlates weakly (< ``page_weak_ncc``) they get the paper check too; a copy's
+    look is strong and it keeps the picture rules. (Here no image counts as paper: ``page_paper`` out of reach.)"""
+    if "other" not in pages:
+        pytest.skip("a one-page manual")
+    import dataclasses
+
+    cfg = dataclasses.replace(resolve_preset("sscd-distilled").verify, enabled=True, page_paper=1.01)
+    assert 0 < cfg.page_weak_ncc < 1
+    v = Verifier(cfg, lambda key: str(key))
+    page, other, rescan = pages["page"], pages["other"], pages["rescan"]
+    assert not v.is_page(page) and not v.is_page(other)
+    look = v.look(page, other)
+    assert look is None or max(look.ncc, look.content_ncc) < cfg.page_weak_ncc, look
+    assert v.page_verdict(page, other, PAGE_MAYBE, True, True) == REFUTED
+    assert v.page_verdict(page, rescan, PAGE_MAYBE, True, True) is None  # a copy: the picture rules decide
+    off = Verifier(dataclasses.replace(cfg, page_weak_ncc=0.0), lambda key: str(key))
+    assert off.page_verdict(page, other, PAGE_MAYBE, True, True) is None
