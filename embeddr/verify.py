@@ -404,10 +404,7 @@ class Verifier:
             if above:
                 return REFUTED if self.page_refutes(page) else UPHELD
             return CONFIRMED if self.page_confirms(page) else UPHELD
-        if kind == PAGE_MAYBE and above and self.is_page(a) and self.is_page(b):
-            if self.paper_refutes(self.page_look(a, b)):
-                return REFUTED
-        elif kind == PAGE_MAYBE and above and self._weakly_aligned(a, b):
+        if kind == PAGE_MAYBE and above and (self.is_page(a) and self.is_page(b) or self._weakly_aligned(a, b)):
             if self.paper_refutes(self.page_look(a, b)):
                 return REFUTED
         return None
@@ -513,11 +510,18 @@ class Verifier:
         c = self.config
         if c.detail_dense <= 0 or c.dense_ncc <= 0:
             return False
+        return bool(self._placed_with_detail(a, b, c.detail_dense, c.detail_ncc))
+
+    def _placed_with_detail(self, a: Hashable, b: Hashable, min_dense: float, min_detail: float) -> bool | None:
+        """:meth:`dense` reaches ``min_dense`` and :meth:`detail` ``min_detail`` (the detail is read only then);
+        ``None``: a file could not be read."""
         score = self.dense(a, b)
-        if score is None or score < c.detail_dense:
+        if score is None:
+            return None
+        if score < min_dense:
             return False
         fine = self.detail(a, b)
-        return fine is not None and fine >= c.detail_ncc
+        return None if fine is None else fine >= min_detail
 
     def detail(self, a: Hashable, b: Hashable) -> float | None:
         """Whether the fine detail agrees where :meth:`dense` placed one image in the other: both images grey at
@@ -561,13 +565,7 @@ class Verifier:
         cfg = self.config
         if cfg.dense_ncc <= 0:
             return False
-        score = self.dense(a, b)
-        if score is None:
-            return None
-        if score < cfg.dense_ncc:
-            return False
-        fine = self.detail(a, b)
-        return None if fine is None else fine >= cfg.far_detail
+        return self._placed_with_detail(a, b, cfg.dense_ncc, cfg.far_detail)
 
     def decide(self, a, b, above: np.ndarray, rescuable: np.ndarray | None = None,
                pages: np.ndarray | None = None, in_band: np.ndarray | None = None,
