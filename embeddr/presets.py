@@ -117,6 +117,8 @@ class Verify:
     page_features: int = 3000
     page_min_side: int = 400
     page_min_inliers: int = 20
+    page_min_points: int = 0  # two images like the reference set get the page look only when both have at least
+    # this many key points at page_side (fewer: a plain picture, which the page look could never align)
     page_tiles: int = 32
     page_shift: int = 4
     page_min_tile: float = 0.85

@@ -388,7 +388,9 @@ class Verifier:
         :data:`UPHELD`, :data:`CONFIRMED` or :data:`UNREADABLE`; ``None`` when the picture rules decide instead.
 
         * two pages (:data:`PAGE_YES`), at or above the threshold or in the band: the page look alone decides
-          (refuted above unless every inked tile matches; confirmed below only when it is the same page);
+          (refuted above unless every inked tile matches; confirmed below only when it is the same page), unless
+          either image is too plain for it (:meth:`_too_plain_for_pages`: flat vector art), when the picture
+          rules decide;
         * two images somewhat like pages and both mostly blank paper (:data:`PAGE_MAYBE`, :meth:`is_page`:
           slides, diagrams, and clip-art or products on white), at or above the threshold: refuted when most
           inked tiles differ (:meth:`paper_refutes`); otherwise, and below the threshold, the picture rules.
@@ -397,7 +399,7 @@ class Verifier:
           repeated glyphs give two different pages) and the paper check refutes them."""
         if not self.config.pages:
             return None
-        if kind == PAGE_YES and (above or in_band):
+        if kind == PAGE_YES and (above or in_band) and not self._too_plain_for_pages(a, b):
             page = self.page_look(a, b)
             if page is None:
                 return UNREADABLE
@@ -408,6 +410,20 @@ class Verifier:
             if self.paper_refutes(self.page_look(a, b)):
                 return REFUTED
         return None
+
+    def _too_plain_for_pages(self, a: Hashable, b: Hashable) -> bool:
+        """Either image has fewer than ``page_min_points`` key points at the page look's size (0: off): a plain
+        picture (flat vector art, a smooth wallpaper) that only looks like the reference set. The page look needs
+        ``page_min_inliers`` of them to agree, so it would refute every such pair, copies included; the picture
+        rules decide instead. An unreadable image is not too plain (the page look says so)."""
+        floor = self.config.page_min_points
+        if floor <= 0:
+            return False
+        for key in (a, b):
+            feats = self.features(key, page=True)
+            if feats is not None and len(feats.points) < floor:
+                return True
+        return False
 
     def _weakly_aligned(self, a: Hashable, b: Hashable) -> bool:
         """The key point look aligns the pair (>= ``veto_inliers`` inliers) between images with the key points of

@@ -234,3 +234,28 @@ def test_pages_that_are_not_paper_get_the_paper_check_when_the_look_is_weak(page
     assert v.page_verdict(page, rescan, PAGE_MAYBE, True, True) is None  # a copy: the picture rules decide
     off = Verifier(dataclasses.replace(cfg, page_weak_ncc=0.0), lambda key: str(key))
     assert off.page_verdict(page, other, PAGE_MAYBE, True, True) is None
+
+
+def test_a_plain_picture_like_the_reference_set_is_left_to_the_picture_rules(photo_arrays, tmp_path):
+    """Flat vector art or a smooth wallpaper can look like the reference set (both images >= ``page_reference``)
+    with a handful of key points: the page look, which needs ``page_min_inliers`` of them to agree, refuted every
+    copy of it (a re-encode at raw cosine 1.0 included). Below ``page_min_points`` the picture rules decide; real
+    pages keep the page look (the tests above)."""
+    import dataclasses
+
+    from PIL import ImageFilter
+
+    cfg = resolve_preset("sscd-distilled").verify
+    assert cfg.page_min_points > cfg.page_min_inliers
+    plain = Image.fromarray(photo_arrays["coffee"]).convert("RGB").resize((1200, 800))
+    plain = plain.filter(ImageFilter.GaussianBlur(16))  # a smooth picture: a few dozen key points at most
+    a, b = tmp_path / "plain.png", tmp_path / "plain_copy.jpg"
+    plain.save(a)
+    plain.save(b, quality=85)
+    v = Verifier(cfg, lambda key: str(key))
+    assert len(v.features(a, page=True).points) < cfg.page_min_points
+    assert v.page_verdict(a, b, PAGE_YES, True, False) is None  # the picture rules decide ...
+    assert v.decide([a], [b], np.array([True]), None, np.array([PAGE_YES]), np.array([False])) == [NOT_LOOKED]
+    off = Verifier(dataclasses.replace(cfg, page_min_points=0), lambda key: str(key))
+    assert off.page_verdict(a, b, PAGE_YES, True, False) == REFUTED  # ... where the page look refuted the copy
+
