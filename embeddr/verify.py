@@ -116,6 +116,7 @@ class PageLook:
     worst: float = 0.0  # the lowest tile correlation (1: every tile the same)
     small: bool = False  # a page too small to read: no verdict
     failed: int = 0  # compared tiles that do not match (correlation below page_min_tile)
+    points: int = 0  # key points at page_side of the page with fewer (:meth:`Verifier._too_plain_for_pages`)
 
     def as_dict(self) -> dict:
         return {"inliers": self.inliers, "tiles": self.tiles, "worst_tile": round(self.worst, 4),
@@ -301,9 +302,10 @@ class Verifier:
 
     def _page_look(self, fa: _Features, fb: _Features, mirrored_b: Callable[[], _Features | None]) -> PageLook:
         c = self.config
+        points = min(len(fa.points), len(fb.points))
         side = min(max(fa.grey.shape), max(fb.grey.shape))
         if side < c.page_min_side:
-            return PageLook(small=True)
+            return PageLook(small=True, points=points)
         best = self._homography(fa, fb)
         if best is None or best[0] < 4 * c.page_min_inliers:  # a mirrored copy of the page?
             fm = mirrored_b()
@@ -311,11 +313,11 @@ class Verifier:
             if other is not None and (best is None or other[0] > best[0]):
                 best, fb = other, fm
         if best is None:
-            return PageLook()
+            return PageLook(points=points)
         inliers, transform = best
         tiles, worst, failed = _tile_match(fa.grey, fb.grey, transform, int(c.page_tiles), int(c.page_shift),
                                            float(c.page_min_tile))
-        return PageLook(inliers, tiles, worst, failed=failed)
+        return PageLook(inliers, tiles, worst, failed=failed, points=points)
 
     def _matches(self, fa: _Features, fb: _Features, min_points: int, min_matches: int):
         """``(points in a, points in b)`` of the key point matches that pass Lowe's ratio test, or None when
@@ -399,10 +401,12 @@ class Verifier:
           repeated glyphs give two different pages) and the paper check refutes them."""
         if not self.config.pages:
             return None
-        if kind == PAGE_YES and (above or in_band) and not self._too_plain_for_pages(a, b):
+        if kind == PAGE_YES and (above or in_band):
             page = self.page_look(a, b)
             if page is None:
                 return UNREADABLE
+            if self._too_plain_for_pages(page):
+                return None
             if above:
                 return REFUTED if self.page_refutes(page) else UPHELD
             return CONFIRMED if self.page_confirms(page) else UPHELD
@@ -411,19 +415,12 @@ class Verifier:
                 return REFUTED
         return None
 
-    def _too_plain_for_pages(self, a: Hashable, b: Hashable) -> bool:
-        """Either image has fewer than ``page_min_points`` key points at the page look's size (0: off): a plain
+    def _too_plain_for_pages(self, page: PageLook) -> bool:
+        """The page look's pair has an image with fewer than ``page_min_points`` key points (0: off): a plain
         picture (flat vector art, a smooth wallpaper) that only looks like the reference set. The page look needs
         ``page_min_inliers`` of them to agree, so it would refute every such pair, copies included; the picture
-        rules decide instead. An unreadable image is not too plain (the page look says so)."""
-        floor = self.config.page_min_points
-        if floor <= 0:
-            return False
-        for key in (a, b):
-            feats = self.features(key, page=True)
-            if feats is not None and len(feats.points) < floor:
-                return True
-        return False
+        rules decide instead. Read from the remembered page look, so grouping's repeated verdicts cost nothing."""
+        return page.points < self.config.page_min_points
 
     def _weakly_aligned(self, a: Hashable, b: Hashable) -> bool:
         """The key point look aligns the pair (>= ``veto_inliers`` inliers) between images with the key points of
