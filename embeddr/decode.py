@@ -49,13 +49,23 @@ class ImageMeta:
 
 BORDER_TOLERANCE = 24  # colour difference (0-255) still counted as the border's colour (JPEG noise)
 _BORDER_LUT = [0 if v <= BORDER_TOLERANCE else 255 for v in range(256)]
+BLANK_FRACTION = 0.005  # content (without uniform borders) under this share of the picture: blank (embeddr.normalize)
+# ... but only when the rest is one colour: at least UNIFORM_SHARE of the pixels away from the content box (more
+# than UNIFORM_MARGIN pixels) within UNIFORM_TOLERANCE of the corners' colour. A very dark (or pale) picture whose
+# shading stays within BORDER_TOLERANCE of its corners, with a few brighter specks, is not a blank page
+UNIFORM_TOLERANCE = 4
+UNIFORM_SHARE = 0.98
+UNIFORM_MARGIN = 8
 
 
 def content_size(image: Image.Image, width: int, height: int) -> tuple[int, int] | None:
     """Size, at ``width`` x ``height``, of ``image`` without a uniform border (letterbox, padding, frame).
 
     The border colour is taken from the four corners, which must agree; returns None when there is no
-    such border (or the whole image is that colour). ``image`` may be a reduced decode of the file.
+    such border (or the whole image is that colour). A content box so small that the picture would count as
+    blank (under :data:`BLANK_FRACTION`) is kept only when the rest is one colour (:func:`_uniform_outside`): a
+    very dark picture with a few brighter specks has no border, it is all content. ``image`` may be a reduced
+    decode of the file.
     """
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     w, h = rgb.size
@@ -65,14 +75,28 @@ def content_size(image: Image.Image, width: int, height: int) -> tuple[int, int]
     if max(max(abs(a - b) for a, b in zip(c, corners[0])) for c in corners) > BORDER_TOLERANCE:
         return None
     background = Image.new("RGB", rgb.size, corners[0])
-    diff = ImageChops.difference(rgb, background).convert("L").point(_BORDER_LUT)
-    box = diff.getbbox()
+    grey = ImageChops.difference(rgb, background).convert("L")
+    box = grey.point(_BORDER_LUT).getbbox()
     if box is None:
         return None
     bw, bh = box[2] - box[0], box[3] - box[1]
     if bw >= w - 1 and bh >= h - 1:
         return None  # no border
+    if bw * bh < BLANK_FRACTION * w * h and not _uniform_outside(np.asarray(grey), box):
+        return None  # not a border: shading within the tolerance, all of it content
     return max(1, round(width * bw / w)), max(1, round(height * bh / h))
+
+
+def _uniform_outside(diff: np.ndarray, box: tuple[int, int, int, int]) -> bool:
+    """Whether the pixels more than :data:`UNIFORM_MARGIN` from ``box`` (left, top, right, bottom) are one colour:
+    at least :data:`UNIFORM_SHARE` of them within :data:`UNIFORM_TOLERANCE` of it (``diff``: each pixel's grey
+    difference to the corners' colour). Blank pages are 100 % so, rendered or JPEG (a page number's JPEG ringing
+    stays within the margin); a dark wallpaper's crop, its shading a few levels deep, 4-97 %."""
+    outside = np.ones(diff.shape, bool)
+    m = UNIFORM_MARGIN
+    outside[max(0, box[1] - m):box[3] + m, max(0, box[0] - m):box[2] + m] = False
+    n = int(outside.sum())
+    return n == 0 or int((diff[outside] <= UNIFORM_TOLERANCE).sum()) >= UNIFORM_SHARE * n
 
 
 def _open_nonblocking(path: str, flags: int) -> int:

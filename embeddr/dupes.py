@@ -481,6 +481,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
             return -1.0 if verdict == REFUTED else threshold if verdict == CONFIRMED else v
         if not (band[0] - 1e-6 <= v < band[1] - 1e-6):
             return v
+        may = may or verifier.plain_pages(hx, hy, kind)  # like pages, but too plain for them: a picture
         if v < threshold - 1e-6:
             return threshold if may and verifier.rescues(hx, hy) else v
         return -1.0 if verifier.refutes(verifier.look(hx, hy), hx, hy, may) else v

@@ -100,6 +100,9 @@ class Verify:
     far_side: int = 384  # this much there, compared at far_side pixels (Verifier.far_confirms)
     far_upholds: bool = False  # a pair at or above the threshold the look would refute is kept when the far look
     # confirms it (and neither image is like the reference set)
+    dense_upholds_points: int = 0  # ... and (with far_upholds) when the dense look alone confirms it (dense_ncc) and
+    # the look had fewer key points than this on the plainer image (0: off): too thin a look to overrule the dense
+    # look, which alone would keep the same pair below the threshold
     far_max_pairs: int = 100_000  # more far pairs than this in one `dupes` (crowds of look-alikes at scale: a look
     # each would take days): none is looked at, and the JSON says how many were skipped. Counted among the pairs
     # the far look could keep (rescue_max_reference): pages' pairs, which it never looks at, do not count

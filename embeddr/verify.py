@@ -22,7 +22,8 @@ The look is asymmetric, because it must overturn the score only on strong eviden
   correlation of at least ``few_ncc``, which different pictures did not reach on the calibration cells. Only
   pairs of pictures that do not look like the preset's reference set (text pages, tables, slides, clip-art:
   the kinds of picture made from one template, whose different pages align almost pixel for pixel) are
-  rescued this way: both images' reference background must be below ``rescue_max_reference``. A pair the
+  rescued this way: both images' reference background must be below ``rescue_max_reference`` (or the page look
+  found one of them too plain to be a page: :meth:`Verifier.plain_pages`). A pair the
   look cannot confirm is still confirmed when one image, slid over the other at ``dense_side`` pixels (scaled
   to 35-100 % of its width, plain or mirrored), correlates at least ``dense_ncc`` (:meth:`Verifier.dense`):
   the copies of a picture too plain for key points;
@@ -31,7 +32,8 @@ The look is asymmetric, because it must overturn the score only on strong eviden
   convex hull (no transform maps one picture onto the other, or what both show does not agree:
   look-alikes, pages of other text), and only when both images have at least ``veto_min_points`` key
   points (an image too plain to be matched is not evidence of a different picture) and, with
-  ``far_upholds``, the far look (below) does not confirm it.
+  ``far_upholds``, the far look (below) does not confirm it, nor the dense look alone when the look had fewer
+  than ``dense_upholds_points`` key points (a pair it would rescue below the threshold is not dropped above it).
 
 **Pages** are different: two pages set from one template (a manual's pages, slide builds, tables that differ in a
 few glyphs) align almost pixel for pixel and score like copies at any score, up to 0.99. With ``pages = true``,
@@ -415,6 +417,17 @@ class Verifier:
                 return REFUTED
         return None
 
+    def plain_pages(self, a: Hashable, b: Hashable, kind: int) -> bool:
+        """A pair of two images like the reference set (:data:`PAGE_YES`) that is no pair of pages: an image too
+        plain for the page look (:meth:`_too_plain_for_pages`: flat vector art with a few key points, which no
+        calibration page but blank ones had). The picture rules decide for it as for any other picture, a rescue
+        below the threshold included (the rescue limit ``rescue_max_reference`` keeps apart pages set from one
+        template, which such an image is not). Read from the remembered page look."""
+        if kind != PAGE_YES or not self.config.pages or self.config.page_min_points <= 0:
+            return False
+        page = self.page_look(a, b)
+        return page is not None and self._too_plain_for_pages(page)
+
     def _too_plain_for_pages(self, page: PageLook) -> bool:
         """The page look's pair has an image with fewer than ``page_min_points`` key points (0: off): a plain
         picture (flat vector art, a smooth wallpaper) that only looks like the reference set. The page look needs
@@ -457,7 +470,9 @@ class Verifier:
         ``far_upholds`` and the pair's keys ``a``, ``b`` (``rescuable``: neither is like the reference set), a
         pair the far look or the detail look confirms (:meth:`far_confirms`, :meth:`detail_confirms`) is not
         refuted either: key points that do not match on a smooth picture are no evidence against pixels and
-        detail that do."""
+        detail that do. Nor is a pair the dense look alone confirms (:meth:`dense_confirms`, as it would keep the
+        pair below the threshold) when the look had fewer than ``dense_upholds_points`` key points on the plainer
+        image: a decision must not be stricter above the threshold than below it on such thin evidence."""
         c = self.config
         if look is None or look.points < c.veto_min_points:
             return False
@@ -465,8 +480,11 @@ class Verifier:
             return False  # a plain image (a smooth wallpaper) whose few key points mostly agree
         if not (look.inliers < c.veto_inliers or look.content_ncc < c.veto_ncc):
             return False
-        return not (c.far_upholds and rescuable and a is not None and b is not None
-                    and (self.detail_confirms(a, b) or self.far_confirms(a, b)))
+        if not (c.far_upholds and rescuable and a is not None and b is not None):
+            return True
+        if look.points < c.dense_upholds_points and self.dense_confirms(a, b):
+            return False  # a look this thin does not overrule the dense look, which alone keeps the pair below t
+        return not (self.detail_confirms(a, b) or self.far_confirms(a, b))
 
     def rescues(self, a: Hashable, b: Hashable) -> bool:
         """A pair below the threshold is the same picture: the look confirms it (:meth:`confirms`) or, for a
@@ -600,13 +618,15 @@ class Verifier:
                 same = self.far_confirms(a[i], b[i])
                 out[i] = UNREADABLE if same is None else CONFIRMED if same else UPHELD
                 continue
+            may = rescuable is None or bool(rescuable[i])
             if pages is not None:
-                verdict = self.page_verdict(a[i], b[i], int(pages[i]), bool(above[i]),
-                                            in_band is None or bool(in_band[i]))
+                looked = in_band is None or bool(in_band[i])
+                verdict = self.page_verdict(a[i], b[i], int(pages[i]), bool(above[i]), looked)
                 if verdict is not None:
                     out[i] = verdict
                     continue
-            if not above[i] and rescuable is not None and not rescuable[i]:
+                may = may or ((above[i] or looked) and self.plain_pages(a[i], b[i], int(pages[i])))
+            if not above[i] and not may:
                 out[i] = NOT_LOOKED
                 continue
             if in_band is not None and not in_band[i]:
@@ -616,7 +636,6 @@ class Verifier:
             if look is None:
                 continue
             if above[i]:
-                may = rescuable is None or bool(rescuable[i])
                 out[i] = REFUTED if self.refutes(look, a[i], b[i], may) else UPHELD
             else:
                 out[i] = CONFIRMED if self.rescues(a[i], b[i]) else UPHELD

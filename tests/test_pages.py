@@ -17,7 +17,7 @@ from embeddr.catalog import Catalog
 from embeddr.dupes import find_duplicates
 from embeddr.encoders import resolve_preset
 from embeddr.jobs import scan
-from embeddr.verify import NOT_LOOKED, PAGE_MAYBE, PAGE_YES, REFUTED, UPHELD, Verifier
+from embeddr.verify import CONFIRMED, NOT_LOOKED, PAGE_MAYBE, PAGE_YES, REFUTED, UPHELD, Verifier
 
 pytest.importorskip("cv2")
 
@@ -258,4 +258,13 @@ def test_a_plain_picture_like_the_reference_set_is_left_to_the_picture_rules(pho
     assert v.decide([a], [b], np.array([True]), None, np.array([PAGE_YES]), np.array([False])) == [NOT_LOOKED]
     off = Verifier(dataclasses.replace(cfg, page_min_points=0), lambda key: str(key))
     assert off.page_verdict(a, b, PAGE_YES, True, False) == REFUTED  # ... where the page look refuted the copy
+    # below the threshold, in the band, a crop of it is rescued as a picture would be (the rescue limit for images
+    # like the reference set keeps pages of one template apart; this is no page)
+    crop = tmp_path / "plain_crop.jpg"
+    plain.crop((150, 100, 1050, 700)).save(crop, quality=90)
+    assert v.plain_pages(a, crop, PAGE_YES) and not v.plain_pages(a, crop, PAGE_MAYBE)
+    below = dict(above=np.array([False]), rescuable=np.array([False]), pages=np.array([PAGE_YES]),
+                 in_band=np.array([True]))
+    assert list(v.decide([a], [crop], **below)) == [CONFIRMED]
+    assert list(off.decide([a], [crop], **below)) == [UPHELD]  # the page look: no alignment, no rescue
 

@@ -103,6 +103,32 @@ def test_blank_pages_are_only_exact_copies(tmp_path, photo_arrays):
                         rows["coffee.jpg"].content_height)
 
 
+def test_a_very_dark_picture_with_a_bright_speck_is_not_blank(tmp_path, photo_arrays):
+    """A night picture whose shading stays within a few levels of its corners' colour and whose only bright part is
+    a small speck has no uniform border: it is all content, not a blank page, so its copies are matched as near
+    duplicates (the blank rule had kept a dark wallpaper's crops apart from it). The CPU and GPU decoders measure
+    the same."""
+    import torch
+
+    from embeddr.decode import load_image
+    from embeddr.gpu_decode import content_box
+
+    grey = np.asarray(Image.fromarray(photo_arrays["astronaut"]).convert("L").resize((640, 480)), np.float32)
+    night = np.stack([grey * 0.07, grey * 0.07, grey * 0.07 + 6], axis=-1)  # shading 0-18 levels deep
+    night[200:204, 300:304] = 255  # a star
+    Image.fromarray(night.round().astype(np.uint8)).save(tmp_path / "night.jpg", quality=92)
+    page = Image.new("RGB", (640, 480), (255, 255, 255))
+    page.paste((0, 0, 0), (310, 440, 322, 452))  # a page number
+    page.save(tmp_path / "page.jpg", quality=92)
+    rgb, meta = load_image(str(tmp_path / "night.jpg"))
+    assert meta.content_width is None and not is_blank(meta.width, meta.height, meta.content_width, meta.content_height)
+    assert content_box(torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()) is None
+    rgb, meta = load_image(str(tmp_path / "page.jpg"))
+    assert is_blank(meta.width, meta.height, meta.content_width, meta.content_height), meta
+    box = content_box(torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous())
+    assert box is not None and abs(box[0] - meta.content_width) <= 2 and abs(box[1] - meta.content_height) <= 2
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 

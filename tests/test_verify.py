@@ -406,3 +406,37 @@ def test_a_pair_the_far_look_confirms_is_not_refuted(photo_arrays, tmp_path):
     assert v.refutes(nothing, a, crop, rescuable=False)
     off = Verifier(dataclasses.replace(_preset().verify, far_upholds=False), lambda key: str(key))
     assert off.refutes(nothing, a, crop)
+
+
+def test_a_thin_look_does_not_overrule_the_dense_look_above_the_threshold(photo_arrays, tmp_path):
+    """A decision is not stricter above the threshold than below it on thin evidence: a look with few key points
+    and none agreeing (a smooth wallpaper's rescan) does not drop a pair the dense look alone confirms, as the dense
+    look would keep the same pair below the threshold; a look with hundreds of key points still does (two star
+    fields on one backdrop slide onto each other as well as copies, their stars do not match), and so does any
+    look of a pair that the dense look does not place, or of images like the reference set."""
+    from PIL import ImageFilter
+
+    from embeddr.verify import Look
+
+    wall = Image.fromarray(photo_arrays["astronaut"]).convert("RGB").resize((512, 384)).filter(ImageFilter.GaussianBlur(12))
+    wall.save(tmp_path / "wall.png")
+    wall.crop((100, 60, 400, 300)).save(tmp_path / "wall_crop.jpg", quality=90)
+    other = Image.fromarray(photo_arrays["coffee"]).convert("RGB").resize((512, 384)).filter(ImageFilter.GaussianBlur(12))
+    other.save(tmp_path / "other.png")
+    a, copy, b = tmp_path / "wall.png", tmp_path / "wall_crop.jpg", tmp_path / "other.png"
+    v = Verifier(_preset().verify, lambda key: str(key))
+    c = v.config
+    assert c.far_upholds and c.veto_few_points < c.dense_upholds_points
+    assert v.dense_confirms(a, copy) and not v.dense_confirms(a, b)
+    thin = Look(inliers=0, cells=0, points=c.veto_few_points + 10)  # plain, but past the plain-image rule
+    assert v.refutes(thin)  # on the look alone: refuted
+    assert not v.refutes(thin, a, copy)  # the dense look alone would keep it below the threshold: kept above too
+    assert v.refutes(thin, a, b) and v.refutes(thin, a, copy, rescuable=False)
+    off = Verifier(dataclasses.replace(c, dense_upholds_points=0, detail_dense=0.0, far_detail=1.01),
+                   lambda key: str(key))
+    assert off.refutes(thin, a, copy)  # neither the rule nor the detail look: refuted
+    fields = _star_fields(photo_arrays, tmp_path)  # the dense look places them, their detail does not agree
+    assert v.dense_confirms(fields["field_a"], fields["field_b"])
+    rich = Look(inliers=0, cells=0, points=c.dense_upholds_points)  # hundreds of stars, none matching
+    assert v.refutes(rich, fields["field_a"], fields["field_b"])
+    assert not v.refutes(dataclasses.replace(rich, points=c.dense_upholds_points - 1), fields["field_a"], fields["field_b"])
