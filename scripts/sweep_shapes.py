@@ -13,7 +13,9 @@ pool (a file's vector does not depend on the collection), and the cell is scored
 `find_duplicates` that `embeddr dupes` runs (normalised score, blank pages, grouping), at the preset's
 shipped threshold. Columns: precision and recall of the listed pairs, AP of the default score's ranking
 (pairs down to score 0.3), false pairs by kind (doc: two pages of real documents, crowd: two look-alikes,
-picture: two different photos), and the family with the lowest recall.
+picture: two different photos), the family with the lowest recall, and the precision and recall of the groups
+(every pair of two members of one group counted as found: what `apply` and the report act on; the no-chaining
+rule can leave a picture's renditions in two groups although every listed pair is right).
 
 ``--calibrate`` (calibration split and grid only) prints, for the preset's ``[normalize]`` settings, the
 lowest threshold at which the mean precision over the grid's cells is >= 0.995 (the shipped rule).
@@ -214,6 +216,18 @@ def score_cell(rows, pool_db: Path, model: str, work: Path, threshold: float | N
                 worst_false.append((round(p.score, 3), Path(p.a).name, Path(p.b).name, k))
     fam_total = Counter(positives.values())
     fam_recall = {f: found[f] / n for f, n in fam_total.items()}
+    # the groups (what `apply` and the report act on): every pair of two members of one group counts as found
+    g_found, g_tp, g_fp = Counter(), 0, 0
+    for g in report.groups:
+        ms = [m.path for m in g.members if m.path in row_of]
+        for i, x in enumerate(ms):
+            for y in ms[i + 1:]:
+                fam = positives.get(frozenset((x, y)))
+                if fam is None:
+                    g_fp += 1
+                else:
+                    g_tp += 1
+                    g_found[fam] += 1
     # AP over content pairs expanded to files
     files_of = defaultdict(list)
     for p, h in present.items():
@@ -234,6 +248,9 @@ def score_cell(rows, pool_db: Path, model: str, work: Path, threshold: float | N
     return {"files": len(row_of), "positives": n_pos, "pairs": tp + fp, "tp": tp, "fp": fp,
             "precision": tp / (tp + fp) if tp + fp else 1.0, "recall": tp / n_pos if n_pos else 1.0, "ap": ap,
             "false": dict(false), "family_recall": fam_recall, "worst_false": worst_false,
+            "group_precision": g_tp / (g_tp + g_fp) if g_tp + g_fp else 1.0,
+            "group_recall": g_tp / n_pos if n_pos else 1.0, "group_false": g_fp,
+            "group_family_recall": {f: g_found[f] / n for f, n in fam_total.items()},
             "threshold": report.threshold, "seconds": round(seconds, 2), "verify": report.extra.get("verify")}
 
 
@@ -241,15 +258,16 @@ def markdown(results: dict, detectors: list[str]) -> str:
     lines = []
     for det in detectors:
         lines += [f"#### {det}", "",
-                  "| shape | files | dup pairs | precision | recall | AP | false pairs doc / crowd / picture | lowest family |",
-                  "|---|---:|---:|---:|---:|---:|---|---|"]
+                  "| shape | files | dup pairs | precision | recall | AP | false pairs doc / crowd / picture | lowest family "
+                  "| groups: precision / recall |",
+                  "|---|---:|---:|---:|---:|---:|---|---|---|"]
         for name, res in results.items():
             r = res[det]
             fam = min(r["family_recall"].items(), key=lambda kv: kv[1]) if r["family_recall"] else ("-", 1.0)
             f = r["false"]
             lines.append(f"| {name} | {r['files']} | {r['positives']} | {r['precision']:.4f} | {r['recall']:.4f} | "
                          f"{r['ap']:.3f} | {f.get('doc', 0)} / {f.get('crowd', 0)} / {f.get('picture', 0)} | "
-                         f"{fam[0]} {fam[1]:.3f} |")
+                         f"{fam[0]} {fam[1]:.3f} | {r['group_precision']:.4f} / {r['group_recall']:.4f} |")
         cells = list(results.values())
         wp = min(results.items(), key=lambda kv: kv[1][det]["precision"])
         wr = min(results.items(), key=lambda kv: kv[1][det]["recall"])

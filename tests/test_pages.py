@@ -268,3 +268,19 @@ def test_a_plain_picture_like_the_reference_set_is_left_to_the_picture_rules(pho
     assert list(v.decide([a], [crop], **below)) == [CONFIRMED]
     assert list(off.decide([a], [crop], **below)) == [UPHELD]  # the page look: no alignment, no rescue
 
+
+
+def test_a_pair_with_a_page_like_image_is_kept_from_rescue():
+    """The rescue limit keeps apart pages set from one template, which align pixel for pixel: a pair is kept from
+    rescue below the threshold when either image looks like the reference set (the pages of one document straddle
+    the limit; asking both to reach it let such pages pair up on the test split)."""
+    from embeddr.normalize import Scorer
+    from embeddr.verify import may_rescue
+
+    preset = resolve_preset("sscd-distilled")
+    scorer = Scorer.for_preset(preset)
+    assert scorer.has_reference
+    limit = preset.verify.rescue_max_reference
+    page, picture = limit + 0.05, limit - 0.2
+    ok = may_rescue(preset.verify, scorer, np.array([page, page, picture]), np.array([page, picture, picture]))
+    assert ok.tolist() == [False, False, True]

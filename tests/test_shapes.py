@@ -143,7 +143,7 @@ def test_chain_with_a_weak_link_under_the_normalised_score_does_not_join(tmp_pat
     basis, _ = np.linalg.qr(rng.normal(size=(preset.dim, preset.dim)))
     gram = np.array([[1.0, 0.9, 0.65], [0.9, 1.0, 0.9], [0.65, 0.9, 1.0]])
     abc = np.linalg.cholesky(gram) @ basis[:3]  # rows: unit vectors with these cosines
-    crowd = _unit(0.45 * abc[2] + np.sqrt(1 - 0.45 ** 2) * basis[10:10 + 40])  # 40 look-alikes of C at 0.45
+    crowd = _unit(0.5 * abc[2] + np.sqrt(1 - 0.5 ** 2) * basis[10:10 + 40])  # 40 look-alikes of C at 0.5
     vecs = _unit(np.vstack([abc, crowd]))
     names = ["A", "B", "C"] + [f"crowd{i:02d}" for i in range(40)]
     db = tmp_path / "chain.db"
