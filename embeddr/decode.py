@@ -63,7 +63,7 @@ def content_size(image: Image.Image, width: int, height: int) -> tuple[int, int]
 
     The border colour is taken from the four corners, which must agree; returns None when there is no
     such border (or the whole image is that colour). A content box so small that the picture would count as
-    blank (under :data:`BLANK_FRACTION`) is kept only when the rest is one colour (:func:`_uniform_outside`): a
+    blank (under :data:`BLANK_FRACTION`) is kept only when the rest is one colour (:func:`uniform_outside`): a
     very dark picture with a few brighter specks has no border, it is all content. ``image`` may be a reduced
     decode of the file.
     """
@@ -82,12 +82,12 @@ def content_size(image: Image.Image, width: int, height: int) -> tuple[int, int]
     bw, bh = box[2] - box[0], box[3] - box[1]
     if bw >= w - 1 and bh >= h - 1:
         return None  # no border
-    if bw * bh < BLANK_FRACTION * w * h and not _uniform_outside(np.asarray(grey), box):
+    if bw * bh < BLANK_FRACTION * w * h and not uniform_outside(np.asarray(grey), box):
         return None  # not a border: shading within the tolerance, all of it content
     return max(1, round(width * bw / w)), max(1, round(height * bh / h))
 
 
-def _uniform_outside(diff: np.ndarray, box: tuple[int, int, int, int]) -> bool:
+def uniform_outside(diff: np.ndarray, box: tuple[int, int, int, int]) -> bool:
     """Whether the pixels more than :data:`UNIFORM_MARGIN` from ``box`` (left, top, right, bottom) are one colour:
     at least :data:`UNIFORM_SHARE` of them within :data:`UNIFORM_TOLERANCE` of it (``diff``: each pixel's grey
     difference to the corners' colour). Blank pages are 100 % so, rendered or JPEG (a page number's JPEG ringing

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import BLANK_FRACTION, _uniform_outside
+from .decode import BLANK_FRACTION, uniform_outside
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 RESIZE_MODES = ("squash", "shortest", "center_crop")  # the geometries done on the device ("pad" stays on the CPU)
@@ -134,7 +134,7 @@ def content_box(img) -> tuple[int, int] | None:
         return None
     if bw * bh < BLANK_FRACTION * w * h:  # a blank picture only when the rest is one colour
         top, left = int(rows[0]), int(cols[0])
-        if not _uniform_outside(lum.cpu().numpy(), (left, top, left + bw, top + bh)):
+        if not uniform_outside(lum.cpu().numpy(), (left, top, left + bw, top + bh)):
             return None
     return bw, bh
 
