@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .decode import BLANK_FRACTION as _BLANK_FRACTION
 from .errors import PresetNotFound
 
 if TYPE_CHECKING:  # FAISS is imported where an index is built or read, not at start-up
@@ -251,15 +250,16 @@ class Scorer:
         return normalize_scores(raw, bg_a, bg_b, beta=self.beta, floor=self.floor)
 
 
-BLANK_FRACTION = _BLANK_FRACTION  # a picture whose content (without uniform borders) covers less than this is blank
-
-
 def is_blank(width: int | None, height: int | None, content_width: int | None, content_height: int | None) -> bool:
     """A blank picture: a page with at most a page number, a uniform frame. Its embedding says nothing about
     copying (two blank pages of two documents look "identical" to any model), so blank pictures are matched
     only as exact copies (same bytes), never as near-duplicates. ``content_*``: the size without uniform
     borders measured at scan time (None: the picture has no uniform border, so it is not blank; a content box
-    this small is measured only when the rest is one colour: :func:`embeddr.decode.content_size`)."""
+    this small is measured only when the rest is one colour: :func:`embeddr.decode.content_size`). The share,
+    :data:`embeddr.decode.BLANK_FRACTION`, lives where the content box is measured; imported here when called, so
+    the scoring stage does not load the decoders (Pillow) at start-up."""
+    from .decode import BLANK_FRACTION
+
     if content_width is None or content_height is None or not width or not height:
         return False
     return content_width * content_height < BLANK_FRACTION * width * height
