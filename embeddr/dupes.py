@@ -461,17 +461,22 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
 
     band_hashes: dict[int, str] = {}  # the content hashes of the cross pairs looked at (the verifier's keys)
 
+    def hashes_of(vx: int, vy: int) -> tuple[str, str]:
+        if vx not in band_hashes or vy not in band_hashes:
+            if len(band_hashes) > 100_000:
+                band_hashes.clear()
+            band_hashes.update(catalog.hashes_of_ids([vx, vy]))
+        return band_hashes[vx], band_hashes[vy]
+
+    group_looks = {"looked_at": 0, "confirmed": 0, "skipped": 0}  # grouping's own looks (group_look)
+
     def band_decision(x: int, y: int, v: float, kind: int = 0, far: bool = False) -> float:
         """What grouping compares with its floor for a pair in the verification band, a pair of pages
         (``kind``: :func:`embeddr.verify.page_kinds`) at or above the floor, or a pair below the band whose raw
         cosine reaches ``far_raw`` (``far``): what the second look made of it (confirmed below the threshold:
         the threshold; refuted: -1), else its score."""
         vx, vy = int(nodes[x]), int(nodes[y])
-        if vx not in band_hashes or vy not in band_hashes:
-            if len(band_hashes) > 100_000:
-                band_hashes.clear()
-            band_hashes.update(catalog.hashes_of_ids([vx, vy]))
-        hx, hy = band_hashes[vx], band_hashes[vy]
+        hx, hy = hashes_of(vx, vy)
         ok = rescuable(np.array([vx]), np.array([vy]))
         may = ok is None or bool(ok[0])  # neither image like the reference set
         if far:
@@ -488,7 +493,9 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
 
     def all_at_least(x: np.ndarray, y: np.ndarray) -> bool:
         """Whether every unlisted cross pair of two groups passes the floor on the decision: the score, or for
-        a pair in the verification band the second look's verdict (looked at only where the scores pass)."""
+        a pair in the verification band the second look's verdict (looked at only where the scores pass); up to
+        ``group_looks`` pairs short of it (below the floor, or far pairs the far look did not keep) pass when a
+        group look keeps each of them (:func:`group_look`)."""
         v, raw = similarity(x, y, with_raw=True)
         looked = (v >= band[0] - 1e-6) & (v < band[1] - 1e-6) if verifying else np.zeros(len(v), bool)
         far = ((v < band[0] - 1e-6) & (raw >= far_raw - 1e-6) if far_raw is not None and not far_skipped
@@ -498,10 +505,37 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         if verifying and paging and len(v):
             kinds = page_kinds(vcfg, scorer, ref_bg(nodes[x]), ref_bg(nodes[y]))
             looked |= (kinds > PAGE_NO) & (v >= floor - 1e-6) & ~far
-        if (v[~looked] < floor).any():
+        limit = vcfg.group_looks if verifying else 0
+        weak = np.flatnonzero(~looked & (v < floor - 1e-6)).tolist()  # below the floor: a group look may keep them
+        if len(weak) > limit:
             return False
-        return all(band_decision(int(x[i]), int(y[i]), float(v[i]), int(kinds[i]), bool(far[i])) >= floor
-                   for i in np.flatnonzero(looked))
+        for i in np.flatnonzero(looked).tolist():
+            if band_decision(int(x[i]), int(y[i]), float(v[i]), int(kinds[i]), bool(far[i])) >= floor:
+                continue
+            if not far[i] or kinds[i] > PAGE_NO:
+                return False  # refuted by a look
+            weak.append(i)  # a far pair the far look did not keep
+            if len(weak) > limit:
+                return False
+        return all(group_look(int(x[i]), int(y[i]), int(kinds[i])) for i in weak)
+
+    def group_look(x: int, y: int, kind: int) -> bool:
+        """A cross pair below the floor of two groups a listed pair links (``group_looks``): the same picture when
+        the look rescues it (as a pair in the band: pictures neither like the reference set; never pages, never a
+        pair a reviewer rejected)."""
+        if kind > PAGE_NO or (len(rejected_nodes) and _pair_in(np.array([x]), np.array([y]), rejected_nodes)[0]):
+            return False
+        vx, vy = int(nodes[x]), int(nodes[y])
+        ok = rescuable(np.array([vx]), np.array([vy]))
+        if ok is not None and not bool(ok[0]):
+            return False
+        if group_looks["looked_at"] >= vcfg.group_max_looks:
+            group_looks["skipped"] += 1
+            return False
+        group_looks["looked_at"] += 1
+        same = verifier.rescues(*hashes_of(vx, vy))
+        group_looks["confirmed"] += bool(same)
+        return same
 
     from .group import PairIndex, group_arrays
 
@@ -509,6 +543,8 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     floor = threshold - margin
     edge = np.where(confirmed, np.maximum(s.astype(np.float64), threshold), s.astype(np.float64))
     content_groups = group_arrays(ai, bi, edge, n=n, floor=floor, all_at_least=all_at_least, rank=hash_rank)
+    if verifying and vcfg.group_looks > 0:
+        search_info.setdefault("verify", {})["groups"] = dict(group_looks, max_per_merge=vcfg.group_looks)
     index = PairIndex(ai, bi, n, edge)
     copied = catalog.copied_hashes()
     copied_ids = np.sort(np.fromiter(catalog.ids_of_hashes(copied).values(), np.int64))

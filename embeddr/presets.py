@@ -106,6 +106,13 @@ class Verify:
     far_max_pairs: int = 100_000  # more far pairs than this in one `dupes` (crowds of look-alikes at scale: a look
     # each would take days): none is looked at, and the JSON says how many were skipped. Counted among the pairs
     # the far look could keep (rescue_max_reference): pages' pairs, which it never looks at, do not count
+    group_looks: int = 0  # grouping: two groups a listed pair links merge, though up to this many of their cross
+    # pairs score below the floor, when the look rescues each of those (Verifier.rescues; pictures neither like the
+    # reference set): a crop and a bordered copy of one picture score far apart, yet one lies in the other. 0: off
+    group_max_looks: int = 20_000  # ... and no more such looks than this in one `dupes` (then those merges fail as
+    # without them; the JSON says so): a bound on the time grouping spends looking
+    content_boxes: bool = False  # the look's content correlation leaves out either image's uniform border (a frame,
+    # padding: verify.content_box); off: over the whole overlap (and the inliers' hull)
     veto_inliers: int = 5
     veto_ncc: float = 0.3
     veto_min_points: int = 0  # no veto unless both images have at least this many key points

@@ -100,8 +100,9 @@ class Look:
     cells: int = 0
     ncc: float = 0.0  # aligned grey correlation over the whole overlap
     mirrored: bool = False
-    content_ncc: float = 0.0  # the same within the inliers' convex hull (what both images show: borders,
-    # margins and paper around a rescan left out); the whole overlap's when the inliers do not spread wide
+    content_ncc: float = 0.0  # the same over what both images show: without either image's uniform border
+    # (content_box, with the preset's content_boxes) and within the inliers' convex hull when they spread wide
+    # (margins and paper around a rescan left out); else the whole overlap's
     points: int = 0  # key points of the image with fewer: below veto_min_points a look has no material to refute
 
     def as_dict(self) -> dict:
@@ -130,6 +131,7 @@ class _Features:
     points: np.ndarray  # (n, 2) float32 key point positions
     descriptors: np.ndarray | None  # (n, 128) float32 SIFT descriptors
     grey: np.ndarray  # the grey image the points are on (side pixels on its long side at most)
+    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1: the grey image without a uniform border
 
 
 def _cv2():
@@ -230,7 +232,8 @@ class Verifier:
                     self._page_sift = cv2.SIFT_create(nfeatures=int(self.config.page_features))
                 sift = self._page_sift
             points, descriptors = sift.detectAndCompute(grey, None)
-            feats = _Features(np.array([p.pt for p in points], np.float32).reshape(-1, 2), descriptors, grey)
+            feats = _Features(np.array([p.pt for p in points], np.float32).reshape(-1, 2), descriptors, grey,
+                              content_box(grey))
         return feats
 
     # -- one pair -----------------------------------------------------------------------------------------
@@ -260,10 +263,19 @@ class Verifier:
         ga = cv2.GaussianBlur(fa.grey, (0, 0), 1.5)
         gb = cv2.GaussianBlur(warped, (0, 0), 1.5)
         ncc = content = _ncc(ga, gb, overlap)
-        if cells >= HULL_MIN_CELLS:  # what both images show: the inliers' convex hull, when they spread wide
+        shown = overlap  # what both images show: the overlap without either image's uniform border ...
+        bordered = [f.box != (0, 0, f.grey.shape[1], f.grey.shape[0]) for f in (fa, fb) if f.box is not None]
+        if self.config.content_boxes and any(bordered):
+            inside_b = cv2.warpAffine(_box_mask(fb.grey.shape, fb.box), transform, (w, h),
+                                      flags=cv2.WARP_INVERSE_MAP | cv2.INTER_NEAREST) > 0
+            both = overlap & (_box_mask(fa.grey.shape, fa.box) > 0) & inside_b
+            if both.sum() < overlap.sum() and both.mean() >= HULL_MIN_AREA:
+                shown = both
+                content = _ncc(ga, gb, shown)
+        if cells >= HULL_MIN_CELLS:  # ... and within the inliers' convex hull, when they spread wide
             hull = np.zeros((h, w), np.uint8)
             cv2.fillConvexPoly(hull, cv2.convexHull(p.astype(np.float32)).astype(np.int32), 1)
-            shared = (hull > 0) & overlap
+            shared = (hull > 0) & shown
             if shared.mean() >= HULL_MIN_AREA:
                 content = _ncc(ga, gb, shared)
         return Look(int(inl.sum()), cells, ncc, mirrored, content, points)
@@ -643,6 +655,42 @@ class Verifier:
 
     def stats(self) -> dict:
         return {"pairs_looked_at": self.looked, "pairs_unreadable": self.unreadable}
+
+
+BOX_INSET = 3  # pixels a content box keeps off a border it found (the look's blur carries the border's edge)
+
+
+def content_box(grey: np.ndarray) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)``: a grey image without a uniform border (a frame, padding, a letterbox: the four
+    corners' grey level, within :data:`embeddr.decode.BORDER_TOLERANCE`), inset by :data:`BOX_INSET` on each side
+    where a border was found; the whole image when the corners disagree or the rest would be under
+    :data:`HULL_MIN_AREA` of it. The look correlates two images over what both show (:attr:`Look.content_ncc`):
+    a light and a dark border around the same smooth picture would otherwise decide the correlation, negatively."""
+    from .decode import BORDER_TOLERANCE
+
+    h, w = grey.shape[:2]
+    whole = (0, 0, w, h)
+    if h < 8 or w < 8:
+        return whole
+    corners = grey[[0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1]].astype(np.int16)
+    if int(corners.max()) - int(corners.min()) > BORDER_TOLERANCE:
+        return whole
+    differs = np.abs(grey.astype(np.int16) - int(corners[0])) > BORDER_TOLERANCE
+    rows, cols = np.flatnonzero(differs.any(axis=1)), np.flatnonzero(differs.any(axis=0))
+    if not len(rows):
+        return whole
+    x0, y0, x1, y1 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+    x0, y0 = x0 + BOX_INSET if x0 > 0 else 0, y0 + BOX_INSET if y0 > 0 else 0
+    x1, y1 = x1 - BOX_INSET if x1 < w else w, y1 - BOX_INSET if y1 < h else h
+    if x1 <= x0 or y1 <= y0 or (x1 - x0) * (y1 - y0) < HULL_MIN_AREA * w * h:
+        return whole
+    return x0, y0, x1, y1
+
+
+def _box_mask(shape: tuple, box: tuple[int, int, int, int]) -> np.ndarray:
+    mask = np.zeros(shape[:2], np.uint8)
+    mask[box[1]:box[3], box[0]:box[2]] = 255
+    return mask
 
 
 DENSE_MIN_SIDE = 24  # the smallest template :meth:`Verifier.dense` slides (pixels)

@@ -149,7 +149,8 @@ def test_dupes_json_says_what_the_second_look_did(renditions, tmp_path, runner):
     assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
     on, off = json.loads(on.output), json.loads(off.output)
     assert set(on["verify"]) == {"band", "looked_at", "confirmed_below_threshold", "refuted_above_threshold",
-                                 "unreadable", "far"}
+                                 "unreadable", "far", "groups"}
+    assert set(on["verify"]["groups"]) == {"looked_at", "confirmed", "skipped", "max_per_merge"}
     assert on["verify"]["band"] == [round(0.572 - 0.12, 6), round(0.572 + 0.13, 6)]
     assert set(on["verify"]["far"]) == {"raw_from", "looked_at", "confirmed", "skipped"}
     assert on["verify"]["far"]["raw_from"] == 0.572 and on["verify"]["far"]["skipped"] == 0
@@ -440,3 +441,93 @@ def test_a_thin_look_does_not_overrule_the_dense_look_above_the_threshold(photo_
     rich = Look(inliers=0, cells=0, points=c.dense_upholds_points)  # hundreds of stars, none matching
     assert v.refutes(rich, fields["field_a"], fields["field_b"])
     assert not v.refutes(dataclasses.replace(rich, points=c.dense_upholds_points - 1), fields["field_a"], fields["field_b"])
+
+
+def test_grouping_asks_the_look_about_a_crop_its_picture_s_renditions_score_far_from(photo_arrays, tmp_path):
+    """A strong crop of a photo pairs with the photo, but scores far below the grouping floor against its mirror:
+    without the group look it stays out of the picture's group (the no-chaining rule on the score alone). The group
+    look places the crop in the mirror, so the picture is one group; its min_score is still the true weakest link.
+    Two halves of another photo that share no pixel, each paired with the whole, stay apart: no look places one in
+    the other."""
+    folder = tmp_path / "photos"
+    for name, arr in photo_arrays.items():
+        save_photo(arr, folder / f"{name}.jpg", long_side=512)
+    photo = Image.open(folder / "astronaut.jpg").convert("RGB")
+    w, h = photo.size
+    photo.crop((int(w * 0.3), int(h * 0.25), int(w * 0.75), int(h * 0.7))).resize((400, 400)).save(
+        folder / "astronaut_crop.jpg", quality=88)
+    photo.crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(folder / "astronaut_mild.jpg", quality=88)
+    ImageOps.mirror(photo).save(folder / "astronaut_mirror.jpg", quality=85)
+    photo.resize((w // 3, h // 3)).save(folder / "astronaut_thumb.png")
+    coffee = Image.open(folder / "coffee.jpg").convert("RGB")
+    cw, ch = coffee.size
+    coffee.crop((0, 0, int(cw * 0.45), ch)).save(folder / "coffee_left.jpg", quality=90)
+    coffee.crop((cw - int(cw * 0.45), 0, cw, ch)).save(folder / "coffee_right.jpg", quality=90)
+    db = tmp_path / "g.db"
+    scan([folder], db=db, workers=0)
+    preset = resolve_preset("sscd-distilled")
+    assert preset.verify.group_looks > 0
+    off = dataclasses.replace(preset, verify=dataclasses.replace(preset.verify, group_looks=0))
+    with Catalog(db) as catalog:
+        report, plain = find_duplicates(catalog, preset), find_duplicates(catalog, off)
+
+    def groups(r):
+        return [sorted(Path(m.path).stem for m in g.members) for g in r.groups]
+
+    score = {frozenset((Path(p.a).stem, Path(p.b).stem)): p.score for p in report.pairs}
+    floor = preset.threshold.value - preset.threshold.group_margin
+    assert "astronaut_crop" in {x for k in score for x in k}  # listed with the photo
+    assert frozenset(("astronaut_crop", "astronaut_mirror")) not in score  # far below the floor
+    astronaut = ["astronaut", "astronaut_crop", "astronaut_mild", "astronaut_mirror", "astronaut_thumb"]
+    assert astronaut not in groups(plain) and any("astronaut_mirror" in g for g in groups(plain))
+    assert astronaut in groups(report), groups(report)
+    [g] = [g for g in report.groups if len(g.members) == len(astronaut)]
+    assert g.min_score < floor  # the weakest link is the pair the look confirmed
+    info = report.extra["verify"]["groups"]
+    assert info["confirmed"] >= 1 and info["looked_at"] >= info["confirmed"] and info["skipped"] == 0
+    assert info["max_per_merge"] == preset.verify.group_looks
+    # the halves pair with the whole coffee, and stay apart
+    assert any({"coffee", "coffee_left"} <= set(g) or {"coffee", "coffee_right"} <= set(g) for g in groups(report))
+    assert not any({"coffee_left", "coffee_right"} <= set(g) for g in groups(report))
+    # a bound on grouping's looks: none left, no group look, the groups of the score alone
+    capped = dataclasses.replace(preset, verify=dataclasses.replace(preset.verify, group_max_looks=0))
+    with Catalog(db) as catalog:
+        bounded = find_duplicates(catalog, capped)
+    assert groups(bounded) == groups(plain)
+    assert bounded.extra["verify"]["groups"]["looked_at"] == 0 and bounded.extra["verify"]["groups"]["skipped"] >= 1
+
+
+def test_the_look_correlates_what_both_images_show_not_their_borders(photo_arrays, tmp_path):
+    """A smooth picture framed in light paper and the same framed in a dark frame: aligned, the two frames decide
+    the whole overlap's correlation (negative), though the pictures inside agree. The content correlation leaves
+    either image's uniform border out (content_box), so the look no longer refutes the pair; two different smooth
+    pictures in the same frames are still refuted."""
+    from PIL import ImageFilter
+
+    from embeddr.verify import content_box
+
+    def smooth(name: str) -> Image.Image:
+        img = Image.fromarray(photo_arrays[name]).convert("RGB").resize((480, 360))
+        return img.filter(ImageFilter.GaussianBlur(6))
+
+    def framed(img: Image.Image, border: int, colour) -> Image.Image:
+        return ImageOps.expand(img, border=border, fill=colour)
+
+    wall, other = smooth("chelsea"), smooth("coffee")
+    framed(wall, 40, (245, 240, 225)).save(tmp_path / "light.jpg", quality=92)
+    framed(wall.resize((440, 330)), 60, (30, 28, 60)).save(tmp_path / "dark.jpg", quality=92)
+    framed(other.resize((440, 330)), 60, (30, 28, 60)).save(tmp_path / "other_dark.jpg", quality=92)
+    grey = np.asarray(Image.open(tmp_path / "dark.jpg").convert("L"))
+    x0, y0, x1, y1 = content_box(grey)
+    assert 60 <= x0 <= 66 and 60 <= y0 <= 66 and grey.shape[1] - 66 <= x1 <= grey.shape[1] - 60
+    assert content_box(np.asarray(Image.open(tmp_path / "light.jpg").convert("L"))) != (0, 0, 560, 440)
+    assert content_box(np.asarray(wall.convert("L"))) == (0, 0, 480, 360)  # no border: the whole image
+    on = Verifier(_preset().verify, lambda key: str(key))
+    off = Verifier(dataclasses.replace(on.config, content_boxes=False), lambda key: str(key))
+    assert on.config.content_boxes
+    a, b = tmp_path / "light.jpg", tmp_path / "dark.jpg"
+    plain, boxed = off.look(a, b), on.look(a, b)
+    assert boxed.inliers == plain.inliers and boxed.ncc == pytest.approx(plain.ncc)
+    assert plain.content_ncc < on.config.veto_ncc < on.config.min_ncc <= boxed.content_ncc, (plain, boxed)
+    assert off.refutes(plain) and not on.refutes(boxed)
+    assert on.refutes(on.look(a, tmp_path / "other_dark.jpg"))

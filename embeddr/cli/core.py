@@ -166,7 +166,8 @@ def register(app: typer.Typer) -> None:
         """List duplicate groups and every pair at or above the threshold.
 
         Pairs of identical bytes are kind 'exact' (score 1.0); others are 'near'. Groups never chain
-        unrelated images: two groups merge only if all their members are similar (README: grouping).
+        unrelated images: two groups merge only if all their members are similar, or the second look finds
+        the one image in the other (README: grouping).
         JSON has model, threshold, groups (members: path, size, width, height) and pairs (a, b, score, kind);
         CSV lists the pairs with header a,b,score,kind (plus a_id,b_id after a --manifest scan with ids);
         --format parquet --output F.parquet writes the pairs as Parquet (a, b, score, kind, a_id, b_id, group).
