@@ -264,7 +264,7 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
     background where it was computed (``ids``: sorted vector ids, ``values``), for later use of the same numbers.
     """
     from . import search as engine
-    from .normalize import EPS, NO_BACKGROUND
+    from .normalize import NO_BACKGROUND
     from .searchindex import open_index
 
     index = open_index(catalog)
