@@ -78,6 +78,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -131,7 +132,16 @@ class _Features:
     points: np.ndarray  # (n, 2) float32 key point positions
     descriptors: np.ndarray | None  # (n, 128) float32 SIFT descriptors
     grey: np.ndarray  # the grey image the points are on (side pixels on its long side at most)
-    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1: the grey image without a uniform border
+
+    @cached_property
+    def box(self) -> tuple[int, int, int, int]:
+        """x0, y0, x1, y1: the grey image without a uniform border (:func:`content_box`), measured once, when a
+        look first asks for it (only with the preset's ``content_boxes``)."""
+        return content_box(self.grey)
+
+    @property
+    def bordered(self) -> bool:
+        return self.box != (0, 0, self.grey.shape[1], self.grey.shape[0])
 
 
 def _cv2():
@@ -232,8 +242,7 @@ class Verifier:
                     self._page_sift = cv2.SIFT_create(nfeatures=int(self.config.page_features))
                 sift = self._page_sift
             points, descriptors = sift.detectAndCompute(grey, None)
-            feats = _Features(np.array([p.pt for p in points], np.float32).reshape(-1, 2), descriptors, grey,
-                              content_box(grey))
+            feats = _Features(np.array([p.pt for p in points], np.float32).reshape(-1, 2), descriptors, grey)
         return feats
 
     # -- one pair -----------------------------------------------------------------------------------------
@@ -264,8 +273,7 @@ class Verifier:
         gb = cv2.GaussianBlur(warped, (0, 0), 1.5)
         ncc = content = _ncc(ga, gb, overlap)
         shown = overlap  # what both images show: the overlap without either image's uniform border ...
-        bordered = [f.box != (0, 0, f.grey.shape[1], f.grey.shape[0]) for f in (fa, fb) if f.box is not None]
-        if self.config.content_boxes and any(bordered):
+        if self.config.content_boxes and (fa.bordered or fb.bordered):
             inside_b = cv2.warpAffine(_box_mask(fb.grey.shape, fb.box), transform, (w, h),
                                       flags=cv2.WARP_INVERSE_MAP | cv2.INTER_NEAREST) > 0
             both = overlap & (_box_mask(fa.grey.shape, fa.box) > 0) & inside_b
