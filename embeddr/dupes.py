@@ -468,6 +468,11 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
             band_hashes.update(catalog.hashes_of_ids([vx, vy]))
         return band_hashes[vx], band_hashes[vy]
 
+    def may_rescue(vx: int, vy: int) -> bool:
+        """Whether a look may keep the pair of vector ids below the threshold: neither image like the reference set."""
+        ok = rescuable(np.array([vx]), np.array([vy]))
+        return ok is None or bool(ok[0])
+
     group_looks = {"looked_at": 0, "confirmed": 0, "skipped": 0}  # grouping's own looks (group_look)
 
     def band_decision(x: int, y: int, v: float, kind: int = 0, far: bool = False) -> float:
@@ -477,8 +482,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         the threshold; refuted: -1), else its score."""
         vx, vy = int(nodes[x]), int(nodes[y])
         hx, hy = hashes_of(vx, vy)
-        ok = rescuable(np.array([vx]), np.array([vy]))
-        may = ok is None or bool(ok[0])  # neither image like the reference set
+        may = may_rescue(vx, vy)
         if far:
             return threshold if may and verifier.far_confirms(hx, hy) else v
         verdict = verifier.page_verdict(hx, hy, kind, v >= threshold - 1e-6, band[0] - 1e-6 <= v < band[1] - 1e-6)
@@ -526,8 +530,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         if kind > PAGE_NO or (len(rejected_nodes) and _pair_in(np.array([x]), np.array([y]), rejected_nodes)[0]):
             return False
         vx, vy = int(nodes[x]), int(nodes[y])
-        ok = rescuable(np.array([vx]), np.array([vy]))
-        if ok is not None and not bool(ok[0]):
+        if not may_rescue(vx, vy):
             return False
         if group_looks["looked_at"] >= vcfg.group_max_looks:
             group_looks["skipped"] += 1
