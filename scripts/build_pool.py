@@ -10,7 +10,10 @@ Sources (all read in place; only derived renditions and rendered PDF pages are w
   shots on white, GCompris photo sets, chessboard shots of one scene), the ``natural_dups`` groups;
 * real PDF documents from Debian ``-doc`` packages, fetched with ``apt-get download`` into ``--debs``
   when missing: ``texlive-science-doc`` and ``texlive-pictures-doc`` (TikZ and PSTricks diagrams, added
-  2026-11-29 so that diagram pages are seen in calibration) for the calibration split, ``texlive-latex-base-doc`` and
+  2026-11-29 so that diagram pages are seen in calibration) and the slide decks of ``texlive-latex-extra-doc``
+  (its PDFs whose first page is landscape: beamer themes' demo talks with overlay steps, one talk in several
+  themes; added 2026-11-30 so that slide decks are seen in calibration; 593 MB to download) for the
+  calibration split, ``texlive-latex-base-doc`` and
   ``texlive-metapost-doc`` and ``texlive-games`` (chess, go, crossword and card-game manuals: board diagrams)
   for the test split. (``texlive-humanities-doc`` and the wallpaper packages are
   an independent benchmark kept elsewhere: never used here.)
@@ -50,8 +53,9 @@ from embeddr.bench.make import split_fraction  # noqa: E402
 from embeddr.bench.shapes import build_pool  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "realimages"
-DOC_PACKAGES = {"texlive-science-doc": "calib", "texlive-pictures-doc": "calib", "texlive-latex-base-doc": "test",
-                "texlive-metapost-doc": "test", "texlive-games": "test"}
+# package: split, or (split, "slides"): only its slide decks (documents whose first page is landscape)
+DOC_PACKAGES = {"texlive-science-doc": "calib", "texlive-pictures-doc": "calib", "texlive-latex-extra-doc": ("calib", "slides"),
+                "texlive-latex-base-doc": "test", "texlive-metapost-doc": "test", "texlive-games": "test"}
 HELD_OUT_SOURCES = ("texlive-humanities-doc", "enlightenment-data", "plasma-workspace-wallpapers",
                     "mate-backgrounds", "gnome-backgrounds", "lomiri-wallpapers")
 POSITIVE_NATURALS = {"gcompris_same_source_": "natural", "cv_tamper_ela": "natural", "cv_text_rotated": "natural",
@@ -141,7 +145,8 @@ def fetch_docs(debs: Path) -> list[tuple[str, str, Path]]:
     out = []
     for pkg, split in DOC_PACKAGES.items():
         assert not pkg.startswith(HELD_OUT_SOURCES)
-        out.append((pkg, split, _unpack(debs, pkg)))
+        split, *select = (split,) if isinstance(split, str) else split
+        out.append((pkg, split, _unpack(debs, pkg), *select))
     return out
 
 

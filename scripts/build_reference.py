@@ -11,8 +11,12 @@ of them: typeset text pages, clip-art and product shots on white, screenshots an
 paper normalises with a background set the same way.) Only the vectors are shipped (float16), never the
 images.
 
-Sources, all Debian packages fetched with ``apt-get download`` (none is used by the quality benchmark's
-pool, and none is a source of the independent held-out benchmark):
+Sources, all Debian packages fetched with ``apt-get download`` (none is a source of the independent held-out
+benchmark). One is also a source of the quality benchmark's pool: ``texlive-pictures-doc``, the calibration
+split's diagram documents since 2026-11-29 (measured 2026-11-30: 221 of the pool's 1,298 pages of it, from 44 of
+its 80 documents, are in this set, cosine >= 0.98). Those calibration pages look more like the reference set than
+unseen diagram pages do; the next rebuild of the set should leave that package out (which changes every
+threshold read from reference backgrounds) or the pool should take its diagrams elsewhere:
 
 * ``texlive-latex-recommended-doc``, ``texlive-fonts-extra-doc``, ``texlive-pictures-doc``,
   ``texlive-publishers-doc``: pages of real PDF manuals, font tables, slides, diagrams and journal styles

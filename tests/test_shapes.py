@@ -213,3 +213,31 @@ def test_shapes_sample_renditions_docs_and_crowds():
     # every family appears within a picture's first 13 renditions
     assert {"crop_mild", "crop_strong", "hue", "grey", "tint", "rescan", "thumbnail", "overlay", "border", "combo",
             "mirror", "reencode", "recolour"} == set(RENDITION_SCHEDULE[:13])
+
+
+def test_pool_documents_slide_decks_and_documents_that_share_a_name(tmp_path):
+    """The pool builder's documents: with ``select="slides"`` only decks whose first page is landscape are used;
+    two PDFs with one file name in two folders (two themes' ``demo.pdf``) stay two documents with their own
+    pages, not one folder whose second set of pages is skipped."""
+    pytest.importorskip("pypdfium2")
+    import csv
+
+    from embeddr.bench.shapes import build_pool
+
+    src = tmp_path / "pdfs"
+    for folder, size, shade in [("theme-a", (800, 600), 40), ("theme-b", (800, 600), 200), ("manual", (600, 800), 90)]:
+        (src / folder).mkdir(parents=True)
+        pages = [Image.new("RGB", size, (shade, 255 - shade, i * 60)) for i in range(3)]
+        pages[0].save(src / folder / "demo.pdf", save_all=True, append_images=pages[1:])
+    out = tmp_path / "pool"
+    for select, want in [(("slides",), {"demo", "theme-b-demo"}), ((), {"demo", "theme-a-demo", "theme-b-demo"})]:
+        pool = build_pool(out / (select[0] if select else "any"), doc_sets=[("set", "calib", src, *select)])
+        with open(pool, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if r["kind"] == "doc"]
+        units = {}
+        for r in rows:
+            units.setdefault(r["unit"].split("/", 1)[1], []).append(r["path"])
+        assert set(units) == want
+        assert all(len(ps) == 3 == len(set(ps)) for ps in units.values())
+        firsts = {n: np.asarray(Image.open(ps[0]).convert("RGB"))[5, 5] for n, ps in units.items()}
+        assert len({tuple(v) for v in firsts.values()}) == len(want)  # each document's own pages

@@ -106,7 +106,9 @@ def _render_pdf(pdf: Path, out_dir: Path, max_pages: int = MAX_DOC_PAGES) -> lis
     return out
 
 
-def _pdf_pages(pdf: Path) -> int:
+def _pdf_pages(pdf: Path, select: str = "any") -> int:
+    """How many pages ``pdf`` has (0: unreadable, or not of the ``select`` kind: ``"slides"`` keeps only
+    documents whose first page is landscape, wider than 1.2 x its height: slide decks, not manuals)."""
     import pypdfium2 as pdfium
 
     try:
@@ -114,7 +116,13 @@ def _pdf_pages(pdf: Path) -> int:
     except Exception:  # noqa: BLE001 - an unreadable PDF is just not used
         return 0
     try:
+        if select == "slides":
+            w, h = doc[0].get_size()
+            if w <= 1.2 * h:
+                return 0
         return len(doc)
+    except Exception:  # noqa: BLE001
+        return 0
     finally:
         doc.close()
 
@@ -127,8 +135,9 @@ def build_pool(out: Path, *, photos: Sequence[tuple] = (), renditions: int = 30,
     """Write a pool under ``out`` and return its ``pool.csv``.
 
     ``photos``: ``(name, path)`` of distinct photos (split by name), or ``(name, path, split)``.
-    ``doc_sets``: ``(name, split, folder)`` of PDF folders (documents with ``min_pages``..``max_pages`` pages;
-    at most ``docs_per_set`` of them, drawn with ``seed``). ``crowds``: ``(crowd name, split, path)`` of
+    ``doc_sets``: ``(name, split, folder)`` or ``(name, split, folder, select)`` of PDF folders (documents with
+    ``min_pages``..``max_pages`` pages, only slide decks when ``select`` is ``"slides"``; at most
+    ``docs_per_set`` of them, drawn with ``seed``). ``crowds``: ``(crowd name, split, path)`` of
     look-alike files, read in place.
     ``naturals``: ``(group name, split, paths)`` of real renditions of one picture, read in place.
     """
@@ -148,15 +157,18 @@ def build_pool(out: Path, *, photos: Sequence[tuple] = (), renditions: int = 30,
     for r in results:
         rows += r
 
-    for set_name, split, folder in doc_sets:
+    for set_name, split, folder, *select in doc_sets:
         pdfs = sorted(Path(folder).rglob("*.pdf"))
-        usable = [p for p in pdfs if min_pages <= _pdf_pages(p) <= max_pages]
+        usable = [p for p in pdfs if min_pages <= _pdf_pages(p, *select) <= max_pages]
         rng = random.Random(f"{seed}:{set_name}")
         rng.shuffle(usable)
+        names: set[str] = set()
         for pdf in sorted(usable[:docs_per_set]):
-            unit = f"doc:{set_name}/{pdf.stem}"
+            name = pdf.stem if pdf.stem not in names else f"{pdf.parent.name}-{pdf.stem}"  # two demo.pdf
+            names.add(name)
+            unit = f"doc:{set_name}/{name}"
             try:
-                pages = _render_pdf(pdf, out / "docs" / set_name / pdf.stem)
+                pages = _render_pdf(pdf, out / "docs" / set_name / name)
             except Exception:  # noqa: BLE001 - skip a PDF pdfium cannot render
                 continue
             for p in pages:
