@@ -400,7 +400,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     rejected_ids = _rejected_id_pairs(catalog, rejected)
     confirmed = np.zeros(len(a), bool)
     if verifying:
-        from .verify import CONFIRMED, PAGE_NO, REFUTED, Verifier, decide_band, page_kinds
+        from .verify import CONFIRMED, PAGE_MAYBE, PAGE_NO, REFUTED, Verifier, decide_band, page_kinds
 
         if verifier is None:
             verifier = Verifier(vcfg, _path_of(catalog))
@@ -516,7 +516,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         for i in np.flatnonzero(looked).tolist():
             if band_decision(int(x[i]), int(y[i]), float(v[i]), int(kinds[i]), bool(far[i])) >= floor:
                 continue
-            if not far[i] or kinds[i] > PAGE_NO:
+            if not far[i] or kinds[i] >= PAGE_MAYBE:
                 return False  # refuted by a look
             weak.append(i)  # a far pair the far look did not keep
             if len(weak) > limit:
@@ -527,7 +527,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         """A cross pair below the floor of two groups a listed pair links (``group_looks``): the same picture when
         the look rescues it (as a pair in the band: pictures neither like the reference set; never pages, never a
         pair a reviewer rejected)."""
-        if kind > PAGE_NO or (len(rejected_nodes) and _pair_in(np.array([x]), np.array([y]), rejected_nodes)[0]):
+        if kind >= PAGE_MAYBE or (len(rejected_nodes) and _pair_in(np.array([x]), np.array([y]), rejected_nodes)[0]):
             return False
         vx, vy = int(nodes[x]), int(nodes[y])
         if not may_rescue(vx, vy):

@@ -137,6 +137,9 @@ class Verify:
     page_paper_fail: float = 0.6  # and are other drawings when this share of their inked tiles differ
     page_weak_ncc: float = 0.0  # ... also when not both paper, if the key point look correlates below this (0: off)
     page_weak_points: int = 100  # ... between images with at least this many key points (text, line art)
+    slide_bare_tiles: int = 0  # the slide check (0: off): two images both at least slide_reference like the
+    slide_reference: float = 0.25  # reference set, each with >= slide_min_points key points at page_side, are
+    slide_min_points: int = 400  # other slides when the page look finds this many bare tiles (Verifier.slide_refutes)
     provenance: str = ""
 
     def band(self, threshold: float, calibrated: float | None = None) -> tuple[float, float]:

@@ -121,10 +121,11 @@ class PageLook:
     small: bool = False  # a page too small to read: no verdict
     failed: int = 0  # compared tiles that do not match (correlation below page_min_tile)
     points: int = 0  # key points at page_side of the page with fewer (:meth:`Verifier._too_plain_for_pages`)
+    bare: int = 0  # compared tiles with ink in one page and none in the other (added or removed content)
 
     def as_dict(self) -> dict:
         return {"inliers": self.inliers, "tiles": self.tiles, "worst_tile": round(self.worst, 4),
-                "failed_tiles": self.failed, "small": self.small}
+                "failed_tiles": self.failed, "bare_tiles": self.bare, "small": self.small}
 
 
 @dataclass
@@ -337,9 +338,9 @@ class Verifier:
         if best is None:
             return PageLook(points=points)
         inliers, transform = best
-        tiles, worst, failed = _tile_match(fa.grey, fb.grey, transform, int(c.page_tiles), int(c.page_shift),
-                                           float(c.page_min_tile))
-        return PageLook(inliers, tiles, worst, failed=failed, points=points)
+        tiles, worst, failed, bare = _tile_match(fa.grey, fb.grey, transform, int(c.page_tiles), int(c.page_shift),
+                                                 float(c.page_min_tile))
+        return PageLook(inliers, tiles, worst, failed=failed, points=points, bare=bare)
 
     def _matches(self, fa: _Features, fb: _Features, min_points: int, min_matches: int):
         """``(points in a, points in b)`` of the key point matches that pass Lowe's ratio test, or None when
@@ -423,6 +424,8 @@ class Verifier:
           repeated glyphs give two different pages) and the paper check refutes them."""
         if not self.config.pages:
             return None
+        if kind in (PAGE_FAINT, PAGE_MAYBE) and (above or in_band) and self.slide_refutes(a, b):
+            return REFUTED
         if kind == PAGE_YES and (above or in_band):
             page = self.page_look(a, b)
             if page is None:
@@ -436,6 +439,24 @@ class Verifier:
             if self.paper_refutes(self.page_look(a, b)):
                 return REFUTED
         return None
+
+    def slide_refutes(self, a: Hashable, b: Hashable) -> bool:
+        """Two slides (or pages) of one template, not one slide twice: the page look aligns them, both hold the
+        key points of text or line art (>= ``slide_min_points`` at ``page_side``), and at least
+        ``slide_bare_tiles`` tiles hold ink in one and a blank background in the other: a bullet or a move a
+        build step adds where the template is empty. A copy's crop, recolour or re-encode leaves every such tile
+        inked. Two images both on white paper (:meth:`is_page`) are left to the paper check, whose looser verdict
+        keeps clip-art and product shots on white with a caption or logo put on them (the same operation as a
+        build step: on white, the policy is the copy's); slides of coloured, dark or textured themes get this
+        check. Off when ``slide_bare_tiles`` is 0."""
+        c = self.config
+        if c.slide_bare_tiles <= 0:
+            return False
+        if self.is_page(a) and self.is_page(b):
+            return False  # drawings on white paper: the paper check's looser verdict (a caption on clip-art)
+        page = self.page_look(a, b)
+        return (page is not None and not page.small and page.points >= c.slide_min_points
+                and page.inliers >= c.page_min_inliers and page.bare >= c.slide_bare_tiles)
 
     def plain_pages(self, a: Hashable, b: Hashable, kind: int) -> bool:
         """A pair of two images like the reference set (:data:`PAGE_YES`) that is no pair of pages: an image too
@@ -745,11 +766,11 @@ def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 
 def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, tiles: int, shift: int,
-                min_tile: float, lo: float = 5.0, hi: float = 12.0) -> tuple[int, float, int]:
-    """``(tiles compared, worst correlation, tiles below min_tile)`` of page B warped onto page A by
+                min_tile: float, lo: float = 5.0, hi: float = 12.0) -> tuple[int, float, int, int]:
+    """``(tiles compared, worst correlation, tiles below min_tile, bare tiles)`` of page B warped onto page A by
     ``transform`` (a homography): grey levels of B fitted to A's over the overlap; each tile of A inside the
     overlap with ink in either page (grey-level spread >= ``hi``) is matched both ways within ``shift`` pixels;
-    a tile with ink on one page and none on the other (spread < ``lo``) scores 0."""
+    a tile with ink on one page and none on the other (spread < ``lo``: a *bare* tile) scores 0."""
     cv2 = _cv2()
     h, w = grey_a.shape
     warped = cv2.warpPerspective(grey_b, transform, (w, h), flags=cv2.INTER_LINEAR)
@@ -759,14 +780,14 @@ def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, t
     fb = cv2.GaussianBlur(warped.astype(np.float32), (0, 0), 1.0)
     x, y = fa[inside], fb[inside]
     if x.size < 1000:
-        return 0, 0.0, 0
+        return 0, 0.0, 0, 0
     xm, ym = float(x.mean()), float(y.mean())
     alpha = float(((x - xm) * (y - ym)).mean() / max(float(((x - xm) ** 2).mean()), 1e-6))
     if alpha < 0.2:  # no grey-level relation between the two: not the same page
-        return 0, 0.0, 0
+        return 0, 0.0, 0, 0
     fb = (fb - (ym - alpha * xm)) / alpha
     t = max(16, max(h, w) // tiles)
-    worst, compared, failed = 1.0, 0, 0
+    worst, compared, failed, bare = 1.0, 0, 0, 0
     for y0 in range(0, h - t + 1, t):
         for x0 in range(0, w - t + 1, t):
             if not inside[y0:y0 + t, x0:x0 + t].all():
@@ -777,7 +798,7 @@ def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, t
                 continue
             compared += 1
             if min(sa, sb) < lo:
-                worst, failed = 0.0, failed + 1
+                worst, failed, bare = 0.0, failed + 1, bare + 1
                 continue
             ys, xs = max(0, y0 - shift), max(0, x0 - shift)
             ye, xe = min(h, y0 + t + shift), min(w, x0 + t + shift)
@@ -785,10 +806,10 @@ def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, t
                         float(cv2.matchTemplate(fa[ys:ye, xs:xe], tb, cv2.TM_CCOEFF_NORMED).max()))
             worst = min(worst, score)
             failed += score < min_tile
-    return compared, worst, failed
+    return compared, worst, failed, bare
 
 
-PAGE_NO, PAGE_MAYBE, PAGE_YES = 0, 1, 2  # page_kinds' codes
+PAGE_NO, PAGE_FAINT, PAGE_MAYBE, PAGE_YES = 0, 1, 2, 3  # page_kinds' codes
 
 
 def page_kinds(config, scorer, ref_a: np.ndarray, ref_b) -> np.ndarray | None:
@@ -796,12 +817,15 @@ def page_kinds(config, scorer, ref_a: np.ndarray, ref_b) -> np.ndarray | None:
     ``ref_b`` (:meth:`embeddr.normalize.Scorer.reference_background`): :data:`PAGE_YES` when both look like the
     preset's reference set (>= ``page_reference``); :data:`PAGE_MAYBE` when both are at least
     ``page_maybe`` (slides and diagrams: the paper check :meth:`Verifier.is_page` decides, so only those images
-    are ever read for it); :data:`PAGE_NO` otherwise. None: no page look (``pages = false``, or no reference
-    set)."""
+    are ever read for it); :data:`PAGE_FAINT` when both are at least ``slide_reference`` (with the slide check
+    on: slides of themes unlike the reference set); :data:`PAGE_NO` otherwise. None: no page look
+    (``pages = false``, or no reference set)."""
     if not config.pages or not scorer.has_reference or config.page_reference >= 1.0:
         return None
     lo = np.minimum(np.asarray(ref_a, np.float32), np.asarray(ref_b, np.float32))
     out = np.full(len(lo), PAGE_NO, np.int8)
+    if config.slide_bare_tiles > 0:
+        out[lo >= config.slide_reference] = PAGE_FAINT
     out[lo >= config.page_maybe] = PAGE_MAYBE
     out[lo >= config.page_reference] = PAGE_YES
     return out

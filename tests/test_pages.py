@@ -5,6 +5,7 @@ a page with another page number are not; `dupes` keeps the first and drops the s
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -284,3 +285,38 @@ def test_a_pair_with_a_page_like_image_is_kept_from_rescue():
     page, picture = limit + 0.05, limit - 0.2
     ok = may_rescue(preset.verify, scorer, np.array([page, page, picture]), np.array([page, picture, picture]))
     assert ok.tolist() == [False, False, True]
+
+
+def _dark_theme(path: Path, out: Path) -> Path:
+    """The page as a slide of a dark theme: light text on a dark blue background."""
+    from PIL import ImageOps
+
+    grey = Image.open(path).convert("L")
+    ImageOps.colorize(grey, black=(235, 235, 225), white=(22, 34, 70)).save(out)
+    return out
+
+
+def test_slides_of_a_dark_theme_one_build_step_apart_are_other_slides(pages, tmp_path):
+    """The slide check: a real manual page set as a slide of a dark theme, and the same slide one build step on
+    (one more line where the template is empty), are two slides: the page look aligns them and finds tiles inked in
+    one and blank in the other, so the pair is refuted at any score. The slide's own copies (rescan, re-encode,
+    crop, border, greyscale, tint) are not refuted by it. On white paper the same pair is left to the paper check,
+    whose looser verdict keeps clip-art with a caption put on it."""
+    from embeddr.verify import PAGE_FAINT
+
+    v = _verifier()
+    slide = _dark_theme(pages["page"], tmp_path / "slide.png")
+    step = _dark_theme(pages["build"], tmp_path / "slide_step.png")
+    assert not v.is_page(slide) and not v.is_page(step)
+    look = v.page_look(slide, step)
+    assert look is not None and look.bare >= 3, look
+    assert v.slide_refutes(slide, step)
+    assert v.page_verdict(slide, step, PAGE_FAINT, True, False) == REFUTED
+    assert v.page_verdict(slide, step, PAGE_MAYBE, True, False) == REFUTED
+    for fam in ("rescan", "reencode", "crop_mild", "border", "grey", "tint"):
+        copy = _dark_theme(pages[fam], tmp_path / f"slide_{fam}.png")
+        assert not v.slide_refutes(slide, copy), (fam, v.page_look(slide, copy))
+        assert v.page_verdict(slide, copy, PAGE_FAINT, True, False) is None, fam  # the picture rules decide
+    assert not v.slide_refutes(pages["page"], pages["build"])  # white paper: the paper check's
+    off = Verifier(replace(resolve_preset("sscd-distilled").verify, slide_bare_tiles=0), lambda key: str(key))
+    assert not off.slide_refutes(slide, step)
