@@ -364,6 +364,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     far_raw = vcfg.far_raw(threshold, preset.threshold.value) if verifying else None
     scorer = scorer.with_far(far_raw)  # ... and those below it whose raw cosine reaches far_raw (the far look)
     far_skipped = 0  # far pairs listed but not looked at (more than far_max_pairs)
+    pages_listed = pages_skipped = 0  # page-like pairs at or above the threshold; not page-looked at (page_max_pairs)
     references: dict = {}  # the reference part of the background, where the search computed it
     if engine is not None and search != "approximate":
         from .index import load_index, stored
@@ -409,6 +410,10 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         paging = page_kinds(vcfg, scorer, [], []) is not None
         # pairs of pages get the page look at any score at or above the threshold (embeddr.verify.page_kinds)
         pages = page_kinds(vcfg, scorer, ref_bg(a), ref_bg(b)) if paging and len(a) else None
+        if pages is not None:
+            pages_listed = int(((pages > PAGE_NO) & (s >= threshold - 1e-6)).sum())
+            if pages_listed > vcfg.page_max_pairs:  # a crowd of pages at scale: a page look each would take days
+                pages_skipped, pages, paging = pages_listed, None, False  # grouping asks for none either
         in_band = (s >= band[0] - 1e-6) & (s < band[1] - 1e-6)
         far = s < band[0] - 1e-6  # listed below the band only for their raw cosine (scorer.with_far)
         far_listed = int(far.sum())
@@ -426,6 +431,8 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
                                    far=far)
         confirmed = effect == CONFIRMED
         search_info["verify"] = verify_summary(band, effect, far, far_raw, far_skipped)
+        if page_kinds(vcfg, scorer, [], []) is not None:
+            search_info["verify"]["pages"] = {"listed": pages_listed, "skipped": pages_skipped}
         del pages, in_band, far
         a, b, s, confirmed = a[keep], b[keep], s[keep], confirmed[keep]
     if len(rejected_ids) and len(a):

@@ -137,6 +137,9 @@ class Verify:
     page_paper_fail: float = 0.6  # and are other drawings when this share of their inked tiles differ
     page_weak_ncc: float = 0.0  # ... also when not both paper, if the key point look correlates below this (0: off)
     page_weak_points: int = 100  # ... between images with at least this many key points (text, line art)
+    page_max_pairs: int = 100_000  # more pairs of page-like images (page_kinds) at or above the threshold than this
+    # in one `dupes` (a crowd of slides or product shots on white at scale: a page look each, 0.1-1 s, would take
+    # days): none gets a page look, the score and the picture rules decide them, and the JSON says how many
     slide_bare_tiles: int = 0  # the slide check (0: off): two images both at least slide_reference like the
     slide_reference: float = 0.25  # reference set, each with >= slide_min_points key points at page_side, are
     slide_min_points: int = 400  # other slides when the page look finds this many bare tiles (Verifier.slide_refutes)

@@ -139,6 +139,14 @@ def test_dupes_keeps_copies_of_a_slide_and_drops_its_build(photo_arrays, tmp_pat
     grouped = [{Path(m.path).name for m in g.members} for g in report.groups]
     assert any(len(g & copies) >= 4 and not g - copies for g in grouped), grouped
     assert report.extra["verify"]["refuted_above_threshold"] >= 1
+    assert report.extra["verify"]["pages"]["listed"] >= 1 and report.extra["verify"]["pages"]["skipped"] == 0
+    # more pairs of pages than page_max_pairs: none gets a page look (the score and the picture rules decide, as
+    # without it), and the JSON says how many were skipped
+    preset = resolve_preset("sscd-distilled")
+    with Catalog(tmp_path / "p.db") as catalog:
+        capped = find_duplicates(catalog, replace(preset, verify=replace(preset.verify, page_max_pairs=0)))
+    assert capped.extra["verify"]["pages"]["skipped"] == report.extra["verify"]["pages"]["listed"]
+    assert any("build" in p.a or "build" in p.b for p in capped.pairs)
     from embeddr.ingest import Gate
 
     incoming = tmp_path / "incoming"

@@ -149,8 +149,9 @@ def test_dupes_json_says_what_the_second_look_did(renditions, tmp_path, runner):
     assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
     on, off = json.loads(on.output), json.loads(off.output)
     assert set(on["verify"]) == {"band", "looked_at", "confirmed_below_threshold", "refuted_above_threshold",
-                                 "unreadable", "far", "groups"}
+                                 "unreadable", "far", "groups", "pages"}
     assert set(on["verify"]["groups"]) == {"looked_at", "confirmed", "skipped", "max_per_merge"}
+    assert set(on["verify"]["pages"]) == {"listed", "skipped"} and on["verify"]["pages"]["skipped"] == 0
     assert on["verify"]["band"] == [round(0.572 - 0.12, 6), round(0.572 + 0.13, 6)]
     assert set(on["verify"]["far"]) == {"raw_from", "looked_at", "confirmed", "skipped"}
     assert on["verify"]["far"]["raw_from"] == 0.572 and on["verify"]["far"]["skipped"] == 0
