@@ -431,7 +431,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
                                    far=far)
         confirmed = effect == CONFIRMED
         search_info["verify"] = verify_summary(band, effect, far, far_raw, far_skipped)
-        if page_kinds(vcfg, scorer, [], []) is not None:
+        if paging or pages_skipped:  # page looks were on (and maybe skipped for page_max_pairs)
             search_info["verify"]["pages"] = {"listed": pages_listed, "skipped": pages_skipped}
         del pages, in_band, far
         a, b, s, confirmed = a[keep], b[keep], s[keep], confirmed[keep]

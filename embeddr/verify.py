@@ -455,8 +455,8 @@ class Verifier:
         if self.is_page(a) and self.is_page(b):
             return False  # drawings on white paper: the paper check's looser verdict (a caption on clip-art)
         page = self.page_look(a, b)
-        return (page is not None and not page.small and page.points >= c.slide_min_points
-                and page.inliers >= c.page_min_inliers and page.bare >= c.slide_bare_tiles)
+        return (self._readable(page) and not self._unaligned(page) and page.points >= c.slide_min_points
+                and page.bare >= c.slide_bare_tiles)
 
     def plain_pages(self, a: Hashable, b: Hashable, kind: int) -> bool:
         """A pair of two images like the reference set (:data:`PAGE_YES`) that is no pair of pages: an image too

@@ -14,9 +14,9 @@ Sources (all read in place; only derived renditions and rendered PDF pages are w
   (its PDFs whose first page is landscape: beamer themes' demo talks with overlay steps, one talk in several
   themes; added 2026-11-30 so that slide decks are seen in calibration; 593 MB to download) and
   ``texlive-pstricks-doc`` (PSTricks diagrams; added 2026-11-30: diagram pages that, unlike those of
-  texlive-pictures-doc, are not in the reference set of scripts/build_reference.py) for the calibration split, ``texlive-latex-base-doc`` and
-  ``texlive-metapost-doc`` and ``texlive-games`` (chess, go, crossword and card-game manuals: board diagrams)
-  for the test split. (``texlive-humanities-doc`` and the wallpaper packages are
+  texlive-pictures-doc, are not in the reference set of scripts/build_reference.py) for the calibration
+  split, ``texlive-latex-base-doc`` and ``texlive-metapost-doc`` and ``texlive-games`` (chess, go, crossword
+  and card-game manuals: board diagrams) for the test split. (``texlive-humanities-doc`` and the wallpaper packages are
   an independent benchmark kept elsewhere: never used here.)
 * desktop wallpapers (added 2026-11-29: smooth abstract art, gradients and landscapes, which the photo pool
   lacks and which a copy-detection model finds alike), also fetched with ``apt-get download``, shrunk to a
@@ -55,8 +55,8 @@ from embeddr.bench.shapes import build_pool  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "realimages"
 # package: split, or (split, "slides"): only its slide decks (documents whose first page is landscape)
-DOC_PACKAGES = {"texlive-science-doc": "calib", "texlive-pictures-doc": "calib", "texlive-latex-extra-doc": ("calib", "slides"),
-                "texlive-pstricks-doc": "calib",
+DOC_PACKAGES = {"texlive-science-doc": "calib", "texlive-pictures-doc": "calib",
+                "texlive-latex-extra-doc": ("calib", "slides"), "texlive-pstricks-doc": "calib",
                 "texlive-latex-base-doc": "test", "texlive-metapost-doc": "test", "texlive-games": "test"}
 HELD_OUT_SOURCES = ("texlive-humanities-doc", "enlightenment-data", "plasma-workspace-wallpapers",
                     "mate-backgrounds", "gnome-backgrounds", "lomiri-wallpapers")
