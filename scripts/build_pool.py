@@ -12,9 +12,7 @@ Sources (all read in place; only derived renditions and rendered PDF pages are w
   when missing: ``texlive-science-doc`` and ``texlive-pictures-doc`` (TikZ and PSTricks diagrams, added
   2026-11-29 so that diagram pages are seen in calibration) and the slide decks of ``texlive-latex-extra-doc``
   (its PDFs whose first page is landscape: beamer themes' demo talks with overlay steps, one talk in several
-  themes; added 2026-11-30 so that slide decks are seen in calibration; 593 MB to download) and
-  ``texlive-pstricks-doc`` (PSTricks diagrams; added 2026-11-30: diagram pages that, unlike those of
-  texlive-pictures-doc, are not in the reference set of scripts/build_reference.py) for the calibration
+  themes; added 2026-11-30 so that slide decks are seen in calibration; 593 MB to download) for the calibration
   split, ``texlive-latex-base-doc`` and ``texlive-metapost-doc`` and ``texlive-games`` (chess, go, crossword
   and card-game manuals: board diagrams) for the test split. (``texlive-humanities-doc`` and the wallpaper packages are
   an independent benchmark kept elsewhere: never used here.)
@@ -54,9 +52,11 @@ from embeddr.bench.make import split_fraction  # noqa: E402
 from embeddr.bench.shapes import build_pool  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "realimages"
-# package: split, or (split, "slides"): only its slide decks (documents whose first page is landscape)
+# package: split, or (split, "slides"): only its slide decks (documents whose first page is landscape).
+# No package here may be a source of the reference set (scripts/build_reference.py): texlive-pstricks-doc was a
+# calibration source on 2026-11-30 until it replaced texlive-pictures-doc there (the two had overlapped)
 DOC_PACKAGES = {"texlive-science-doc": "calib", "texlive-pictures-doc": "calib",
-                "texlive-latex-extra-doc": ("calib", "slides"), "texlive-pstricks-doc": "calib",
+                "texlive-latex-extra-doc": ("calib", "slides"),
                 "texlive-latex-base-doc": "test", "texlive-metapost-doc": "test", "texlive-games": "test"}
 HELD_OUT_SOURCES = ("texlive-humanities-doc", "enlightenment-data", "plasma-workspace-wallpapers",
                     "mate-backgrounds", "gnome-backgrounds", "lomiri-wallpapers")

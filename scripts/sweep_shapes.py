@@ -70,9 +70,6 @@ GRIDS = {
         # overlay step, or show one talk in two themes, must stay apart where defaults are chosen
         Shape("r4 slides docs all", renditions=4, docs=1000, doc_sets=(SLIDE_DOCS,), pictures=52),
         Shape("r13 slides docs14", renditions=13, docs=14, doc_sets=(SLIDE_DOCS,), pictures=52, seed=6),
-        # diagram pages that are not in the reference set (texlive-pictures-doc's partly are), added 2026-11-30
-        Shape("r13 pstricks docs14", renditions=13, docs=14, doc_sets=("texlive-pstricks-doc",), pictures=52, seed=7),
-        Shape("r4 pstricks docs all", renditions=4, docs=1000, doc_sets=("texlive-pstricks-doc",), pictures=52),
     ],
     # evaluation shapes (test split): never used to choose anything
     "test": [

@@ -241,3 +241,23 @@ def test_pool_documents_slide_decks_and_documents_that_share_a_name(tmp_path):
         assert all(len(ps) == 3 == len(set(ps)) for ps in units.values())
         firsts = {n: np.asarray(Image.open(ps[0]).convert("RGB"))[5, 5] for n, ps in units.items()}
         assert len({tuple(v) for v in firsts.values()}) == len(want)  # each document's own pages
+
+
+def test_benchmark_sources_keep_apart():
+    """The reference set (scripts/build_reference.py) shares no package with the quality benchmark's pool
+    (scripts/build_pool.py), whose documents it would otherwise flatter, and neither uses a source of the
+    independent held-out benchmark."""
+    import importlib.util
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    pool, reference = load("build_pool"), load("build_reference")
+    pool_sources = set(pool.DOC_PACKAGES) | set(pool.WALLPAPERS)
+    assert not pool_sources & set(reference.PACKAGES)
+    assert not [p for p in pool_sources | set(reference.PACKAGES) if p.startswith(pool.HELD_OUT_SOURCES)]
