@@ -135,6 +135,7 @@ class Verify:
     page_maybe: float = 0.3  # two images with reference backgrounds in [page_maybe, page_reference) ...
     page_paper: float = 0.4  # ... get the paper check when their light, flat tiles are at least this share
     page_paper_fail: float = 0.6  # and are other drawings when this share of their inked tiles differ
+    page_paper_band: bool = False  # ... below the threshold too (in the band), when the page look aligns them
     page_weak_ncc: float = 0.0  # ... also when not both paper, if the key point look correlates below this (0: off)
     page_weak_points: int = 100  # ... between images with at least this many key points (text, line art)
     page_max_pairs: int = 100_000  # more pairs of page-like images (page_kinds) at or above the threshold than this
@@ -143,6 +144,7 @@ class Verify:
     slide_bare_tiles: int = 0  # the slide check (0: off): two images both at least slide_reference like the
     slide_reference: float = 0.25  # reference set, each with >= slide_min_points key points at page_side, are
     slide_min_points: int = 400  # other slides when the page look finds this many bare tiles (Verifier.slide_refutes)
+    slide_two_way: bool = False  # two such images both on white paper too, when this many tiles are bare each way
     provenance: str = ""
 
     def band(self, threshold: float, calibrated: float | None = None) -> tuple[float, float]:

@@ -121,11 +121,26 @@ class PageLook:
     small: bool = False  # a page too small to read: no verdict
     failed: int = 0  # compared tiles that do not match (correlation below page_min_tile)
     points: int = 0  # key points at page_side of the page with fewer (:meth:`Verifier._too_plain_for_pages`)
-    bare: int = 0  # compared tiles with ink in one page and none in the other (added or removed content)
+    # compared tiles with ink in one page and none in the other (added or removed content), by the page that
+    # holds the ink: bare_a in the first page only, bare_b in the second only
+    bare_a: int = 0
+    bare_b: int = 0
+
+    @property
+    def bare(self) -> int:
+        return self.bare_a + self.bare_b
+
+    @property
+    def two_way(self) -> int:
+        """Bare tiles in the direction with fewer: a copy with something put on it (a caption, a logo, a build
+        step's bullet) has ink the other lacks on one side only; another drawing (a move on a board, another
+        page) has it on both."""
+        return min(self.bare_a, self.bare_b)
 
     def as_dict(self) -> dict:
         return {"inliers": self.inliers, "tiles": self.tiles, "worst_tile": round(self.worst, 4),
-                "failed_tiles": self.failed, "bare_tiles": self.bare, "small": self.small}
+                "failed_tiles": self.failed, "bare_tiles": self.bare, "bare_tiles_each": [self.bare_a, self.bare_b],
+                "small": self.small}
 
 
 @dataclass
@@ -338,9 +353,9 @@ class Verifier:
         if best is None:
             return PageLook(points=points)
         inliers, transform = best
-        tiles, worst, failed, bare = _tile_match(fa.grey, fb.grey, transform, int(c.page_tiles), int(c.page_shift),
-                                                 float(c.page_min_tile))
-        return PageLook(inliers, tiles, worst, failed=failed, points=points, bare=bare)
+        tiles, worst, failed, bare_a, bare_b = _tile_match(fa.grey, fb.grey, transform, int(c.page_tiles),
+                                                           int(c.page_shift), float(c.page_min_tile))
+        return PageLook(inliers, tiles, worst, failed=failed, points=points, bare_a=bare_a, bare_b=bare_b)
 
     def _matches(self, fa: _Features, fb: _Features, min_points: int, min_matches: int):
         """``(points in a, points in b)`` of the key point matches that pass Lowe's ratio test, or None when
@@ -403,6 +418,10 @@ class Verifier:
     def _readable(look: PageLook | None) -> bool:
         return look is not None and not look.small
 
+    def _aligned(self, look: PageLook | None) -> bool:
+        """A readable page look that found an alignment and ink to compare."""
+        return self._readable(look) and not self._unaligned(look)
+
     def _unaligned(self, look: PageLook | None) -> bool:
         """A page look that found no alignment (too few key points agree) or no ink to compare."""
         return self._readable(look) and (look.inliers < self.config.page_min_inliers or look.tiles == 0)
@@ -418,7 +437,9 @@ class Verifier:
           rules decide;
         * two images somewhat like pages and both mostly blank paper (:data:`PAGE_MAYBE`, :meth:`is_page`:
           slides, diagrams, and clip-art or products on white), at or above the threshold: refuted when most
-          inked tiles differ (:meth:`paper_refutes`); otherwise, and below the threshold, the picture rules.
+          inked tiles differ (:meth:`paper_refutes`); below the threshold in the band (``page_paper_band``) the
+          same when the page look aligns them (a pair it cannot align, a photo on white with few key points,
+          is the picture rules' to keep); otherwise the picture rules.
           Two such images that are not both blank paper (a dense diagram page, code boxes) are refuted when
           the key point look aligns them only weakly (:meth:`_weakly_aligned`: what a page's layout and
           repeated glyphs give two different pages) and the paper check refutes them."""
@@ -435,8 +456,10 @@ class Verifier:
             if above:
                 return REFUTED if self.page_refutes(page) else UPHELD
             return CONFIRMED if self.page_confirms(page) else UPHELD
-        if kind == PAGE_MAYBE and above and (self.is_page(a) and self.is_page(b) or self._weakly_aligned(a, b)):
-            if self.paper_refutes(self.page_look(a, b)):
+        if kind == PAGE_MAYBE and (above or in_band and self.config.page_paper_band) and (
+                self.is_page(a) and self.is_page(b) or self._weakly_aligned(a, b)):
+            look = self.page_look(a, b)
+            if self.paper_refutes(look) if above else self._aligned(look) and self.paper_refutes(look):
                 return REFUTED
         return None
 
@@ -445,18 +468,22 @@ class Verifier:
         key points of text or line art (>= ``slide_min_points`` at ``page_side``), and at least
         ``slide_bare_tiles`` tiles hold ink in one and a blank background in the other: a bullet or a move a
         build step adds where the template is empty. A copy's crop, recolour or re-encode leaves every such tile
-        inked. Two images both on white paper (:meth:`is_page`) are left to the paper check, whose looser verdict
-        keeps clip-art and product shots on white with a caption or logo put on them (the same operation as a
-        build step: on white, the policy is the copy's); slides of coloured, dark or textured themes get this
-        check. Off when ``slide_bare_tiles`` is 0."""
+        inked. Two images both on white paper (:meth:`is_page`) need ``slide_bare_tiles`` such tiles *each way*
+        (``slide_two_way``; without it they are left to the paper check): on white, a caption or logo put on
+        clip-art or a product shot is the same operation as a build step and leaves ink on one side only, while
+        another diagram, another page or a move on a board (a piece leaves one square for another) leaves ink
+        on both. Slides of coloured, dark or textured themes need the tiles either way. Off when
+        ``slide_bare_tiles`` is 0."""
         c = self.config
         if c.slide_bare_tiles <= 0:
             return False
-        if self.is_page(a) and self.is_page(b):
+        on_paper = self.is_page(a) and self.is_page(b)
+        if on_paper and not c.slide_two_way:
             return False  # drawings on white paper: the paper check's looser verdict (a caption on clip-art)
         page = self.page_look(a, b)
-        return (self._readable(page) and not self._unaligned(page) and page.points >= c.slide_min_points
-                and page.bare >= c.slide_bare_tiles)
+        if not (self._aligned(page) and page.points >= c.slide_min_points):
+            return False
+        return (page.two_way if on_paper else page.bare) >= c.slide_bare_tiles
 
     def plain_pages(self, a: Hashable, b: Hashable, kind: int) -> bool:
         """A pair of two images like the reference set (:data:`PAGE_YES`) that is no pair of pages: an image too
@@ -766,8 +793,9 @@ def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 
 def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, tiles: int, shift: int,
-                min_tile: float, lo: float = 5.0, hi: float = 12.0) -> tuple[int, float, int, int]:
-    """``(tiles compared, worst correlation, tiles below min_tile, bare tiles)`` of page B warped onto page A by
+                min_tile: float, lo: float = 5.0, hi: float = 12.0) -> tuple[int, float, int, int, int]:
+    """``(tiles compared, worst correlation, tiles below min_tile, bare tiles with ink in A, bare tiles with ink
+    in B)`` of page B warped onto page A by
     ``transform`` (a homography): grey levels of B fitted to A's over the overlap; each tile of A inside the
     overlap with ink in either page (grey-level spread >= ``hi``) is matched both ways within ``shift`` pixels;
     a tile with ink on one page and none on the other (spread < ``lo``: a *bare* tile) scores 0."""
@@ -780,14 +808,14 @@ def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, t
     fb = cv2.GaussianBlur(warped.astype(np.float32), (0, 0), 1.0)
     x, y = fa[inside], fb[inside]
     if x.size < 1000:
-        return 0, 0.0, 0, 0
+        return 0, 0.0, 0, 0, 0
     xm, ym = float(x.mean()), float(y.mean())
     alpha = float(((x - xm) * (y - ym)).mean() / max(float(((x - xm) ** 2).mean()), 1e-6))
     if alpha < 0.2:  # no grey-level relation between the two: not the same page
-        return 0, 0.0, 0, 0
+        return 0, 0.0, 0, 0, 0
     fb = (fb - (ym - alpha * xm)) / alpha
     t = max(16, max(h, w) // tiles)
-    worst, compared, failed, bare = 1.0, 0, 0, 0
+    worst, compared, failed, bare_a, bare_b = 1.0, 0, 0, 0, 0
     for y0 in range(0, h - t + 1, t):
         for x0 in range(0, w - t + 1, t):
             if not inside[y0:y0 + t, x0:x0 + t].all():
@@ -798,7 +826,8 @@ def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, t
                 continue
             compared += 1
             if min(sa, sb) < lo:
-                worst, failed, bare = 0.0, failed + 1, bare + 1
+                worst, failed = 0.0, failed + 1
+                bare_a, bare_b = (bare_a, bare_b + 1) if sa < lo else (bare_a + 1, bare_b)
                 continue
             ys, xs = max(0, y0 - shift), max(0, x0 - shift)
             ye, xe = min(h, y0 + t + shift), min(w, x0 + t + shift)
@@ -806,7 +835,7 @@ def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, t
                         float(cv2.matchTemplate(fa[ys:ye, xs:xe], tb, cv2.TM_CCOEFF_NORMED).max()))
             worst = min(worst, score)
             failed += score < min_tile
-    return compared, worst, failed, bare
+    return compared, worst, failed, bare_a, bare_b
 
 
 PAGE_NO, PAGE_FAINT, PAGE_MAYBE, PAGE_YES = 0, 1, 2, 3  # page_kinds' codes

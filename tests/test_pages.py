@@ -67,6 +67,10 @@ def pages(tmp_path_factory) -> dict[str, Path]:
     ImageDraw.Draw(renumbered).text((img.width // 2 - 10, bottom - 14), "97", fill="black", font=default_font(14))
     out["renumbered"] = tmp / "page_renumbered.png"
     renumbered.save(out["renumbered"])
+    moved = build.copy()  # the next slide: the build's new line, and the page's last lines gone
+    ImageDraw.Draw(moved).rectangle((0, bottom - 80, img.width, bottom + 2), fill="white")
+    out["moved"] = tmp / "page_moved.png"
+    moved.save(out["moved"])
     others = [p for p in rendered if p.parent == path.parent and p != path]
     if others:
         out["other"] = others[0]
@@ -205,6 +209,9 @@ def test_copies_of_a_drawing_on_white_pass_the_paper_check(drawings):
         assert look is not None and not v.paper_refutes(look), (key, look)
         assert v.decide([original], [drawings[key]], np.array([True]), None, np.array([PAGE_MAYBE]),
                         np.array([False])) == [NOT_LOOKED], key  # above the band: the score's decision stands
+        assert look.two_way < 3 and not v.slide_refutes(original, drawings[key]), (key, look)  # ink put on: one way
+        # below the threshold in the band, the paper check does not stand in the way of the picture rules
+        assert v.page_verdict(original, drawings[key], PAGE_MAYBE, False, True) is None, key
     overlays = [k for k in copies if "overlay" in k]
     assert any(v.page_refutes(v.page_look(drawings[k.split("_")[0]], drawings[k])) for k in overlays)
 
@@ -328,3 +335,45 @@ def test_slides_of_a_dark_theme_one_build_step_apart_are_other_slides(pages, tmp
     assert not v.slide_refutes(pages["page"], pages["build"])  # white paper: the paper check's
     off = Verifier(replace(resolve_preset("sscd-distilled").verify, slide_bare_tiles=0), lambda key: str(key))
     assert not off.slide_refutes(slide, step)
+
+
+def test_drawings_on_white_with_ink_gone_and_added_are_other_drawings(pages):
+    """On white paper, a slide and the next one (a line added where the page was empty and its last lines gone:
+    tiles inked in one and blank in the other, each way) are two drawings, as a move on a board is (a piece
+    leaves one square for another): the slide check refutes them at any score. Ink only added (a build step, a
+    caption put on clip-art: the test above) stays the paper check's; the page's copies are never refuted."""
+    v = _verifier()
+    page, moved = pages["page"], pages["moved"]
+    assert v.is_page(page) and v.is_page(moved)
+    look = v.page_look(page, moved)
+    assert look is not None and look.bare_a >= 3 and look.bare_b >= 3, look
+    assert v.slide_refutes(page, moved)
+    assert v.page_verdict(page, moved, PAGE_MAYBE, True, False) == REFUTED
+    assert v.page_verdict(page, moved, PAGE_MAYBE, False, True) == REFUTED  # in the band below the threshold
+    build = v.page_look(page, pages["build"])
+    assert build.bare_b >= 3 and build.two_way == 0, build  # one way only
+    assert not v.slide_refutes(page, pages["build"])
+    for fam in ("rescan", "reencode", "crop_mild", "border", "grey", "tint"):
+        assert not v.slide_refutes(page, pages[fam]), (fam, v.page_look(page, pages[fam]))
+    one_way = Verifier(replace(resolve_preset("sscd-distilled").verify, slide_two_way=False), lambda key: str(key))
+    assert not one_way.slide_refutes(page, moved)
+
+
+def test_the_paper_check_in_the_band_needs_an_alignment(monkeypatch):
+    """Below the threshold, in the band, two images somewhat like pages on white paper that the page look aligns
+    with most inked tiles different (two diagrams of one template) are not rescued (``page_paper_band``); a pair
+    it cannot align (a photo on white with few key points) is left to the picture rules, which may keep it."""
+    from embeddr.verify import PageLook
+
+    v = _verifier()
+    looks = {("a", "b"): PageLook(inliers=300, tiles=200, failed=150, points=1500),
+             ("a", "c"): PageLook(inliers=8, tiles=0, points=90),
+             ("a", "d"): PageLook(inliers=300, tiles=200, failed=20, points=1500)}
+    monkeypatch.setattr(v, "page_look", lambda a, b: looks[(a, b)])
+    monkeypatch.setattr(v, "is_page", lambda key: True)
+    assert v.page_verdict("a", "b", PAGE_MAYBE, False, True) == REFUTED
+    assert v.page_verdict("a", "c", PAGE_MAYBE, False, True) is None
+    assert v.page_verdict("a", "d", PAGE_MAYBE, False, True) is None
+    assert v.page_verdict("a", "c", PAGE_MAYBE, True, True) == REFUTED  # at or above the threshold: as before
+    v.config = replace(v.config, page_paper_band=False)
+    assert v.page_verdict("a", "b", PAGE_MAYBE, False, True) is None
