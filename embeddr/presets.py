@@ -98,6 +98,8 @@ class Verify:
     far: bool = False  # the far look: pairs whose raw cosine reaches the threshold but whose score fell below the
     far_detail: float = 0.5  # band are kept when the dense look confirms them and their detail agrees at least
     far_side: int = 384  # this much there, compared at far_side pixels (Verifier.far_confirms)
+    far_look_ncc: float = 0.0  # ... or when the key point look confirms them with at least this correlation (0: off)
+    far_look_detail: float = 0.2  # ... and their fine detail (Verifier.detail) correlates at least this much
     far_upholds: bool = False  # a pair at or above the threshold the look would refute is kept when the far look
     # confirms it (and neither image is like the reference set)
     dense_upholds_points: int = 0  # ... and (with far_upholds) when the dense look alone confirms it (dense_ncc) and

@@ -657,11 +657,23 @@ class Verifier:
             return 0.0
         return float(np.nan_to_num(cv2.matchTemplate(region, t, cv2.TM_CCOEFF_NORMED)).max())
 
-    def far_confirms(self, a: Hashable, b: Hashable) -> bool | None:
+    def far_confirms(self, a: Hashable, b: Hashable, kind: int = 0) -> bool | None:
         """The far look, for a pair whose raw cosine reaches the threshold but whose score the background pushed
         below the band (``far``, :meth:`embeddr.presets.Verify.far_raw`): the same picture when :meth:`dense`
-        reaches ``dense_ncc`` and :meth:`detail` ``far_detail``. ``None``: a file could not be read."""
+        reaches ``dense_ncc`` and :meth:`detail` ``far_detail``, or (``far_look_ncc`` > 0) when the key point look
+        confirms it as it would in the band, with an aligned correlation of at least ``far_look_ncc``: a crop, a
+        rescan or a combo of a picture with texture enough for key points, whose fine detail the crop or the rescan
+        changed, though not so much that it disagrees (:meth:`detail` >= ``far_look_detail``: two star fields on one
+        backdrop align on the backdrop's key points, their stars do not). That second way is for pictures only
+        (``kind``, :func:`page_kinds`, :data:`PAGE_NO`), and not for two slides (:meth:`slide_refutes`: a dark
+        theme's build steps are as unlike the reference set as photos): two pages, slides or diagrams of one
+        template align as well as a copy does. ``None``: a file could not be read."""
         cfg = self.config
+        if cfg.far_look_ncc > 0 and kind == PAGE_NO:
+            look = self.look(a, b)
+            if (look is not None and self.confirms(look) and max(look.ncc, look.content_ncc) >= cfg.far_look_ncc
+                    and not self.slide_refutes(a, b) and (self.detail(a, b) or 0.0) >= cfg.far_look_detail):
+                return True
         if cfg.dense_ncc <= 0:
             return False
         return self._placed_with_detail(a, b, cfg.dense_ncc, cfg.far_detail)
@@ -683,7 +695,7 @@ class Verifier:
                 if rescuable is not None and not rescuable[i]:
                     out[i] = NOT_LOOKED
                     continue
-                same = self.far_confirms(a[i], b[i])
+                same = self.far_confirms(a[i], b[i], PAGE_NO if pages is None else int(pages[i]))
                 out[i] = UNREADABLE if same is None else CONFIRMED if same else UPHELD
                 continue
             may = rescuable is None or bool(rescuable[i])

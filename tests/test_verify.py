@@ -330,7 +330,8 @@ def test_the_detail_look_confirms_what_the_dense_look_alone_would_not(photo_arra
 
     nothing = Look(inliers=0, cells=0, ncc=0.0, content_ncc=0.0, points=200)
     assert not v.refutes(nothing, a, crop) and v.refutes(nothing, a, other)
-    assert not v.far_confirms(a, crop)  # the far look alone (dense >= dense_ncc) would not have
+    far_alone = Verifier(dataclasses.replace(cfg, far_look_ncc=0.0), lambda key: str(key))
+    assert not far_alone.far_confirms(a, crop)  # the far look's dense way alone (dense >= dense_ncc) would not have
 
 
 def test_dupes_and_check_keep_far_pairs_only_when_the_far_look_confirms(photo_arrays, renditions, tmp_path, encoder):
@@ -532,3 +533,34 @@ def test_the_look_correlates_what_both_images_show_not_their_borders(photo_array
     assert plain.content_ncc < on.config.veto_ncc < on.config.min_ncc <= boxed.content_ncc, (plain, boxed)
     assert off.refutes(plain) and not on.refutes(boxed)
     assert on.refutes(on.look(a, tmp_path / "other_dark.jpg"))
+
+
+def test_the_far_look_takes_a_key_point_confirmation(photo_arrays, tmp_path):
+    """The far look also keeps a pair the key point look confirms as it would in the band, with an aligned
+    correlation of at least ``far_look_ncc`` and fine detail that does not disagree (``far_look_detail``): a strong
+    crop of a real photo, rescanned (tilted, blurred, noisy), is the same picture; the other photos are not, nor
+    are two star fields on one backdrop (its key points agree, the stars do not); with the dense and detail
+    conditions out of reach and ``far_look_ncc`` 0 the crop is not kept."""
+    import random
+
+    from embeddr.bench.transforms import apply_family
+
+    img = Image.fromarray(photo_arrays["astronaut"]).convert("RGB")
+    a = save_photo(photo_arrays["astronaut"], tmp_path / "a.png")
+    var = apply_family("rescan", img.crop((60, 40, 420, 400)), random.Random(3))
+    copy = tmp_path / f"copy{var.save.ext}"
+    var.save.save(var.image, copy)
+    others = [save_photo(arr, tmp_path / f"{n}.png") for n, arr in photo_arrays.items() if n != "astronaut"]
+    shipped = _preset().verify
+    assert shipped.far_look_ncc > 0
+    cfg = dataclasses.replace(shipped, dense_ncc=0.9999, far_detail=1.0)
+    v = Verifier(cfg, lambda key: str(key))
+    look = v.look(a, copy)
+    assert v.confirms(look) and max(look.ncc, look.content_ncc) >= cfg.far_look_ncc, look
+    assert v.far_confirms(a, copy)
+    assert not any(v.far_confirms(a, o) for o in others)
+    (tmp_path / "fields").mkdir()
+    fields = _star_fields(photo_arrays, tmp_path / "fields")  # the backdrop's key points agree, the stars do not
+    assert not v.far_confirms(fields["field_a"], fields["field_b"])
+    off = Verifier(dataclasses.replace(cfg, far_look_ncc=0.0), lambda key: str(key))
+    assert not off.far_confirms(a, copy)
