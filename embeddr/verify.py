@@ -459,7 +459,7 @@ class Verifier:
         if kind == PAGE_MAYBE and (above or in_band and self.config.page_paper_band) and (
                 self.is_page(a) and self.is_page(b) or self._weakly_aligned(a, b)):
             look = self.page_look(a, b)
-            if self.paper_refutes(look) if above else self._aligned(look) and self.paper_refutes(look):
+            if (above or self._aligned(look)) and self.paper_refutes(look):
                 return REFUTED
         return None
 
@@ -672,7 +672,8 @@ class Verifier:
         if cfg.far_look_ncc > 0 and kind == PAGE_NO:
             look = self.look(a, b)
             if (look is not None and self.confirms(look) and max(look.ncc, look.content_ncc) >= cfg.far_look_ncc
-                    and not self.slide_refutes(a, b) and (self.detail(a, b) or 0.0) >= cfg.far_look_detail):
+                    and (self.detail(a, b) or 0.0) >= cfg.far_look_detail  # at far_side: before the page look
+                    and not self.slide_refutes(a, b)):
                 return True
         if cfg.dense_ncc <= 0:
             return False
