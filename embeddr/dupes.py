@@ -365,6 +365,8 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     scorer = scorer.with_far(far_raw)  # ... and those below it whose raw cosine reaches far_raw (the far look)
     far_skipped = 0  # far pairs listed but not looked at (more than far_max_pairs)
     pages_listed = pages_skipped = 0  # page-like pairs at or above the threshold; not page-looked at (page_max_pairs)
+    scene_listed = scene_skipped = 0  # picture pairs above the band; not given the scene check (scene_max_pairs)
+    scene_checked = False  # grouping gives pairs above the band the scene check too
     references: dict = {}  # the reference part of the background, where the search computed it
     if engine is not None and search != "approximate":
         from .index import load_index, stored
@@ -415,6 +417,16 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
             if pages_listed > vcfg.page_max_pairs:  # a crowd of pages at scale: a page look each would take days
                 pages_skipped, pages, paging = pages_listed, None, False  # grouping asks for none either
         in_band = (s >= band[0] - 1e-6) & (s < band[1] - 1e-6)
+        also = None if pages is None else pages > PAGE_NO
+        scene = None
+        if vcfg.scene_cells > 0:  # pairs of pictures above the band get the scene check (Verifier.scene_refutes)
+            scene = (s >= band[1] - 1e-6) & (True if pages is None else pages == PAGE_NO)
+            scene_listed = int(scene.sum())
+            if scene_listed > vcfg.scene_max_pairs:  # at scale: a look each would take days; say so
+                scene_skipped = scene_listed
+            else:
+                also = scene if also is None else also | scene
+                scene_checked = True
         far = s < band[0] - 1e-6  # listed below the band only for their raw cosine (scorer.with_far)
         far_listed = int(far.sum())
         if _far_lookable(far, a, b, rescuable, vcfg.far_max_pairs) > vcfg.far_max_pairs:
@@ -427,13 +439,15 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
             return verifier.decide([hash_of[x] for x in ia.tolist()], [hash_of[y] for y in ib.tolist()], above,
                                    rescuable(ia, ib), None if pages is None else pages[idx], in_band[idx], far[idx])
 
-        keep, effect = decide_band(s, threshold, band, effect_of, also=None if pages is None else pages > PAGE_NO,
-                                   far=far)
+        keep, effect = decide_band(s, threshold, band, effect_of, also=also, far=far)
         confirmed = effect == CONFIRMED
         search_info["verify"] = verify_summary(band, effect, far, far_raw, far_skipped)
         if paging or pages_skipped:  # page looks were on (and maybe skipped for page_max_pairs)
             search_info["verify"]["pages"] = {"listed": pages_listed, "skipped": pages_skipped}
-        del pages, in_band, far
+        if scene is not None:
+            refuted = int(((effect == REFUTED) & scene).sum())
+            search_info["verify"]["scene"] = {"listed": scene_listed, "refuted": refuted, "skipped": scene_skipped}
+        del pages, in_band, far, also, scene
         a, b, s, confirmed = a[keep], b[keep], s[keep], confirmed[keep]
     if len(rejected_ids) and len(a):
         out = _pair_in(a, b, rejected_ids)
@@ -496,6 +510,8 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         if verdict is not None:  # pairs of pages: the page look decides (the same verdict dupes' pairs get)
             return -1.0 if verdict == REFUTED else threshold if verdict == CONFIRMED else v
         if not (band[0] - 1e-6 <= v < band[1] - 1e-6):
+            if scene_checked and kind == PAGE_NO and v >= band[1] - 1e-6:  # the scene check, as the pairs get it
+                return -1.0 if verifier.scene_refutes(verifier.look(hx, hy)) else v
             return v
         may = may or verifier.plain_pages(hx, hy, kind)  # like pages, but too plain for them: a picture
         if v < threshold - 1e-6:
@@ -516,6 +532,8 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         if verifying and paging and len(v):
             kinds = page_kinds(vcfg, scorer, ref_bg(nodes[x]), ref_bg(nodes[y]))
             looked |= (kinds > PAGE_NO) & (v >= floor - 1e-6) & ~far
+        if scene_checked:
+            looked |= (kinds == PAGE_NO) & (v >= band[1] - 1e-6)
         limit = vcfg.group_looks if verifying else 0
         weak = np.flatnonzero(~looked & (v < floor - 1e-6)).tolist()  # below the floor: a group look may keep them
         if len(weak) > limit:

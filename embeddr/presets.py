@@ -147,6 +147,13 @@ class Verify:
     slide_reference: float = 0.25  # reference set, each with >= slide_min_points key points at page_side, are
     slide_min_points: int = 400  # other slides when the page look finds this many bare tiles (Verifier.slide_refutes)
     slide_two_way: bool = False  # two such images both on white paper too, when this many tiles are bare each way
+    scene_cells: int = 0  # the scene check (0: off): a pair of pictures (not like the reference set) at or above
+    scene_ncc: float = 0.8  # the threshold, in the band or above it, is dropped when its look leaves at least
+    scene_content_ncc: float = 0.9  # scene_cells textured grid cells without an inlier (Look.stray), the whole
+    # overlap correlates below scene_ncc and what both show below scene_content_ncc: one part of a static scene
+    # moved (a chessboard held in other poses; Verifier.scene_refutes)
+    scene_max_pairs: int = 100_000  # more pairs above the band than this in one `dupes`: none gets the scene check
+    # (a look each would take days at a million files), and the JSON says how many
     provenance: str = ""
 
     def band(self, threshold: float, calibrated: float | None = None) -> tuple[float, float]:

@@ -65,8 +65,10 @@ detail agrees there (:meth:`Verifier.detail`: band-passed images at ``far_side``
 edges and stars do not line up. As for any rescue below the threshold, pictures like the reference set (pages,
 tables, slides: ``rescue_max_reference``) never get it.
 
-Pairs above ``high`` are kept without a look (pages excepted); pairs below ``low`` are looked at only by the far
-look. A pair whose files
+**The scene check** (``scene_cells`` > 0): a pair of pictures at or above the threshold, in the band or above it,
+is dropped when the look's transform leaves many textured cells without an inlier and nothing it aligns correlates
+(:meth:`Verifier.scene_refutes`): two shots of one static scene in which a textured part moved. Pairs above
+``high`` get no other look (pages excepted); pairs below ``low`` are looked at only by the far look. A pair whose files
 cannot be read (moved, deleted, not a local file) keeps the plain decision (score >= threshold). See
 :func:`decide_band`.
 
@@ -87,6 +89,7 @@ GRID = 6  # the inliers' spread is counted on a GRID x GRID grid of the first im
 # and it covers HULL_MIN_AREA of the first image (fewer: a planar pattern of two other shots, such as a
 # chessboard, or a few chance matches; the whole overlap's correlation is used then)
 HULL_MIN_CELLS = 12
+SCENE_POINTS = 10  # a grid cell with this many key points of an image is textured enough to need an inlier
 HULL_MIN_AREA = 0.05
 
 # what the look did to a pair (decide_band's second result)
@@ -105,10 +108,15 @@ class Look:
     # (content_box, with the preset's content_boxes) and within the inliers' convex hull when they spread wide
     # (margins and paper around a rescan left out); else the whole overlap's
     points: int = 0  # key points of the image with fewer: below veto_min_points a look has no material to refute
+    # cells of the grid inside the overlap that hold at least SCENE_POINTS key points and no inlier, counted for
+    # each image's key points and the fewer of the two kept: parts of a textured picture that do not follow the
+    # transform the rest follows (a moved object in a static scene; Verifier.scene_refutes)
+    stray: int = 0
 
     def as_dict(self) -> dict:
         return {"inliers": self.inliers, "cells": self.cells, "ncc": round(self.ncc, 4),
-                "content_ncc": round(self.content_ncc, 4), "key_points": self.points, "mirrored": self.mirrored}
+                "content_ncc": round(self.content_ncc, 4), "key_points": self.points, "mirrored": self.mirrored,
+                "stray_cells": self.stray}
 
 
 @dataclass(frozen=True)
@@ -302,7 +310,7 @@ class Verifier:
             shared = (hull > 0) & shown
             if shared.mean() >= HULL_MIN_AREA:
                 content = _ncc(ga, gb, shared)
-        return Look(int(inl.sum()), cells, ncc, mirrored, content, points)
+        return Look(int(inl.sum()), cells, ncc, mirrored, content, points, _stray(fa, fb, transform, gx * GRID + gy))
 
     def look(self, a: Hashable, b: Hashable) -> Look | None:
         """What the second look finds for the pair (``None``: a file could not be read); remembered."""
@@ -557,10 +565,25 @@ class Verifier:
     def rescues(self, a: Hashable, b: Hashable) -> bool:
         """A pair below the threshold is the same picture: the look confirms it (:meth:`confirms`) or, for a
         picture too plain for key points, the dense look does (:meth:`dense_confirms`), or the dense look and the
-        detail together do (:meth:`detail_confirms`). The one rule ``dupes``'
-        pairs, its grouping and ``check`` keep pairs by."""
+        detail together do (:meth:`detail_confirms`); never when the look finds a scene whose parts moved
+        (:meth:`scene_refutes`). The one rule ``dupes``' pairs, its grouping and ``check`` keep pairs by."""
         look = self.look(a, b)
-        return look is not None and (self.confirms(look) or self.dense_confirms(a, b) or self.detail_confirms(a, b))
+        return look is not None and not self.scene_refutes(look) and (
+            self.confirms(look) or self.dense_confirms(a, b) or self.detail_confirms(a, b))
+
+    def scene_refutes(self, look: Look | None) -> bool:
+        """Two shots of one static scene, not copies (``scene_cells`` > 0): the look's transform leaves at least
+        ``scene_cells`` textured cells of the overlap without an inlier, each way (:attr:`Look.stray`), and
+        neither the whole overlap, aligned, correlates as much as ``scene_ncc`` (the moved part in both of its
+        places) nor what both images show (:attr:`Look.content_ncc`) as much as ``scene_content_ncc``. A
+        chessboard held in another pose in front of the same desk, a person who moved before a camera on a
+        tripod: the background's key points agree, the moved part's do not. A copy's key points follow one
+        transform wherever the picture has texture; a caption or a logo put on it fills a few cells; a
+        thumbnail's or a strong crop's few matches leave textured cells empty but align the whole overlap; a
+        combo's frame and recolouring lower the whole overlap's correlation, not that of what both show."""
+        c = self.config
+        return (c.scene_cells > 0 and look is not None and look.stray >= c.scene_cells and look.ncc < c.scene_ncc
+                and look.content_ncc < c.scene_content_ncc)
 
     def dense(self, a: Hashable, b: Hashable) -> float | None:
         """The look without key points, for plain images: both images grey at ``dense_side`` pixels, one scaled
@@ -686,7 +709,8 @@ class Verifier:
         does (:data:`CONFIRMED`, :data:`UPHELD`, :data:`REFUTED`, :data:`UNREADABLE`). A pair below the threshold
         that is not ``rescuable[i]`` is not looked at (:data:`NOT_LOOKED`). With ``pages`` (:func:`page_kinds` of
         each pair), pairs of pages get the page look first (:meth:`page_verdict`, at any score at or above the
-        threshold, or in the band ``in_band[i]`` below it); any other pair outside the band is not looked at,
+        threshold, or in the band ``in_band[i]`` below it); a pair of pictures above the band gets the scene check
+        alone (:meth:`scene_refutes`, with ``scene_cells``); any other pair outside the band is not looked at,
         but pairs ``far[i]`` below the band (listed for their raw cosine, :meth:`embeddr.normalize.Scorer.with_far`)
         get the far look (:meth:`far_confirms`) when rescuable. Pairs are taken grouped by their first member, so
         each image's features are computed once."""
@@ -711,13 +735,18 @@ class Verifier:
                 out[i] = NOT_LOOKED
                 continue
             if in_band is not None and not in_band[i]:
+                if above[i] and self.config.scene_cells > 0 and (pages is None or int(pages[i]) == PAGE_NO):
+                    look = self.look(a[i], b[i])  # above the band: the scene check alone
+                    if look is not None:
+                        out[i] = REFUTED if self.scene_refutes(look) else UPHELD
+                    continue
                 out[i] = NOT_LOOKED
                 continue
             look = self.look(a[i], b[i])
             if look is None:
                 continue
             if above[i]:
-                out[i] = REFUTED if self.refutes(look, a[i], b[i], may) else UPHELD
+                out[i] = REFUTED if self.refutes(look, a[i], b[i], may) or self.scene_refutes(look) else UPHELD
             else:
                 out[i] = CONFIRMED if self.rescues(a[i], b[i]) else UPHELD
         return out
@@ -754,6 +783,35 @@ def content_box(grey: np.ndarray) -> tuple[int, int, int, int]:
     if x1 <= x0 or y1 <= y0 or (x1 - x0) * (y1 - y0) < HULL_MIN_AREA * w * h:
         return whole
     return x0, y0, x1, y1
+
+
+def _stray(fa: _Features, fb: _Features, transform: np.ndarray, inlier_cells: np.ndarray) -> int:
+    """:attr:`Look.stray`: cells of the first image's GRID x GRID grid, inside the overlap, with at least
+    SCENE_POINTS key points and no inlier; counted with the first image's key points and with the second's mapped
+    back onto the first, the fewer of the two."""
+    cv2 = _cv2()
+    h, w = fa.grey.shape
+    hb, wb = fb.grey.shape
+    held = np.zeros(GRID * GRID, bool)
+    held[inlier_cells] = True
+
+    def cells(p: np.ndarray) -> np.ndarray:
+        gx = np.clip((p[:, 0] / w * GRID).astype(int), 0, GRID - 1)
+        gy = np.clip((p[:, 1] / h * GRID).astype(int), 0, GRID - 1)
+        return gx * GRID + gy
+
+    def stray(in_a: np.ndarray, inside: np.ndarray) -> int:  # key points placed on the first image
+        counts = np.bincount(cells(in_a[inside]), minlength=GRID * GRID)
+        return int(((counts >= SCENE_POINTS) & ~held).sum())
+
+    def within(p: np.ndarray, width: int, height: int) -> np.ndarray:
+        return (p[:, 0] >= 0) & (p[:, 0] < width) & (p[:, 1] >= 0) & (p[:, 1] < height)
+
+    pa, pb = fa.points.reshape(-1, 2), fb.points.reshape(-1, 2)
+    a_on_b = pa @ transform[:, :2].T + transform[:, 2]  # the first image's key points where the second shows them
+    back = cv2.invertAffineTransform(transform)
+    b_on_a = pb @ back[:, :2].T + back[:, 2]  # the second image's, placed on the first
+    return min(stray(pa, within(a_on_b, wb, hb)), stray(b_on_a, within(b_on_a, w, h)))
 
 
 def _box_mask(shape: tuple, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -891,7 +949,7 @@ def decide_band(scores: np.ndarray, threshold: float, band: tuple[float, float],
     ``effect_of(indices, above_threshold)`` (:meth:`Verifier.decide`) says what the look does: a pair below the
     threshold is kept when :data:`CONFIRMED`, one above it dropped when :data:`REFUTED`; an unreadable or
     upheld pair keeps ``score >= threshold``. ``also``: pairs looked at above the band too when they are at or
-    above the threshold (pairs of pages, :func:`page_kinds`); ``far``: pairs below the band looked at too (the
+    above the threshold (pairs of pages, :func:`page_kinds`; pairs of pictures for the scene check); ``far``: pairs below the band looked at too (the
     far look: kept only when :data:`CONFIRMED`)."""
     scores = np.asarray(scores, np.float32)
     keep = scores >= threshold - eps

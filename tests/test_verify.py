@@ -149,7 +149,8 @@ def test_dupes_json_says_what_the_second_look_did(renditions, tmp_path, runner):
     assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
     on, off = json.loads(on.output), json.loads(off.output)
     assert set(on["verify"]) == {"band", "looked_at", "confirmed_below_threshold", "refuted_above_threshold",
-                                 "unreadable", "far", "groups", "pages"}
+                                 "unreadable", "far", "groups", "pages", "scene"}
+    assert set(on["verify"]["scene"]) == {"listed", "refuted", "skipped"}
     assert set(on["verify"]["groups"]) == {"looked_at", "confirmed", "skipped", "max_per_merge"}
     assert set(on["verify"]["pages"]) == {"listed", "skipped"} and on["verify"]["pages"]["skipped"] == 0
     assert on["verify"]["band"] == [round(0.572 - 0.12, 6), round(0.572 + 0.13, 6)]
@@ -564,3 +565,88 @@ def test_the_far_look_takes_a_key_point_confirmation(photo_arrays, tmp_path):
     assert not v.far_confirms(fields["field_a"], fields["field_b"])
     off = Verifier(dataclasses.replace(cfg, far_look_ncc=0.0), lambda key: str(key))
     assert not off.far_confirms(a, copy)
+
+
+def _scene(photo_arrays, folder: Path) -> dict[str, Path]:
+    """Two shots of one static scene (a real photo as the backdrop, another real photo held up in front of it in
+    two places, as the chessboard of a camera calibration set is) and copies of the first shot: captioned, a
+    thumbnail, a crop and a rescan."""
+    import random
+
+    from PIL import ImageDraw
+
+    from embeddr.bench.transforms import apply_family
+
+    backdrop = Image.fromarray(photo_arrays["astronaut"]).convert("RGB").resize((640, 480))
+    held = Image.fromarray(photo_arrays["camera"]).convert("RGB").resize((260, 260))
+    out = {}
+    for name, place in {"shot_a": (40, 60), "shot_b": (330, 180)}.items():
+        shot = backdrop.copy()
+        shot.paste(held, place)
+        out[name] = folder / f"{name}.jpg"
+        shot.save(out[name], quality=90)
+    first = Image.open(out["shot_a"]).convert("RGB")
+    captioned = first.copy()
+    draw = ImageDraw.Draw(captioned)
+    draw.rectangle((0, 400, 640, 480), fill=(255, 255, 255))
+    draw.text((10, 420), "A CAPTION PUT ON THE COPY, 2026 " * 3, fill=(0, 0, 0))
+    out["captioned"] = folder / "captioned.jpg"
+    captioned.save(out["captioned"], quality=85)
+    out["thumbnail"] = folder / "thumbnail.jpg"
+    first.resize((160, 120)).save(out["thumbnail"], quality=85)
+    out["crop"] = folder / "crop.jpg"
+    first.crop((100, 80, 500, 400)).save(out["crop"], quality=85)
+    var = apply_family("rescan", first, random.Random(5))
+    out["rescan"] = folder / f"rescan{var.save.ext}"
+    var.save.save(var.image, out["rescan"])
+    return out
+
+
+def test_two_shots_of_one_scene_are_refuted_copies_are_not(photo_arrays, tmp_path):
+    """The scene check (``scene_cells``, ``scene_ncc``): two shots of a static scene with a picture held in two
+    places share their backdrop's key points, so the look neither refutes nor confirms them; but many textured
+    cells keep key points that do not follow the transform and the whole overlap does not correlate: another
+    shot. A caption, a thumbnail, a crop or a rescan of the first shot is not refuted."""
+    shots = _scene(photo_arrays, tmp_path)
+    shipped = _preset().verify
+    assert shipped.scene_cells > 0
+    v = Verifier(shipped, lambda key: str(key))
+    look = v.look(shots["shot_a"], shots["shot_b"])
+    assert not v.refutes(look) and look.stray >= shipped.scene_cells and v.scene_refutes(look), look
+    for name in ("captioned", "thumbnail", "crop", "rescan"):
+        copy = v.look(shots["shot_a"], shots[name])
+        assert not v.scene_refutes(copy) and not v.refutes(copy), (name, copy)
+    off = Verifier(dataclasses.replace(shipped, scene_cells=0), lambda key: str(key))
+    assert not off.scene_refutes(off.look(shots["shot_a"], shots["shot_b"]))
+
+
+def test_dupes_and_check_give_pairs_above_the_band_the_scene_check(photo_arrays, tmp_path, encoder):
+    """Above the band a pair of pictures gets no look but the scene check: with a threshold low enough to put
+    every pair above the band, dupes drops the two shots of one scene and keeps the copies, its JSON says so,
+    grouping does not join the shots through their copies, and `check` of the second shot agrees."""
+    folder = tmp_path / "scene"
+    folder.mkdir()
+    shots = _scene(photo_arrays, folder)
+    db = tmp_path / "s.db"
+    scan([folder], db=db, workers=0)
+    low = _preset(below=0.0, above=0.01, threshold=0.2)  # every pair scores above its band [0.2, 0.21)
+    no_scene = dataclasses.replace(low, verify=dataclasses.replace(low.verify, scene_cells=0))
+    with Catalog(db) as catalog:
+        report = find_duplicates(catalog, low)
+        before = find_duplicates(catalog, no_scene)
+    names = lambda r: {tuple(sorted((Path(p.a).stem, Path(p.b).stem))) for p in r.pairs}  # noqa: E731
+    assert ("shot_a", "shot_b") in names(before)
+    assert ("shot_a", "shot_b") not in names(report)
+    assert {("captioned", "shot_a"), ("crop", "shot_a"), ("rescan", "shot_a"), ("shot_a", "thumbnail")} <= names(report)
+    scene = report.extra["verify"]["scene"]
+    assert scene["refuted"] >= 1 and scene["skipped"] == 0 and scene["listed"] >= len(report.pairs)
+    assert "scene" not in before.extra["verify"]
+    assert not any({"shot_a", "shot_b"} <= {Path(m.path).stem for m in g.members} for g in report.groups)
+    from embeddr.ingest import Gate
+
+    with Gate(db, encoder=encoder, threshold=0.2) as gate:
+        gate.preset = low
+        gate.band = low.verify.band(gate.threshold, low.threshold.value)
+        gate._floor = gate.band[0]
+        [result] = gate.check([str(shots["shot_b"])])
+    assert "shot_a" not in {Path(m.path).stem for m in result.matches}
