@@ -227,12 +227,14 @@ def test_sscd_distilled_shipped_defaults_on_holdout_sample(holdout_eval):
 
 
 @pytest.mark.realdata
-@pytest.mark.xfail(strict=True, reason="known limit (docs/benchmarks.md): a crowd of fewer than 32 look-alikes that "
-                   "the model scores like copies -- chessboard shots of one scene, spiral galaxies -- is not "
-                   "corrected by the rank-32 background, and the second look (embeddr/verify.py) only refutes the pairs "
-                   "near the threshold; measured 2026-11-29: precision 0.944 (0.854 without the second look)")
 def test_holdout_sample_hard_negatives_are_not_paired(holdout_eval):
-    assert holdout_eval["pipeline"]["precision"] >= 0.99
+    """The hold-out sample's hard negatives (chessboard shots of one scene, spiral galaxies, look-alikes that the
+    model scores like copies and the rank-32 background does not correct) are kept apart: precision >= 0.99.
+    Until 2026-11-30 a known limit (0.944 with the second look, 0.854 without); the scene check
+    (Verifier.scene_refutes) parts the chessboard shots, whose pairs scored above the band."""
+    pipe = holdout_eval["pipeline"]
+    print("hold-out sample precision", pipe["precision"], "recall", pipe["recall"])
+    assert pipe["precision"] >= 0.99
 
 
 def test_tune_reuses_the_vectors_a_catalog_already_holds(photo_dir, tmp_path):
