@@ -557,7 +557,7 @@ class Gate:
             keep, effect = decide_band(scores, self.threshold, self.band, lambda idx, above: self._verifier.decide(
                 [key] * len(idx), [near[i].path for i in idx], above, None if rescuable is None else rescuable[idx],
                 None if pages is None else pages[idx], in_band[idx], far[idx]),
-                also=None if pages is None else np.ones(len(near), bool), far=far)
+                also=np.ones(len(near), bool), far=far)  # Verifier.decide says which need a look (pages, scene)
             self._uploads.clear()
         return [replace(m, verified=True) if effect[i] == CONFIRMED else m for i, m in enumerate(near) if keep[i]]
 

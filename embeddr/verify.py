@@ -286,9 +286,8 @@ class Verifier:
         inl = inliers.ravel().astype(bool)
         h, w = fa.grey.shape
         p = pa[inl]
-        gx = np.clip((p[:, 0] / w * GRID).astype(int), 0, GRID - 1)
-        gy = np.clip((p[:, 1] / h * GRID).astype(int), 0, GRID - 1)
-        cells = len(set(zip(gx.tolist(), gy.tolist())))
+        inlier_cells = _grid_cells(p, fa.grey.shape)
+        cells = len(np.unique(inlier_cells))
         # the second image sampled at the transform of each pixel of the first: the two aligned
         warped = cv2.warpAffine(fb.grey, transform, (w, h), flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR)
         overlap = cv2.warpAffine(np.full(fb.grey.shape, 255, np.uint8), transform, (w, h),
@@ -310,7 +309,7 @@ class Verifier:
             shared = (hull > 0) & shown
             if shared.mean() >= HULL_MIN_AREA:
                 content = _ncc(ga, gb, shared)
-        return Look(int(inl.sum()), cells, ncc, mirrored, content, points, _stray(fa, fb, transform, gx * GRID + gy))
+        return Look(int(inl.sum()), cells, ncc, mirrored, content, points, _stray(fa, fb, transform, inlier_cells))
 
     def look(self, a: Hashable, b: Hashable) -> Look | None:
         """What the second look finds for the pair (``None``: a file could not be read); remembered."""
@@ -785,6 +784,14 @@ def content_box(grey: np.ndarray) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
+def _grid_cells(points: np.ndarray, shape: tuple) -> np.ndarray:
+    """The cell (``x * GRID + y``) of an image's GRID x GRID grid that holds each of ``points`` (x, y)."""
+    h, w = shape[:2]
+    gx = np.clip((points[:, 0] / w * GRID).astype(int), 0, GRID - 1)
+    gy = np.clip((points[:, 1] / h * GRID).astype(int), 0, GRID - 1)
+    return gx * GRID + gy
+
+
 def _stray(fa: _Features, fb: _Features, transform: np.ndarray, inlier_cells: np.ndarray) -> int:
     """:attr:`Look.stray`: cells of the first image's GRID x GRID grid, inside the overlap, with at least
     SCENE_POINTS key points and no inlier; counted with the first image's key points and with the second's mapped
@@ -795,13 +802,8 @@ def _stray(fa: _Features, fb: _Features, transform: np.ndarray, inlier_cells: np
     held = np.zeros(GRID * GRID, bool)
     held[inlier_cells] = True
 
-    def cells(p: np.ndarray) -> np.ndarray:
-        gx = np.clip((p[:, 0] / w * GRID).astype(int), 0, GRID - 1)
-        gy = np.clip((p[:, 1] / h * GRID).astype(int), 0, GRID - 1)
-        return gx * GRID + gy
-
     def stray(in_a: np.ndarray, inside: np.ndarray) -> int:  # key points placed on the first image
-        counts = np.bincount(cells(in_a[inside]), minlength=GRID * GRID)
+        counts = np.bincount(_grid_cells(in_a[inside], fa.grey.shape), minlength=GRID * GRID)
         return int(((counts >= SCENE_POINTS) & ~held).sum())
 
     def within(p: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -949,8 +951,8 @@ def decide_band(scores: np.ndarray, threshold: float, band: tuple[float, float],
     ``effect_of(indices, above_threshold)`` (:meth:`Verifier.decide`) says what the look does: a pair below the
     threshold is kept when :data:`CONFIRMED`, one above it dropped when :data:`REFUTED`; an unreadable or
     upheld pair keeps ``score >= threshold``. ``also``: pairs looked at above the band too when they are at or
-    above the threshold (pairs of pages, :func:`page_kinds`; pairs of pictures for the scene check); ``far``: pairs below the band looked at too (the
-    far look: kept only when :data:`CONFIRMED`)."""
+    above the threshold (pairs of pages, :func:`page_kinds`; pairs of pictures for the scene check); ``far``: pairs
+    below the band looked at too (the far look: kept only when :data:`CONFIRMED`)."""
     scores = np.asarray(scores, np.float32)
     keep = scores >= threshold - eps
     effect = np.full(len(scores), NOT_LOOKED, np.int8)
