@@ -504,8 +504,9 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         vx, vy = int(nodes[x]), int(nodes[y])
         hx, hy = hashes_of(vx, vy)
         may = may_rescue(vx, vy)
-        if far:
-            return threshold if may and verifier.far_confirms(hx, hy, kind) else v
+        if far:  # slides with text get no far look (Verifier.decide, Verifier.text_pages)
+            return (threshold if may and not verifier.text_pages(hx, hy, kind) and verifier.far_confirms(hx, hy, kind)
+                    else v)
         verdict = verifier.page_verdict(hx, hy, kind, v >= threshold - 1e-6, band[0] - 1e-6 <= v < band[1] - 1e-6)
         if verdict is not None:  # pairs of pages: the page look decides (the same verdict dupes' pairs get)
             return -1.0 if verdict == REFUTED else threshold if verdict == CONFIRMED else v
@@ -514,9 +515,10 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
                 return -1.0 if verifier.scene_refutes(verifier.look(hx, hy)) else v
             return v
         may = may or verifier.plain_pages(hx, hy, kind)  # like pages, but too plain for them: a picture
+        text = verifier.text_pages(hx, hy, kind)  # slides with text: the key point look alone keeps them
         if v < threshold - 1e-6:
-            return threshold if may and verifier.rescues(hx, hy) else v
-        return -1.0 if verifier.refutes(verifier.look(hx, hy), hx, hy, may) else v
+            return threshold if may and verifier.rescues(hx, hy, plain=not text) else v
+        return -1.0 if verifier.refutes(verifier.look(hx, hy), hx, hy, may and not text) else v
 
     def all_at_least(x: np.ndarray, y: np.ndarray) -> bool:
         """Whether every unlisted cross pair of two groups passes the floor on the decision: the score, or for

@@ -121,6 +121,10 @@ class Verify:
     veto_few_points: int = 0  # ... and an image with fewer than this (0: off) is not refuted when at least
     veto_few_share: float = 0.5  # this share of its key points agree with the transform
     rescue_max_reference: float = 0.45  # no rescue when either image looks like the reference set (pages, slides)
+    rescue_page_points: int = 0  # two images both somewhat like it (page_kinds >= PAGE_MAYBE: slides, diagrams),
+    # not both on white paper, that both have at least this many key points at page_side (text, line art; 0: off):
+    # the looks for plain pictures (dense, detail, far) cannot read text, so only the key point look and the page
+    # look keep such a pair below the threshold (Verifier.text_pages)
     # pairs of pages (both images like the reference set, see embeddr.verify.page_look): kept at or above the
     # threshold only when the page look finds the same content in every tile
     pages: bool = False

@@ -503,6 +503,30 @@ class Verifier:
         page = self.page_look(a, b)
         return page is not None and self._too_plain_for_pages(page)
 
+    def text_pages(self, a: Hashable, b: Hashable, kind: int) -> bool:
+        """A pair of :func:`page_kinds` ``kind`` at least :data:`PAGE_MAYBE` (both images somewhat like the
+        reference set: slides, diagrams, pages) whose images both have the key points of text or line art at
+        ``page_side`` (>= ``rescue_page_points``; 0: off), and that is two pages (:data:`PAGE_YES`) or not two
+        images on white paper (:meth:`is_page`): slides of a coloured or dark theme. The looks made for plain
+        pictures cannot read text: at 128 px the dense look slides one slide of a theme onto another (its frame,
+        its colours) and the detail agrees on the template, so they confirm other slides and other pages of one
+        template as copies. For such a pair only the key point look (:meth:`confirms`) and the page look keep
+        it below the threshold (:meth:`rescues` with ``plain`` off), the far look does not look at it, and the
+        dense, detail and far looks do not overrule a look that refutes it above the threshold (:meth:`refutes`'
+        ``rescuable``). Two images on white paper keep the picture rules: clip-art or a product shot with a
+        caption put on it is, tile by tile, a build step (as the slide check leaves them to the paper check).
+        Reads each image's page key points (remembered per image)."""
+        c = self.config
+        if kind < PAGE_MAYBE or not c.pages or c.rescue_page_points <= 0:
+            return False
+        if kind != PAGE_YES and self.is_page(a) and self.is_page(b):
+            return False
+        fa = self.features(a, page=True)
+        if fa is None or len(fa.points) < c.rescue_page_points:
+            return False
+        fb = self.features(b, page=True)
+        return fb is not None and len(fb.points) >= c.rescue_page_points
+
     def _too_plain_for_pages(self, page: PageLook) -> bool:
         """The page look's pair has an image with fewer than ``page_min_points`` key points (0: off): a plain
         picture (flat vector art, a smooth wallpaper) that only looks like the reference set. The page look needs
@@ -561,14 +585,15 @@ class Verifier:
             return False  # a look this thin does not overrule the dense look, which alone keeps the pair below t
         return not (self.detail_confirms(a, b) or self.far_confirms(a, b))
 
-    def rescues(self, a: Hashable, b: Hashable) -> bool:
+    def rescues(self, a: Hashable, b: Hashable, plain: bool = True) -> bool:
         """A pair below the threshold is the same picture: the look confirms it (:meth:`confirms`) or, for a
         picture too plain for key points, the dense look does (:meth:`dense_confirms`), or the dense look and the
         detail together do (:meth:`detail_confirms`); never when the look finds a scene whose parts moved
-        (:meth:`scene_refutes`). The one rule ``dupes``' pairs, its grouping and ``check`` keep pairs by."""
+        (:meth:`scene_refutes`). ``plain`` off: the key point look alone (slides with text,
+        :meth:`text_pages`). The one rule ``dupes``' pairs, its grouping and ``check`` keep pairs by."""
         look = self.look(a, b)
         return look is not None and not self.scene_refutes(look) and (
-            self.confirms(look) or self.dense_confirms(a, b) or self.detail_confirms(a, b))
+            self.confirms(look) or plain and (self.dense_confirms(a, b) or self.detail_confirms(a, b)))
 
     def scene_refutes(self, look: Look | None) -> bool:
         """Two shots of one static scene, not copies (``scene_cells`` > 0): the look's transform leaves at least
@@ -715,8 +740,9 @@ class Verifier:
         each image's features are computed once."""
         out = np.full(len(a), UNREADABLE, np.int8)
         for i in sorted(range(len(a)), key=lambda i: (str(a[i]), str(b[i]))):
+            kind = PAGE_NO if pages is None else int(pages[i])
             if far is not None and far[i]:
-                if rescuable is not None and not rescuable[i]:
+                if (rescuable is not None and not rescuable[i]) or self.text_pages(a[i], b[i], kind):
                     out[i] = NOT_LOOKED
                     continue
                 same = self.far_confirms(a[i], b[i], PAGE_NO if pages is None else int(pages[i]))
@@ -744,10 +770,12 @@ class Verifier:
             look = self.look(a[i], b[i])
             if look is None:
                 continue
+            text = self.text_pages(a[i], b[i], kind)  # slides with text: no dense, detail or far look for them
             if above[i]:
-                out[i] = REFUTED if self.refutes(look, a[i], b[i], may) or self.scene_refutes(look) else UPHELD
+                out[i] = (REFUTED if self.refutes(look, a[i], b[i], may and not text) or self.scene_refutes(look)
+                          else UPHELD)
             else:
-                out[i] = CONFIRMED if self.rescues(a[i], b[i]) else UPHELD
+                out[i] = CONFIRMED if self.rescues(a[i], b[i], plain=not text) else UPHELD
         return out
 
     def stats(self) -> dict:

@@ -359,6 +359,68 @@ def test_drawings_on_white_with_ink_gone_and_added_are_other_drawings(pages):
     assert not one_way.slide_refutes(page, moved)
 
 
+def _themed(path: Path, out: Path) -> Path:
+    """The page as a slide of a heavy theme: a gradient title bar, a footer bar and a dark background taking most
+    of the slide, the page's top half small in the middle, light on dark."""
+    from PIL import ImageOps
+
+    body = ImageOps.colorize(Image.open(path).convert("L"), black=(235, 235, 225), white=(22, 34, 70))
+    width, height = 1024, 768
+    slide = Image.new("RGB", (width, height), (22, 34, 70))
+    draw = ImageDraw.Draw(slide)
+    for y in range(120):
+        draw.line([(0, y), (width, y)], fill=(180 - y, 60, 40 + y))
+    draw.rectangle((0, height - 60, width, height), fill=(120, 30, 40))
+    w = width // 2
+    body = body.resize((w, round(body.height * w / body.width)))
+    slide.paste(body.crop((0, 0, w, min(body.height, height - 470))), ((width - w) // 2, 140))
+    slide.save(out)
+    return out
+
+
+def test_slides_with_text_are_kept_below_the_threshold_by_the_key_point_look_alone(pages, tmp_path):
+    """Two pages of a real manual set as slides of one heavy theme (a title bar, a footer, a dark background: the
+    theme is most of each slide) are two slides. The looks made for plain pictures cannot read their text: the
+    dense look at 128 px slides one onto the other at >= 0.97 and the detail agrees on the theme, so they kept
+    the pair below the threshold (and the far look kept it far below the band) and overruled the key point look
+    that refutes it above the threshold. Now a pair of images somewhat like the reference set (``PAGE_MAYBE``),
+    not on white paper, both with the key points of text (``rescue_page_points``) is kept below the threshold
+    only by the key point look (or the page look), gets no far look, and its refutation stands. The slide's own
+    copies (rescan, re-encode, crop, border, greyscale, tint) are kept by the key point look. Images on white paper keep the
+    picture rules (a caption put on clip-art is, tile by tile, a build step); pictures (``PAGE_NO``) and images
+    only faintly like the reference set (``PAGE_FAINT``: smooth wallpapers) are not concerned."""
+    from embeddr.verify import PAGE_FAINT, PAGE_NO
+
+    v = _verifier()
+    assert v.config.rescue_page_points > 0
+    off = Verifier(replace(v.config, rescue_page_points=0), lambda key: str(key))
+    if "other" not in pages:
+        pytest.skip("a one-page manual")
+    slide, other = _themed(pages["page"], tmp_path / "slide.png"), _themed(pages["other"], tmp_path / "other.png")
+    copies = {}
+    for fam in ("rescan", "reencode", "crop_mild", "border", "grey", "tint"):  # copies of the slide
+        var = apply_family(fam, Image.open(slide).convert("RGB"), random.Random(f"slide:{fam}"))
+        copies[fam] = tmp_path / f"slide_{fam}{var.save.ext}"
+        var.save.save(var.image, copies[fam])
+
+    def decided(verifier, b, kind=PAGE_MAYBE, above=False, far=False, a=slide):
+        return verifier.decide([a], [b], np.array([above]), np.array([True]), np.array([kind]),
+                               np.array([not far]), np.array([far]))[0]
+
+    assert v.text_pages(slide, other, PAGE_MAYBE) and v.text_pages(slide, other, PAGE_YES)
+    assert not v.text_pages(slide, other, PAGE_FAINT) and not v.text_pages(slide, other, PAGE_NO)
+    assert v.dense(slide, other) >= v.config.dense_ncc and not v.confirms(v.look(slide, other))
+    assert decided(off, other) == CONFIRMED and decided(v, other) == UPHELD  # below the threshold, in the band
+    assert decided(off, other, far=True) == CONFIRMED and decided(v, other, far=True) == NOT_LOOKED
+    assert decided(off, other, above=True) == UPHELD and decided(v, other, above=True) == REFUTED
+    for fam, copy in copies.items():
+        assert decided(v, copy) == CONFIRMED, (fam, v.look(slide, copy))
+    for kind in (PAGE_FAINT, PAGE_NO):
+        assert decided(v, other, kind) == decided(off, other, kind)
+    assert not v.text_pages(pages["page"], pages["build"], PAGE_MAYBE)  # on white paper: the picture rules'
+    assert decided(v, pages["build"], a=pages["page"]) == decided(off, pages["build"], a=pages["page"])
+
+
 def test_the_paper_check_in_the_band_needs_an_alignment(monkeypatch):
     """Below the threshold, in the band, two images somewhat like pages on white paper that the page look aligns
     with most inked tiles different (two diagrams of one template) are not rescued (``page_paper_band``); a pair
