@@ -265,7 +265,9 @@ def test_cli_check_add(db, world, runner, tmp_path):
 
 
 def test_exit_codes_drive_a_shell_pipeline(world):
-    exe = shutil.which("embeddr")
+    # the console script of the environment running the tests (another `embeddr` on PATH, a pyenv shim or an
+    # older install, would test other code); else the same CLI through this interpreter
+    exe = shutil.which("embeddr", path=str(Path(sys.executable).parent))
     cmd = f'"{sys.executable}" -c "from embeddr.cli import main; main()"' if exe is None else f'"{exe}"'
     script = "\n".join(
         f'{cmd} check "{world[k]}" --db "{world["db"]}" --device cpu >/dev/null 2>&1 && echo "{k}: unique" || echo "{k}: dup or error ($?)"'
