@@ -515,10 +515,9 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
                 return -1.0 if verifier.scene_refutes(verifier.look(hx, hy)) else v
             return v
         may = may or verifier.plain_pages(hx, hy, kind)  # like pages, but too plain for them: a picture
-        text = verifier.text_pages(hx, hy, kind)  # slides with text: the key point look alone keeps them
         if v < threshold - 1e-6:
-            return threshold if may and verifier.rescues(hx, hy, plain=not text) else v
-        return -1.0 if verifier.refutes(verifier.look(hx, hy), hx, hy, may and not text) else v
+            return threshold if may and verifier.rescues(hx, hy, kind) else v
+        return -1.0 if verifier.refutes(verifier.look(hx, hy), hx, hy, may, kind) else v
 
     def all_at_least(x: np.ndarray, y: np.ndarray) -> bool:
         """Whether every unlisted cross pair of two groups passes the floor on the decision: the score, or for

@@ -94,6 +94,7 @@ HULL_MIN_AREA = 0.05
 
 # what the look did to a pair (decide_band's second result)
 NOT_LOOKED, UNREADABLE, REFUTED, UPHELD, CONFIRMED = -2, -1, 0, 2, 1
+PAGE_NO, PAGE_FAINT, PAGE_MAYBE, PAGE_YES = 0, 1, 2, 3  # page_kinds' codes
 
 
 @dataclass(frozen=True)
@@ -560,7 +561,8 @@ class Verifier:
         return (look.inliers >= c.min_inliers and look.cells >= c.min_cells and corr >= c.min_ncc) or (
             0 < c.few_inliers <= look.inliers and look.cells >= c.few_cells and corr >= c.few_ncc)
 
-    def refutes(self, look: Look | None, a: Hashable = None, b: Hashable = None, rescuable: bool = True) -> bool:
+    def refutes(self, look: Look | None, a: Hashable = None, b: Hashable = None, rescuable: bool = True,
+                kind: int = PAGE_NO) -> bool:
         """Strong evidence of different pictures: both images have key points enough to be matched
         (``veto_min_points``), and no transform maps one onto the other (< ``veto_inliers`` inliers) or the
         part they share does not correlate once aligned (``content_ncc`` < ``veto_ncc``). A border, margins or
@@ -571,7 +573,8 @@ class Verifier:
         refuted either: key points that do not match on a smooth picture are no evidence against pixels and
         detail that do. Nor is a pair the dense look alone confirms (:meth:`dense_confirms`, as it would keep the
         pair below the threshold) when the look had fewer than ``dense_upholds_points`` key points on the plainer
-        image: a decision must not be stricter above the threshold than below it on such thin evidence."""
+        image: a decision must not be stricter above the threshold than below it on such thin evidence. None of
+        those looks spares slides with text (:meth:`text_pages` of the pair's :func:`page_kinds` ``kind``)."""
         c = self.config
         if look is None or look.points < c.veto_min_points:
             return False
@@ -579,21 +582,21 @@ class Verifier:
             return False  # a plain image (a smooth wallpaper) whose few key points mostly agree
         if not (look.inliers < c.veto_inliers or look.content_ncc < c.veto_ncc):
             return False
-        if not (c.far_upholds and rescuable and a is not None and b is not None):
+        if not (c.far_upholds and rescuable and a is not None and b is not None) or self.text_pages(a, b, kind):
             return True
         if look.points < c.dense_upholds_points and self.dense_confirms(a, b):
             return False  # a look this thin does not overrule the dense look, which alone keeps the pair below t
         return not (self.detail_confirms(a, b) or self.far_confirms(a, b))
 
-    def rescues(self, a: Hashable, b: Hashable, plain: bool = True) -> bool:
+    def rescues(self, a: Hashable, b: Hashable, kind: int = PAGE_NO) -> bool:
         """A pair below the threshold is the same picture: the look confirms it (:meth:`confirms`) or, for a
         picture too plain for key points, the dense look does (:meth:`dense_confirms`), or the dense look and the
         detail together do (:meth:`detail_confirms`); never when the look finds a scene whose parts moved
-        (:meth:`scene_refutes`). ``plain`` off: the key point look alone (slides with text,
-        :meth:`text_pages`). The one rule ``dupes``' pairs, its grouping and ``check`` keep pairs by."""
+        (:meth:`scene_refutes`). Slides with text (:meth:`text_pages` of the pair's :func:`page_kinds` ``kind``):
+        the key point look alone. The one rule ``dupes``' pairs, its grouping and ``check`` keep pairs by."""
         look = self.look(a, b)
-        return look is not None and not self.scene_refutes(look) and (
-            self.confirms(look) or plain and (self.dense_confirms(a, b) or self.detail_confirms(a, b)))
+        return look is not None and not self.scene_refutes(look) and (self.confirms(look) or (
+            not self.text_pages(a, b, kind) and (self.dense_confirms(a, b) or self.detail_confirms(a, b))))
 
     def scene_refutes(self, look: Look | None) -> bool:
         """Two shots of one static scene, not copies (``scene_cells`` > 0): the look's transform leaves at least
@@ -745,22 +748,22 @@ class Verifier:
                 if (rescuable is not None and not rescuable[i]) or self.text_pages(a[i], b[i], kind):
                     out[i] = NOT_LOOKED
                     continue
-                same = self.far_confirms(a[i], b[i], PAGE_NO if pages is None else int(pages[i]))
+                same = self.far_confirms(a[i], b[i], kind)
                 out[i] = UNREADABLE if same is None else CONFIRMED if same else UPHELD
                 continue
             may = rescuable is None or bool(rescuable[i])
             if pages is not None:
                 looked = in_band is None or bool(in_band[i])
-                verdict = self.page_verdict(a[i], b[i], int(pages[i]), bool(above[i]), looked)
+                verdict = self.page_verdict(a[i], b[i], kind, bool(above[i]), looked)
                 if verdict is not None:
                     out[i] = verdict
                     continue
-                may = may or ((above[i] or looked) and self.plain_pages(a[i], b[i], int(pages[i])))
+                may = may or ((above[i] or looked) and self.plain_pages(a[i], b[i], kind))
             if not above[i] and not may:
                 out[i] = NOT_LOOKED
                 continue
             if in_band is not None and not in_band[i]:
-                if above[i] and self.config.scene_cells > 0 and (pages is None or int(pages[i]) == PAGE_NO):
+                if above[i] and self.config.scene_cells > 0 and kind == PAGE_NO:
                     look = self.look(a[i], b[i])  # above the band: the scene check alone
                     if look is not None:
                         out[i] = REFUTED if self.scene_refutes(look) else UPHELD
@@ -770,12 +773,10 @@ class Verifier:
             look = self.look(a[i], b[i])
             if look is None:
                 continue
-            text = self.text_pages(a[i], b[i], kind)  # slides with text: no dense, detail or far look for them
             if above[i]:
-                out[i] = (REFUTED if self.refutes(look, a[i], b[i], may and not text) or self.scene_refutes(look)
-                          else UPHELD)
+                out[i] = REFUTED if self.refutes(look, a[i], b[i], may, kind) or self.scene_refutes(look) else UPHELD
             else:
-                out[i] = CONFIRMED if self.rescues(a[i], b[i], plain=not text) else UPHELD
+                out[i] = CONFIRMED if self.rescues(a[i], b[i], kind) else UPHELD
         return out
 
     def stats(self) -> dict:
@@ -937,9 +938,6 @@ def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, t
             worst = min(worst, score)
             failed += score < min_tile
     return compared, worst, failed, bare_a, bare_b
-
-
-PAGE_NO, PAGE_FAINT, PAGE_MAYBE, PAGE_YES = 0, 1, 2, 3  # page_kinds' codes
 
 
 def page_kinds(config, scorer, ref_a: np.ndarray, ref_b) -> np.ndarray | None:
