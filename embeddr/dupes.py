@@ -363,7 +363,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
     low = min(band[0], threshold)  # pairs are searched down to the band's low end
     far_raw = vcfg.far_raw(threshold, preset.threshold.value) if verifying else None
     scorer = scorer.with_far(far_raw)  # ... and those below it whose raw cosine reaches far_raw (the far look)
-    far_skipped = 0  # far pairs listed but not looked at (more than far_max_pairs)
+    far_skipped = 0  # far pairs listed but not looked at (past far_max_pairs: _far_budget)
     pages_listed = pages_skipped = 0  # page-like pairs at or above the threshold; not page-looked at (page_max_pairs)
     scene_listed = scene_skipped = 0  # picture pairs above the band; not given the scene check (scene_max_pairs)
     scene_checked = False  # grouping gives pairs above the band the scene check too
@@ -428,10 +428,9 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
                 also = scene if also is None else also | scene
                 scene_checked = True
         far = s < band[0] - 1e-6  # listed below the band only for their raw cosine (scorer.with_far)
-        far_listed = int(far.sum())
-        if _far_lookable(far, a, b, rescuable, vcfg.far_max_pairs) > vcfg.far_max_pairs:
-            far[:] = False  # crowds of look-alikes: a look per pair would take days; say so
-            far_skipped = far_listed
+        # crowds of look-alikes at scale: a look per pair would take days; the best-scoring far_max_pairs are
+        # looked at, and the JSON says how many were not
+        far_skipped = _far_budget(far, a, b, s, rescuable, vcfg.far_max_pairs)
 
         def effect_of(idx: np.ndarray, above: np.ndarray) -> np.ndarray:
             ia, ib = a[idx], b[idx]
@@ -504,9 +503,8 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         vx, vy = int(nodes[x]), int(nodes[y])
         hx, hy = hashes_of(vx, vy)
         may = may_rescue(vx, vy)
-        if far:  # slides with text get no far look (Verifier.decide, Verifier.text_pages)
-            return (threshold if may and not verifier.text_pages(hx, hy, kind) and verifier.far_confirms(hx, hy, kind)
-                    else v)
+        if far:  # as Verifier.decide: not every far pair gets the far look (Verifier.far_looks)
+            return threshold if may and verifier.far_looks(hx, hy, kind) and verifier.far_confirms(hx, hy, kind) else v
         verdict = verifier.page_verdict(hx, hy, kind, v >= threshold - 1e-6, band[0] - 1e-6 <= v < band[1] - 1e-6)
         if verdict is not None:  # pairs of pages: the page look decides (the same verdict dupes' pairs get)
             return -1.0 if verdict == REFUTED else threshold if verdict == CONFIRMED else v
@@ -679,7 +677,7 @@ def verify_summary(band: tuple[float, float], effect: np.ndarray, far: np.ndarra
                    far_raw: float | None = None, far_skipped: int = 0) -> dict:
     """What the second look did, for the report's JSON (:mod:`embeddr.verify`); with ``far`` (the pairs below the
     band that got the far look) and ``far_raw``, what the far look did among them; ``far_skipped``: the far pairs
-    listed but not looked at (more than the preset's ``far_max_pairs``)."""
+    listed but not looked at (past the preset's ``far_max_pairs``, :func:`_far_budget`)."""
     from .verify import CONFIRMED, REFUTED, UNREADABLE
 
     out = {"band": [round(band[0], 6), round(band[1], 6)],
@@ -697,23 +695,24 @@ def verify_summary(band: tuple[float, float], effect: np.ndarray, far: np.ndarra
 FAR_CHUNK = 1 << 20  # far pairs whose rescue rule is read at a time (bounded memory at a million files)
 
 
-def _far_lookable(far: np.ndarray, a: np.ndarray, b: np.ndarray, rescuable, limit: int) -> int:
-    """How many far pairs the far look could keep: ``far`` loses (in place) the pairs that may not be rescued
-    (either image like the reference set: pages, slides, whose raw cosines with each other are high, and which
-    no look keeps below the threshold); counting stops once past ``limit``."""
+def _far_budget(far: np.ndarray, a: np.ndarray, b: np.ndarray, s: np.ndarray, rescuable, limit: int) -> int:
+    """The far pairs the far look takes, in place in ``far``; returns how many it leaves for the budget. Pairs
+    that may not be rescued leave ``far`` and do not count (either image like the reference set: pages, slides,
+    whose raw cosines with each other are high, and which no look keeps below the threshold). Of the others, at
+    most ``limit`` stay: those scoring highest (ties: the lower vector ids first), the likeliest copies, so a
+    crowd of look-alikes at a million files costs at most ``limit`` looks, not days, and not every far look."""
     idx = np.flatnonzero(far)
-    lookable = 0
     for start in range(0, len(idx), FAR_CHUNK):
         rows = idx[start:start + FAR_CHUNK]
         may = rescuable(a[rows], b[rows])
-        if may is None:
-            lookable += len(rows)
-        else:
+        if may is not None:
             far[rows[~may]] = False
-            lookable += int(np.count_nonzero(may))
-        if lookable > limit:
-            break
-    return lookable
+    idx = np.flatnonzero(far)
+    if len(idx) <= limit:
+        return 0
+    order = np.lexsort((b[idx], a[idx], -np.asarray(s, np.float64)[idx]))  # best score first, then the ids
+    far[idx[order[limit:]]] = False
+    return len(idx) - limit
 
 
 def _rescuable(scorer, vcfg, ref_bg):

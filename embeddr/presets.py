@@ -95,19 +95,24 @@ class Verify:
     dense_side: int = 128  # at least this much (Verifier.dense)
     detail_dense: float = 0.0  # the fourth way (0: off): the dense look reaches this and the fine detail agrees
     detail_ncc: float = 0.6  # at least this much where it placed the one image in the other (Verifier.detail)
-    far: bool = False  # the far look: pairs whose raw cosine reaches the threshold but whose score fell below the
-    far_detail: float = 0.5  # band are kept when the dense look confirms them and their detail agrees at least
+    far: bool = False  # the far look: pairs whose raw cosine reaches the threshold (see far_below) but whose
+    far_detail: float = 0.5  # score fell below the band are kept when the dense look confirms them and their detail
+    # agrees at least
     far_side: int = 384  # this much there, compared at far_side pixels (Verifier.far_confirms)
+    far_below: float = 0.0  # ... and from this far under the threshold (raw cosine; at most `below`, where the
+    # search already reaches: the band's lower edge)
     far_look_ncc: float = 0.0  # ... or when the key point look confirms them with at least this correlation (0: off)
     far_look_detail: float = 0.2  # ... and their fine detail (Verifier.detail) correlates at least this much
+    aligned_detail: bool = False  # ... there, or where the key point look aligned them (Verifier.aligned_detail)
     far_upholds: bool = False  # a pair at or above the threshold the look would refute is kept when the far look
     # confirms it (and neither image is like the reference set)
     dense_upholds_points: int = 0  # ... and (with far_upholds) when the dense look alone confirms it (dense_ncc) and
     # the look had fewer key points than this on the plainer image (0: off): too thin a look to overrule the dense
     # look, which alone would keep the same pair below the threshold
-    far_max_pairs: int = 100_000  # more far pairs than this in one `dupes` (crowds of look-alikes at scale: a look
-    # each would take days): none is looked at, and the JSON says how many were skipped. Counted among the pairs
-    # the far look could keep (rescue_max_reference): pages' pairs, which it never looks at, do not count
+    far_max_pairs: int = 100_000  # the far looks one `dupes` takes at most (crowds of look-alikes at scale: a look
+    # per far pair would take days): the best-scoring far pairs, and the JSON says how many were skipped. Counted
+    # among the pairs the far look could keep (rescue_max_reference): pages' pairs, which it never looks at, do not
+    # count
     group_looks: int = 0  # grouping: two groups a listed pair links merge, though up to this many of their cross
     # pairs score below the floor, when the look rescues each of those (Verifier.rescues; pictures neither like the
     # reference set): a crop and a bordered copy of one picture score far apart, yet one lies in the other. 0: off
@@ -174,7 +179,9 @@ class Verify:
         caller's: ``enabled``, or ``--verify``.)"""
         if not (self.far and self.dense_ncc > 0):
             return None
-        return threshold if calibrated is None or abs(threshold - calibrated) < 1e-9 else None
+        if calibrated is not None and abs(threshold - calibrated) >= 1e-9:
+            return None
+        return threshold - min(self.far_below, self.below)
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -113,6 +113,9 @@ class Look:
     # each image's key points and the fewer of the two kept: parts of a textured picture that do not follow the
     # transform the rest follows (a moved object in a static scene; Verifier.scene_refutes)
     stray: int = 0
+    # the similarity transform found (2 x 3, sampling the second image at each pixel of the first), for
+    # Verifier.aligned_detail; not part of what the look reports
+    transform: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict:
         return {"inliers": self.inliers, "cells": self.cells, "ncc": round(self.ncc, 4),
@@ -201,6 +204,7 @@ class Verifier:
         self._paper: dict[Hashable, bool] = {}
         self._dense: dict[tuple[Hashable, Hashable], tuple | None] = {}  # (correlation, placement)
         self._detail: dict[tuple[Hashable, Hashable], float | None] = {}
+        self._aligned_detail: dict[tuple[Hashable, Hashable], float | None] = {}
         self.looked = 0  # pairs looked at (not counting remembered verdicts)
         self.unreadable = 0
         self.errors: dict[str, str] = {}  # path -> why it could not be read
@@ -310,7 +314,8 @@ class Verifier:
             shared = (hull > 0) & shown
             if shared.mean() >= HULL_MIN_AREA:
                 content = _ncc(ga, gb, shared)
-        return Look(int(inl.sum()), cells, ncc, mirrored, content, points, _stray(fa, fb, transform, inlier_cells))
+        return Look(int(inl.sum()), cells, ncc, mirrored, content, points, _stray(fa, fb, transform, inlier_cells),
+                    transform)
 
     def look(self, a: Hashable, b: Hashable) -> Look | None:
         """What the second look finds for the pair (``None``: a file could not be read); remembered."""
@@ -503,6 +508,18 @@ class Verifier:
             return False
         page = self.page_look(a, b)
         return page is not None and self._too_plain_for_pages(page)
+
+    def far_looks(self, a: Hashable, b: Hashable, kind: int = PAGE_NO) -> bool:
+        """Whether the far look (:meth:`far_confirms`) looks at a pair listed below the band for its raw cosine:
+        not slides with text (:meth:`text_pages`), and not two slides, diagrams or pages on white paper (both
+        somewhat like the reference set, ``kind`` >= :data:`PAGE_MAYBE`, and both :meth:`is_page`): far below the
+        band, the dense look slides one white slide onto another (their paper is most of each) and the detail
+        agrees on the blank paper, so it kept slides of other decks as copies; in the band and above the threshold
+        the paper check and the page look read such pairs. Photos and clip-art on white (not like the reference
+        set) keep the far look."""
+        if kind >= PAGE_MAYBE and self.is_page(a) and self.is_page(b):
+            return False
+        return not self.text_pages(a, b, kind)
 
     def text_pages(self, a: Hashable, b: Hashable, kind: int) -> bool:
         """A pair of :func:`page_kinds` ``kind`` at least :data:`PAGE_MAYBE` (both images somewhat like the
@@ -707,14 +724,51 @@ class Verifier:
             return 0.0
         return float(np.nan_to_num(cv2.matchTemplate(region, t, cv2.TM_CCOEFF_NORMED)).max())
 
+    def aligned_detail(self, a: Hashable, b: Hashable) -> float | None:
+        """:meth:`detail` where the key point look (not the dense look) placed the one image on the other: both
+        band-passed at the look's size, the second sampled at the look's transform, correlated over their overlap
+        (less a margin) within a few pixels of it. Two renditions that overlap without either holding the other
+        (a wallpaper's portrait and landscape cuts of one artwork) have no dense placement, and their detail there
+        is noise; where the key points align them, a copy's detail lines up and two star fields on one backdrop,
+        aligned on the backdrop, do not. ``None``: a file could not be read; 0: no transform."""
+        return _per_pair(self._aligned_detail, a, b, self._aligned_detail_score)
+
+    def _aligned_detail_score(self, a: Hashable, b: Hashable) -> float | None:
+        cv2 = _cv2()
+        look = self.look(a, b)  # computed in this key order: a's features first
+        if look is None:
+            return None
+        if look.transform is None:
+            return 0.0
+        fa, fb = self.features(a), self.features(b, mirrored=look.mirrored)
+        if fa is None or fb is None:
+            return None
+        h, w = fa.grey.shape
+        warped = cv2.warpAffine(fb.grey, look.transform, (w, h), flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR)
+        inside = cv2.warpAffine(np.full(fb.grey.shape, 255, np.uint8), look.transform, (w, h),
+                                flags=cv2.WARP_INVERSE_MAP | cv2.INTER_NEAREST)
+        m = DETAIL_SHIFT
+        inside = cv2.erode(inside, np.ones((2 * m + 9, 2 * m + 9), np.uint8)) > 0  # no edge of the warp
+        ys, xs = np.nonzero(inside)
+        if len(ys) < 400:
+            return 0.0
+        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        t = _band_pass(warped)[y0:y1, x0:x1]
+        region = _band_pass(fa.grey)[max(0, y0 - m):y1 + m, max(0, x0 - m):x1 + m]
+        if min(t.shape) < 8 or float(t.std()) < 1e-3:
+            return 0.0
+        return float(np.nan_to_num(cv2.matchTemplate(region, t, cv2.TM_CCOEFF_NORMED)).max())
+
     def far_confirms(self, a: Hashable, b: Hashable, kind: int = 0) -> bool | None:
-        """The far look, for a pair whose raw cosine reaches the threshold but whose score the background pushed
-        below the band (``far``, :meth:`embeddr.presets.Verify.far_raw`): the same picture when :meth:`dense`
-        reaches ``dense_ncc`` and :meth:`detail` ``far_detail``, or (``far_look_ncc`` > 0) when the key point look
+        """The far look, for a pair whose raw cosine reaches the threshold (or ``far_below`` under it: the band's
+        lower edge) but whose score the background pushed below the band (``far``,
+        :meth:`embeddr.presets.Verify.far_raw`; not every such pair, :meth:`far_looks`): the same picture when
+        :meth:`dense` reaches ``dense_ncc`` and :meth:`detail` ``far_detail``, or (``far_look_ncc`` > 0) when the key point look
         confirms it as it would in the band, with an aligned correlation of at least ``far_look_ncc``: a crop, a
         rescan or a combo of a picture with texture enough for key points, whose fine detail the crop or the rescan
-        changed, though not so much that it disagrees (:meth:`detail` >= ``far_look_detail``: two star fields on one
-        backdrop align on the backdrop's key points, their stars do not). That second way is for pictures only
+        changed, though not so much that it disagrees (:meth:`detail`, or with ``aligned_detail``
+        :meth:`aligned_detail`, >= ``far_look_detail``: two star fields on one backdrop align on the backdrop's key
+        points, their stars do not). That second way is for pictures only
         (``kind``, :func:`page_kinds`, :data:`PAGE_NO`), and not for two slides (:meth:`slide_refutes`: a dark
         theme's build steps are as unlike the reference set as photos): two pages, slides or diagrams of one
         template align as well as a copy does. ``None``: a file could not be read."""
@@ -722,12 +776,19 @@ class Verifier:
         if cfg.far_look_ncc > 0 and kind == PAGE_NO:
             look = self.look(a, b)
             if (look is not None and self.confirms(look) and max(look.ncc, look.content_ncc) >= cfg.far_look_ncc
-                    and (self.detail(a, b) or 0.0) >= cfg.far_look_detail  # at far_side: before the page look
+                    and self._detail_agrees(a, b, cfg.far_look_detail)  # at far_side: before the page look
                     and not self.slide_refutes(a, b)):
                 return True
         if cfg.dense_ncc <= 0:
             return False
         return self._placed_with_detail(a, b, cfg.dense_ncc, cfg.far_detail)
+
+    def _detail_agrees(self, a: Hashable, b: Hashable, floor: float) -> bool:
+        """The fine detail agrees at least ``floor`` where the dense look placed the one image in the other or,
+        with ``aligned_detail``, where the key point look did."""
+        if (self.detail(a, b) or 0.0) >= floor:
+            return True
+        return bool(self.config.aligned_detail) and (self.aligned_detail(a, b) or 0.0) >= floor
 
     def decide(self, a, b, above: np.ndarray, rescuable: np.ndarray | None = None,
                pages: np.ndarray | None = None, in_band: np.ndarray | None = None,
@@ -745,7 +806,7 @@ class Verifier:
         for i in sorted(range(len(a)), key=lambda i: (str(a[i]), str(b[i]))):
             kind = PAGE_NO if pages is None else int(pages[i])
             if far is not None and far[i]:
-                if (rescuable is not None and not rescuable[i]) or self.text_pages(a[i], b[i], kind):
+                if (rescuable is not None and not rescuable[i]) or not self.far_looks(a[i], b[i], kind):
                     out[i] = NOT_LOOKED
                     continue
                 same = self.far_confirms(a[i], b[i], kind)

@@ -18,7 +18,7 @@ from embeddr.catalog import Catalog
 from embeddr.dupes import find_duplicates
 from embeddr.encoders import resolve_preset
 from embeddr.jobs import scan
-from embeddr.verify import CONFIRMED, NOT_LOOKED, PAGE_MAYBE, PAGE_YES, REFUTED, UPHELD, Verifier
+from embeddr.verify import CONFIRMED, NOT_LOOKED, PAGE_FAINT, PAGE_MAYBE, PAGE_NO, PAGE_YES, REFUTED, UPHELD, Verifier
 
 pytest.importorskip("cv2")
 
@@ -389,8 +389,6 @@ def test_slides_with_text_are_kept_below_the_threshold_by_the_key_point_look_alo
     copies (rescan, re-encode, crop, border, greyscale, tint) are kept by the key point look. Images on white paper keep the
     picture rules (a caption put on clip-art is, tile by tile, a build step); pictures (``PAGE_NO``) and images
     only faintly like the reference set (``PAGE_FAINT``: smooth wallpapers) are not concerned."""
-    from embeddr.verify import PAGE_FAINT, PAGE_NO
-
     v = _verifier()
     assert v.config.rescue_page_points > 0
     off = Verifier(replace(v.config, rescue_page_points=0), lambda key: str(key))
@@ -419,6 +417,32 @@ def test_slides_with_text_are_kept_below_the_threshold_by_the_key_point_look_alo
         assert decided(v, other, kind) == decided(off, other, kind)
     assert not v.text_pages(pages["page"], pages["build"], PAGE_MAYBE)  # on white paper: the picture rules'
     assert decided(v, pages["build"], a=pages["page"]) == decided(off, pages["build"], a=pages["page"])
+
+
+def test_two_slides_on_white_paper_get_no_far_look(pages, photo_arrays, tmp_path):
+    """A pair listed far below the band for its raw cosine alone gets the far look (the dense look and the detail)
+    unless both images are on white paper and somewhat like the reference set (slides, diagrams, pages): there
+    the dense look slides one page's blank paper onto the other's, and it kept slides of other decks as copies.
+    Pictures, and images on white paper not like the reference set (a product shot, clip-art), still get it."""
+    v = _verifier()
+    if "other" not in pages:
+        pytest.skip("a one-page manual")
+    page, other = pages["page"], pages["other"]
+    assert v.is_page(page) and v.is_page(other)
+
+    def far_look(kind):
+        return v.decide([page], [other], np.array([False]), np.array([True]), np.array([kind]),
+                        np.array([False]), np.array([True]))[0]
+
+    for kind in (PAGE_MAYBE, PAGE_YES):
+        assert not v.far_looks(page, other, kind) and far_look(kind) == NOT_LOOKED
+    for kind in (PAGE_NO, PAGE_FAINT):  # on white paper, not like the reference set: the far look looks
+        assert v.far_looks(page, other, kind) and far_look(kind) != NOT_LOOKED
+    photos = []
+    for name in ("coffee", "chelsea"):
+        photos.append(tmp_path / f"{name}.png")
+        Image.fromarray(photo_arrays[name]).save(photos[-1])
+    assert v.far_looks(*photos)
 
 
 def test_the_paper_check_in_the_band_needs_an_alignment(monkeypatch):

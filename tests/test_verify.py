@@ -155,7 +155,7 @@ def test_dupes_json_says_what_the_second_look_did(renditions, tmp_path, runner):
     assert set(on["verify"]["pages"]) == {"listed", "skipped"} and on["verify"]["pages"]["skipped"] == 0
     assert on["verify"]["band"] == [round(0.572 - 0.12, 6), round(0.572 + 0.13, 6)]
     assert set(on["verify"]["far"]) == {"raw_from", "looked_at", "confirmed", "skipped"}
-    assert on["verify"]["far"]["raw_from"] == 0.572 and on["verify"]["far"]["skipped"] == 0
+    assert on["verify"]["far"]["raw_from"] == round(0.572 - 0.12, 6) and on["verify"]["far"]["skipped"] == 0
     assert "verify" not in off
     # a threshold set by hand: the look only refutes pairs at or above it, it never adds one below it
     strict = json.loads(runner.invoke(app, ["dupes", "--db", str(db), "--format", "json", "--threshold", "0.9"]).output)
@@ -335,9 +335,34 @@ def test_the_detail_look_confirms_what_the_dense_look_alone_would_not(photo_arra
     assert not far_alone.far_confirms(a, crop)  # the far look's dense way alone (dense >= dense_ncc) would not have
 
 
+def test_the_far_look_reads_the_detail_where_the_key_points_align_two_cuts(photo_arrays, tmp_path):
+    """A landscape and a portrait cut of one picture (a wallpaper shipped in both) overlap without either holding
+    the other: the dense look finds no placement, so its detail says nothing, while the key points align the two
+    and the detail there lines up (``aligned_detail``). Two star fields on one backdrop are not kept that way."""
+    from PIL import ImageFilter
+
+    master = np.asarray(Image.fromarray(photo_arrays["chelsea"]).filter(ImageFilter.GaussianBlur(0.6)))
+    h, w = master.shape[:2]
+    land, port = tmp_path / "land.png", tmp_path / "port.jpg"
+    Image.fromarray(master[h // 4: 3 * h // 4]).save(land)
+    Image.fromarray(master[:, w // 3: 2 * w // 3]).resize((w // 3 * 3 // 2, h * 3 // 2)).save(port, quality=90)
+    cfg = _preset().verify
+    assert cfg.aligned_detail and cfg.far_look_ncc > 0
+    v = Verifier(cfg, lambda key: str(key))
+    look = v.look(land, port)
+    assert v.confirms(look) and max(look.ncc, look.content_ncc) >= cfg.far_look_ncc
+    assert (v.detail(land, port) or 0.0) < cfg.far_look_detail  # no dense placement: no detail to read there
+    assert v.aligned_detail(land, port) >= 0.9 and v.far_confirms(land, port)
+    off = Verifier(dataclasses.replace(cfg, aligned_detail=False), lambda key: str(key))
+    assert not off.far_confirms(land, port)
+    fields = _star_fields(photo_arrays, tmp_path)
+    assert not v.far_confirms(fields["field_a"], fields["field_b"])
+    assert (v.aligned_detail(fields["field_a"], fields["field_b"]) or 0.0) < cfg.far_look_detail
+
+
 def test_dupes_and_check_keep_far_pairs_only_when_the_far_look_confirms(photo_arrays, renditions, tmp_path, encoder):
     """With a background penalty so steep that every pair scores far below the band, `dupes` lists the pairs
-    whose raw cosine reaches the threshold and keeps those the far look confirms (the crop of a star field, not
+    whose raw cosine reaches the band's lower edge (``far_below``) and keeps those the far look confirms (the crop of a star field, not
     the other field on the same backdrop); `check` of the crop gives the same answer."""
     from embeddr.ingest import Gate
     from embeddr.normalize import Scorer
@@ -360,13 +385,17 @@ def test_dupes_and_check_keep_far_pairs_only_when_the_far_look_confirms(photo_ar
         assert (raw[np.triu_indices(len(ids), 1)] >= 0.5).sum() >= 2  # the fields and the crop: raw >= threshold
         report = find_duplicates(catalog, p)
         off = find_duplicates(catalog, dataclasses.replace(p, verify=dataclasses.replace(p.verify, far=False)))
-        # more far pairs than far_max_pairs: none is looked at, and the JSON says how many were skipped
+        # more far pairs than far_max_pairs: the best-scoring ones are looked at, and the JSON says how many were not
         capped = find_duplicates(catalog, dataclasses.replace(p, verify=dataclasses.replace(p.verify, far_max_pairs=1)))
-    assert capped.groups == [] and capped.extra["verify"]["far"]["skipped"] >= 2
+        none = find_duplicates(catalog, dataclasses.replace(p, verify=dataclasses.replace(p.verify, far_max_pairs=0)))
+    assert capped.extra["verify"]["far"]["looked_at"] == 1 and capped.extra["verify"]["far"]["skipped"] >= 1
+    assert none.groups == [] and none.extra["verify"]["far"]["looked_at"] == 0
+    assert none.extra["verify"]["far"]["skipped"] == capped.extra["verify"]["far"]["skipped"] + 1
     assert sorted(sorted(Path(m.path).stem for m in g.members) for g in report.groups) == [["field_a", "field_a_crop"]]
     assert all(p_.verified and p_.score < 0.5 - 0.12 for p_ in report.pairs)
     far = report.extra["verify"]["far"]
-    assert far["raw_from"] == 0.5 and far["confirmed"] == 1 and far["looked_at"] >= 2
+    assert p.verify.far_below > 0 and far["raw_from"] == round(0.5 - p.verify.far_below, 6)  # the band's lower edge
+    assert far["confirmed"] == 1 and far["looked_at"] >= 2
     assert off.groups == []
     with Gate(db, encoder=encoder, threshold=0.5) as gate:
         gate.preset = p
@@ -377,20 +406,28 @@ def test_dupes_and_check_keep_far_pairs_only_when_the_far_look_confirms(photo_ar
     assert [(Path(m.path).stem, m.verified) for m in result.matches if m.kind == "near"] == [("field_a", True)]
 
 
-def test_only_far_pairs_a_look_could_keep_count_towards_far_max_pairs():
-    """``far_max_pairs`` bounds the far looks ``dupes`` would take. Pairs of pages (either image like the reference
+def test_far_max_pairs_is_a_budget_of_looks_for_the_likeliest_copies():
+    """``far_max_pairs`` bounds the far looks ``dupes`` takes. Pairs of pages (either image like the reference
     set) are never looked at below the threshold, so they leave the far list and do not count: thousands of pages,
-    whose raw cosines with each other are high, had made ``dupes`` skip every far look of a collection."""
-    from embeddr.dupes import _far_lookable
+    whose raw cosines with each other are high, had made ``dupes`` skip every far look of a collection. Past the
+    budget, the best-scoring far pairs are looked at (ties: the lower ids), not none of them."""
+    from embeddr.dupes import _far_budget
 
     a, b = np.arange(6), np.arange(6) + 10
+    s = np.array([0.30, 0.31, 0.32, 0.50, 0.20, 0.40], np.float32)
     pages = [0, 1, 12]
     rescuable = lambda ia, ib: ~(np.isin(ia, pages) | np.isin(ib, pages))  # noqa: E731
     far = np.array([True, True, True, False, True, True])
-    assert _far_lookable(far, a, b, rescuable, limit=100) == 2
+    assert _far_budget(far, a, b, s, rescuable, limit=100) == 0
     assert far.tolist() == [False, False, False, False, True, True]  # the pages' pairs leave the far list
-    assert _far_lookable(np.ones(6, bool), a, b, lambda ia, ib: None, limit=100) == 6  # no reference set: all count
-    assert _far_lookable(np.ones(6, bool), a, b, rescuable, limit=1) > 1  # past the limit: dupes skips them all
+    far = np.ones(6, bool)
+    assert _far_budget(far, a, b, s, lambda ia, ib: None, limit=100) == 0 and far.all()  # no reference set: all
+    far = np.array([True, True, True, False, True, True])
+    assert _far_budget(far, a, b, s, lambda ia, ib: None, limit=2) == 3  # past the budget: the best two stay
+    assert np.flatnonzero(far).tolist() == [2, 5]
+    tied = np.ones(6, bool)
+    assert _far_budget(tied, a, b, np.zeros(6, np.float32), rescuable, limit=1) == 2
+    assert np.flatnonzero(tied).tolist() == [3]  # equal scores: the lowest ids among the lookable
 
 
 def test_a_pair_the_far_look_confirms_is_not_refuted(photo_arrays, tmp_path):
