@@ -710,7 +710,7 @@ def _far_budget(far: np.ndarray, a: np.ndarray, b: np.ndarray, s: np.ndarray, re
     idx = np.flatnonzero(far)
     if len(idx) <= limit:
         return 0
-    order = np.lexsort((b[idx], a[idx], -np.asarray(s, np.float64)[idx]))  # best score first, then the ids
+    order = np.lexsort((b[idx], a[idx], -np.asarray(s)[idx]))  # best score first, then the ids
     far[idx[order[limit:]]] = False
     return len(idx) - limit
 

@@ -294,9 +294,8 @@ class Verifier:
         inlier_cells = _grid_cells(p, fa.grey.shape)
         cells = len(np.unique(inlier_cells))
         # the second image sampled at the transform of each pixel of the first: the two aligned
-        warped = cv2.warpAffine(fb.grey, transform, (w, h), flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR)
-        overlap = cv2.warpAffine(np.full(fb.grey.shape, 255, np.uint8), transform, (w, h),
-                                 flags=cv2.WARP_INVERSE_MAP | cv2.INTER_NEAREST) > 0
+        warped, inside = _warp_onto(fb.grey, transform, fa.grey.shape)
+        overlap = inside > 0
         ga = cv2.GaussianBlur(fa.grey, (0, 0), 1.5)
         gb = cv2.GaussianBlur(warped, (0, 0), 1.5)
         ncc = content = _ncc(ga, gb, overlap)
@@ -719,10 +718,7 @@ class Verifier:
         m = DETAIL_SHIFT
         x0, y0 = max(0, round(x * f) - m), max(0, round(y * f) - m)
         x1, y1 = min(big.shape[1], round(x * f) + bw + m), min(big.shape[0], round(y * f) + bh + m)
-        region = _band_pass(big[y0:y1, x0:x1])
-        if region.shape[0] < t.shape[0] or region.shape[1] < t.shape[1] or float(t.std()) < 1e-3:
-            return 0.0
-        return float(np.nan_to_num(cv2.matchTemplate(region, t, cv2.TM_CCOEFF_NORMED)).max())
+        return _detail_correlation(_band_pass(big[y0:y1, x0:x1]), t)
 
     def aligned_detail(self, a: Hashable, b: Hashable) -> float | None:
         """:meth:`detail` where the key point look (not the dense look) placed the one image on the other: both
@@ -743,10 +739,7 @@ class Verifier:
         fa, fb = self.features(a), self.features(b, mirrored=look.mirrored)
         if fa is None or fb is None:
             return None
-        h, w = fa.grey.shape
-        warped = cv2.warpAffine(fb.grey, look.transform, (w, h), flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR)
-        inside = cv2.warpAffine(np.full(fb.grey.shape, 255, np.uint8), look.transform, (w, h),
-                                flags=cv2.WARP_INVERSE_MAP | cv2.INTER_NEAREST)
+        warped, inside = _warp_onto(fb.grey, look.transform, fa.grey.shape)
         m = DETAIL_SHIFT
         inside = cv2.erode(inside, np.ones((2 * m + 9, 2 * m + 9), np.uint8)) > 0  # no edge of the warp
         ys, xs = np.nonzero(inside)
@@ -754,10 +747,9 @@ class Verifier:
             return 0.0
         y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
         t = _band_pass(warped)[y0:y1, x0:x1]
-        region = _band_pass(fa.grey)[max(0, y0 - m):y1 + m, max(0, x0 - m):x1 + m]
-        if min(t.shape) < 8 or float(t.std()) < 1e-3:
+        if min(t.shape) < 8:
             return 0.0
-        return float(np.nan_to_num(cv2.matchTemplate(region, t, cv2.TM_CCOEFF_NORMED)).max())
+        return _detail_correlation(_band_pass(fa.grey)[max(0, y0 - m):y1 + m, max(0, x0 - m):x1 + m], t)
 
     def far_confirms(self, a: Hashable, b: Hashable, kind: int = 0) -> bool | None:
         """The far look, for a pair whose raw cosine reaches the threshold (or ``far_below`` under it: the band's
@@ -919,6 +911,26 @@ DETAIL_SHIFT = 6  # how far (pixels at far_side) :meth:`Verifier.detail` looks a
 def _ways(a: np.ndarray, b: np.ndarray) -> tuple:
     """``(big, small)`` ways :meth:`Verifier.dense` tries: b in a, a in b, mirrored b in a, a in mirrored b."""
     return ((a, b), (b, a), (a, b[:, ::-1]), (b[:, ::-1], a))
+
+
+def _warp_onto(grey_b: np.ndarray, transform: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The second image sampled at ``transform`` (2 x 3) for each pixel of a first image of ``shape``: the two
+    aligned; and where the second lands there (uint8, 255 inside)."""
+    cv2 = _cv2()
+    h, w = shape[:2]
+    warped = cv2.warpAffine(grey_b, transform, (w, h), flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR)
+    inside = cv2.warpAffine(np.full(grey_b.shape, 255, np.uint8), transform, (w, h),
+                            flags=cv2.WARP_INVERSE_MAP | cv2.INTER_NEAREST)
+    return warped, inside
+
+
+def _detail_correlation(region: np.ndarray, t: np.ndarray) -> float:
+    """The best correlation of band-passed ``t`` slid within the band-passed ``region`` around where it was
+    placed (:meth:`Verifier.detail`, :meth:`Verifier.aligned_detail`); 0 when ``t`` is flat or outgrows it."""
+    cv2 = _cv2()
+    if region.shape[0] < t.shape[0] or region.shape[1] < t.shape[1] or float(t.std()) < 1e-3:
+        return 0.0
+    return float(np.nan_to_num(cv2.matchTemplate(region, t, cv2.TM_CCOEFF_NORMED)).max())
 
 
 def _band_pass(grey: np.ndarray) -> np.ndarray:
