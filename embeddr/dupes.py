@@ -292,13 +292,21 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
             ref[r] = scorer.reference_background(reader(r))
         return np.maximum(per_row[rows_], ref[rows_])
 
-    def decide(a: np.ndarray, b: np.ndarray, raw: np.ndarray, per_row: np.ndarray) -> np.ndarray:
-        keep = scorer.listed(raw, scorer.score(raw, per_row[a], per_row[b]), threshold)  # at most the pairs kept
-        if scorer.normalized and scorer.has_reference and keep.any():
-            ka, kb = a[keep], b[keep]
-            bg = whole(per_row, np.concatenate([ka, kb]))
-            keep[keep] = scorer.listed(raw[keep], scorer.score(raw[keep], bg[: len(ka)], bg[len(ka) :]), threshold)
-        return keep
+    def decider(sc):
+        def decide(a: np.ndarray, b: np.ndarray, raw: np.ndarray, per_row: np.ndarray) -> np.ndarray:
+            keep = sc.listed(raw, sc.score(raw, per_row[a], per_row[b]), threshold)  # at most the pairs kept
+            if sc.normalized and sc.has_reference and keep.any():
+                ka, kb = a[keep], b[keep]
+                bg = whole(per_row, np.concatenate([ka, kb]))
+                keep[keep] = sc.listed(raw[keep], sc.score(raw[keep], bg[: len(ka)], bg[len(ka) :]), threshold)
+            return keep
+
+        return decide
+
+    decide = decider(scorer)
+    # The approximate search's recall target holds for the pairs listed for their score; the far look's
+    # candidates (listed for their raw cosine alone, a budgeted best effort) are estimated apart.
+    core = decider(scorer.with_far(None)) if scorer.far_raw is not None else None
 
     if search == "approximate":
         index = index.with_layout()
@@ -313,7 +321,7 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
 
         joiner = partial(cluster_join, device=dev)
     result = engine.join(index.vecs, scorer.min_raw(threshold), k, neighbours, decide, rows=rows,
-                         layout=index.layout, method=search, joiner=joiner, summary=scorer.summary)
+                         layout=index.layout, method=search, joiner=joiner, summary=scorer.summary, core=core)
     per_row = result.per_row if k else np.full(len(result.per_row), NO_BACKGROUND, np.float32)
     keep = decide(result.a, result.b, result.raw, per_row)
     a, b, raw = result.a[keep], result.b[keep], result.raw[keep]

@@ -121,8 +121,9 @@ def to_table(report: DuplicateReport, *, width: int | None = None, max_groups: i
         x = report.extra
         console.print(f"approximate search (k-means self-join, {x.get('nlist')} lists, {x.get('nprobe')} probed): "
                       f"estimated pair recall {x.get('pair_recall_estimate', float('nan')):.4f}, loose pairs "
-                      f"{x.get('loose_pair_recall_estimate', float('nan')):.4f} (exact check of {x.get('recall_sample_rows')} "
-                      f"files); --search exact for the exact search")
+                      f"{x.get('loose_pair_recall_estimate', float('nan')):.4f}"
+                      + (f", the far look's candidates {x['far_pair_recall_estimate']:.4f}" if "far_pair_recall_estimate" in x else "")
+                      + f" (exact check of {x.get('recall_sample_rows')} files); --search exact for the exact search")
     if not report.groups:
         console.print("no duplicates at this threshold")
         return console.export_text()

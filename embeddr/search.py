@@ -470,10 +470,14 @@ def _exact_pairs(vecs: np.ndarray, Q: np.ndarray, min_raw: float, nn: Neighbours
 def estimate_recall(vecs: np.ndarray, result: Join, min_raw: float, k: int, neighbours: NeighbourFn | None = None,
                     decide: DecideFn | None = None, *, rows: np.ndarray | None = None, sample: int = SAMPLE_ROWS,
                     seed: int = 0, loose: tuple[float, float] = (0.6, 0.8),
-                    summary: tuple[int, float] | None = None) -> dict:
+                    summary: tuple[int, float] | None = None, core: DecideFn | None = None) -> dict:
     """Exact check of a seeded sample of rows: the share of their exact pairs the join found -- the pairs the
     decision keeps (``decide``, judged with the join's per-row values), and among them those of raw cosine in
-    ``loose`` -- the share of all raw candidate pairs found, and how often the ``neighbours`` value is the exact one."""
+    ``loose`` -- the share of all raw candidate pairs found, and how often the ``neighbours`` value is the exact one.
+
+    ``core``: which of the kept pairs the decision lists for their score; the others (``decide`` lists them for
+    their raw cosine alone: the far look's candidates, a budgeted best effort) are estimated apart
+    (``far_pair_recall_estimate``) and left out of ``pair_recall_estimate`` and ``loose_pair_recall_estimate``."""
     rows = np.arange(len(vecs)) if rows is None else np.asarray(rows, np.int64)
     live = None
     if len(rows) < len(vecs):
@@ -502,6 +506,10 @@ def estimate_recall(vecs: np.ndarray, result: Join, min_raw: float, k: int, neig
         kept = decide(lo, hi, ws, result.per_row)
     else:
         kept = np.ones(len(ws), bool)
+    far = np.zeros(len(ws), bool)
+    if core is not None and kept.any():
+        far[kept] = ~core(lo[kept], hi[kept], ws[kept], result.per_row)
+        kept = kept & ~far
     is_loose = kept & (ws >= loose[0]) & (ws < loose[1])
 
     def share(mask: np.ndarray) -> float:
@@ -510,6 +518,8 @@ def estimate_recall(vecs: np.ndarray, result: Join, min_raw: float, k: int, neig
     out = {"recall_sample_rows": int(len(pick)), "recall_sample_pairs": int(kept.sum()),
            "pair_recall_estimate": share(kept), "loose_pair_recall_estimate": share(is_loose),
            "candidate_recall_estimate": share(np.ones(len(ws), bool))}
+    if core is not None:
+        out["far_sample_pairs"], out["far_pair_recall_estimate"] = int(far.sum()), share(far)
     if k and neighbours is not None:
         got = result.values(pick)
         same = np.isclose(got, nb_exact, atol=1e-4) | (np.isnan(got) & np.isnan(nb_exact))
@@ -521,12 +531,15 @@ def join(vecs: np.ndarray, min_raw: float, k: int, neighbours: NeighbourFn | Non
          decide: DecideFn | None = None, *,
          rows: np.ndarray | None = None, layout: tuple[np.ndarray, int] | None = None, method: str = "auto",
          nprobe: int = NPROBE, target: float = RECALL_TARGET, sample: int = SAMPLE_ROWS,
-         joiner: Callable[..., Join] | None = None, summary: tuple[int, float] | None = None) -> Join:
+         joiner: Callable[..., Join] | None = None, summary: tuple[int, float] | None = None,
+         core: DecideFn | None = None) -> Join:
     """The search every command uses. ``method``: ``exact``, ``approximate`` or ``auto`` (exact below
     :data:`EXACT_BELOW` rows or without a ``layout`` = (probes, nlist)). The approximate search checks a sample
     of rows exactly and doubles ``nprobe`` (up to the layout's) until the estimate reaches ``target``, for all the
     decision's pairs and for the loose ones (raw cosine 0.6-0.8). ``summary``: what the decision reads of each
-    row's top ``k`` neighbours (:class:`Neighbours`). The returned join has the per-row values of every pair's rows."""
+    row's top ``k`` neighbours (:class:`Neighbours`). ``core``: the decision's pairs listed for their score (see
+    :func:`estimate_recall`); the target holds for those, and the far look's candidates are estimated apart.
+    The returned join has the per-row values of every pair's rows."""
     rows = None if rows is None else np.sort(np.asarray(rows, np.int64))
     n = len(vecs) if rows is None else len(rows)
     if method == "exact" or layout is None or (method == "auto" and n < EXACT_BELOW):
@@ -541,7 +554,7 @@ def join(vecs: np.ndarray, min_raw: float, k: int, neighbours: NeighbourFn | Non
                                           summary=summary)
         t1 = time.perf_counter()
         est = estimate_recall(vecs, result, min_raw, k, neighbours, decide, rows=rows, sample=sample,
-                              summary=summary)
+                              summary=summary, core=core)
         est["recall_check_seconds"] = round(time.perf_counter() - t1, 3)
         tries.append({"nprobe": nprobe, "seconds": result.info["seconds"],
                       "pair_recall_estimate": est["pair_recall_estimate"],

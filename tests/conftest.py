@@ -10,6 +10,9 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+# Where the tests that can run on a GPU run their torch code: torch's CPU here and in CI; scripts/gpu_check.sh
+# sets EMBEDDR_TEST_DEVICE=cuda so that the same assertions hold for nvJPEG and the GPU pair search.
+TEST_DEVICE = os.environ.get("EMBEDDR_TEST_DEVICE", "cpu")
 REALIMAGES = Path(os.environ.get("EMBEDDR_REALIMAGES", REPO.parent / "shared" / "data" / "realimages"))
 
 # Distinct real photos that ship inside scikit-image's wheel (public domain / CC0).

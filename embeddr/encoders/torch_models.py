@@ -36,6 +36,12 @@ class TorchEncoder(Encoder):
 
         self.torch = torch
         self.model = model.to(device=device, dtype=_dtype(precision)).eval()
+        # On CUDA the convolutions run channels-last (the batch arrives NHWC already): Meta's SSCD ResNet-50 in
+        # fp16 on an H200 went from 4,953 to 7,772 images/s (docs/benchmarks.md, "GPU"). Linear layers and
+        # transformers are unaffected.
+        self.channels_last = str(device).startswith("cuda")
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         mean = preset.mean or (0.485, 0.456, 0.406)
         std = preset.std or (0.229, 0.224, 0.225)
         self._mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
@@ -50,6 +56,8 @@ class TorchEncoder(Encoder):
             x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
             x = x.permute(0, 3, 1, 2).float()
             x = ((x - self._mean) / self._std).to(_dtype(self.precision))
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             y = self._forward(x)
             y = torch.nn.functional.normalize(y.float(), dim=-1)
             return y.cpu().numpy()
