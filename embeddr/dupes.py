@@ -313,15 +313,16 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
     if len(rows) < 2:
         z = np.zeros(0, np.int64)
         return z, z, np.zeros(0, np.float32), np.full(len(rows), NO_BACKGROUND, np.float32), {"search": "exact"}, index
-    dev, joiner = engine.search_device(device, len(rows)), None
-    if dev != "cpu":  # the same join with torch on the GPU
+    dev, joiner, exact = engine.search_device(device, len(rows)), None, None
+    if dev != "cpu":  # the same join, and the recall estimate's exact check, with torch on the GPU
         from functools import partial
 
-        from .search_torch import cluster_join
+        from .search_torch import cluster_join, exact_pairs
 
-        joiner = partial(cluster_join, device=dev)
+        joiner, exact = partial(cluster_join, device=dev), partial(exact_pairs, device=dev)
     result = engine.join(index.vecs, scorer.min_raw(threshold), k, neighbours, decide, rows=rows,
-                         layout=index.layout, method=search, joiner=joiner, summary=scorer.summary, core=core)
+                         layout=index.layout, method=search, joiner=joiner, summary=scorer.summary, core=core,
+                         exact=exact)
     per_row = result.per_row if k else np.full(len(result.per_row), NO_BACKGROUND, np.float32)
     keep = decide(result.a, result.b, result.raw, per_row)
     a, b, raw = result.a[keep], result.b[keep], result.raw[keep]

@@ -470,14 +470,17 @@ def _exact_pairs(vecs: np.ndarray, Q: np.ndarray, min_raw: float, nn: Neighbours
 def estimate_recall(vecs: np.ndarray, result: Join, min_raw: float, k: int, neighbours: NeighbourFn | None = None,
                     decide: DecideFn | None = None, *, rows: np.ndarray | None = None, sample: int = SAMPLE_ROWS,
                     seed: int = 0, loose: tuple[float, float] = (0.6, 0.8),
-                    summary: tuple[int, float] | None = None, core: DecideFn | None = None) -> dict:
+                    summary: tuple[int, float] | None = None, core: DecideFn | None = None,
+                    exact: Callable[..., tuple] | None = None) -> dict:
     """Exact check of a seeded sample of rows: the share of their exact pairs the join found -- the pairs the
     decision keeps (``decide``, judged with the join's per-row values), and among them those of raw cosine in
     ``loose`` -- the share of all raw candidate pairs found, and how often the ``neighbours`` value is the exact one.
 
     ``core``: which of the kept pairs the decision lists for their score; the others (``decide`` lists them for
     their raw cosine alone: the far look's candidates, a budgeted best effort) are estimated apart
-    (``far_pair_recall_estimate``) and left out of ``pair_recall_estimate`` and ``loose_pair_recall_estimate``."""
+    (``far_pair_recall_estimate``) and left out of ``pair_recall_estimate`` and ``loose_pair_recall_estimate``.
+    ``exact``: the exact search of the sampled rows (default :func:`_exact_pairs`; on a GPU
+    :func:`embeddr.search_torch.exact_pairs`)."""
     rows = np.arange(len(vecs)) if rows is None else np.asarray(rows, np.int64)
     live = None
     if len(rows) < len(vecs):
@@ -491,7 +494,7 @@ def estimate_recall(vecs: np.ndarray, result: Join, min_raw: float, k: int, neig
     for s in range(0, len(pick), 256):
         q = pick[s : s + 256]
         nn = Neighbours(len(q), k, summary) if k and neighbours is not None else None
-        r, c, sc = _exact_pairs(vecs, gather(q), min_raw, nn, live=live, exclude=q)
+        r, c, sc = (exact or _exact_pairs)(vecs, gather(q), min_raw, nn, live=live, exclude=q)
         if nn is not None:
             nb_exact[s : s + len(q)] = neighbours(q, nn.scores(np.arange(len(q))))
         want_a.append(q[r]), want_b.append(c), want_s.append(sc)
@@ -532,13 +535,14 @@ def join(vecs: np.ndarray, min_raw: float, k: int, neighbours: NeighbourFn | Non
          rows: np.ndarray | None = None, layout: tuple[np.ndarray, int] | None = None, method: str = "auto",
          nprobe: int = NPROBE, target: float = RECALL_TARGET, sample: int = SAMPLE_ROWS,
          joiner: Callable[..., Join] | None = None, summary: tuple[int, float] | None = None,
-         core: DecideFn | None = None) -> Join:
+         core: DecideFn | None = None, exact: Callable[..., tuple] | None = None) -> Join:
     """The search every command uses. ``method``: ``exact``, ``approximate`` or ``auto`` (exact below
     :data:`EXACT_BELOW` rows or without a ``layout`` = (probes, nlist)). The approximate search checks a sample
     of rows exactly and doubles ``nprobe`` (up to the layout's) until the estimate reaches ``target``, for all the
     decision's pairs and for the loose ones (raw cosine 0.6-0.8). ``summary``: what the decision reads of each
     row's top ``k`` neighbours (:class:`Neighbours`). ``core``: the decision's pairs listed for their score (see
     :func:`estimate_recall`); the target holds for those, and the far look's candidates are estimated apart.
+    ``joiner`` and ``exact``: the join and the estimate's exact check on another device (a GPU, through torch).
     The returned join has the per-row values of every pair's rows."""
     rows = None if rows is None else np.sort(np.asarray(rows, np.int64))
     n = len(vecs) if rows is None else len(rows)
@@ -554,7 +558,7 @@ def join(vecs: np.ndarray, min_raw: float, k: int, neighbours: NeighbourFn | Non
                                           summary=summary)
         t1 = time.perf_counter()
         est = estimate_recall(vecs, result, min_raw, k, neighbours, decide, rows=rows, sample=sample,
-                              summary=summary, core=core)
+                              summary=summary, core=core, exact=exact)
         est["recall_check_seconds"] = round(time.perf_counter() - t1, 3)
         tries.append({"nprobe": nprobe, "seconds": result.info["seconds"],
                       "pair_recall_estimate": est["pair_recall_estimate"],

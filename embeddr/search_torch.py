@@ -4,7 +4,7 @@ Same algorithm and results as :func:`embeddr.search.cluster_join` (list by list:
 probe a list against its members gives their candidate pairs and their best neighbours, merged into a running
 top-k per row), with the vectors, the running top-k and the products on the device; plus a spherical k-means
 (:func:`train_centroids`) and the probe assignment (:func:`assign`) on the device, which dominate the cost on
-the CPU at 10M vectors. Float32 throughout (scores are compared with a threshold; no TF32/fp16 rounding).
+the CPU at 10M vectors, and the exact check of the recall estimate's sampled rows (:func:`exact_pairs`). Float32 throughout (scores are compared with a threshold; no TF32/fp16 rounding).
 Runs on ``device="cpu"`` too, which is how the tests check it against the NumPy version.
 """
 
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .search import EPS, MAX_PROBES, NPROBE, Join, NeighbourFn, Neighbours, _finish
+from .search import EPS, MAX_PROBES, NPROBE, Join, NeighbourFn, Neighbours, _finish, _release
 
 
 def _torch():
@@ -127,3 +127,52 @@ def cluster_join(vecs: np.ndarray, probes: np.ndarray, nlist: int, min_raw: floa
     res = _finish(a, b, raw, vecs, rows_np, nn, neighbours, info)
     res.info["seconds"] = round(time.perf_counter() - t0, 3)
     return res
+
+
+def exact_pairs(vecs: np.ndarray, Q: np.ndarray, min_raw: float, nn: Neighbours | None, *,
+                live: np.ndarray | None = None, exclude: np.ndarray | None = None, device: str = "cuda",
+                col_block: int = 262144):
+    """:func:`embeddr.search._exact_pairs` on a torch ``device``: queries ``Q`` against every (live) row of
+    ``vecs``, a block of columns at a time: (query index, row, raw) of the pairs >= ``min_raw``, and the queries'
+    neighbours in ``nn`` (a fresh :class:`~embeddr.search.Neighbours` for these queries). The recall estimate's
+    exact check runs here when the join runs on a GPU (at 10M vectors it is minutes of NumPy on the CPU)."""
+    torch = _torch()
+    dev = torch.device(device)
+    q = torch.from_numpy(np.ascontiguousarray(Q, np.float32)).to(dev)
+    m, n = len(Q), len(vecs)
+    keep = nn.keep if nn is not None else 0
+    ceiling = nn.ceiling if nn is not None else float("inf")
+    best = torch.full((m, keep), -float("inf"), device=dev)
+    copies = torch.zeros(m, dtype=torch.int32, device=dev)
+    ex = None if exclude is None else torch.from_numpy(np.asarray(exclude, np.int64)).to(dev)
+    lv = None if live is None else torch.from_numpy(np.asarray(live, bool)).to(dev)
+    qi = torch.arange(m, device=dev)
+    PA, PB, PS = [], [], []
+    for cs in range(0, n, col_block):
+        ce = min(n, cs + col_block)
+        S = q @ torch.from_numpy(np.ascontiguousarray(vecs[cs:ce], np.float32)).to(dev).T
+        _release(vecs)
+        if lv is not None:
+            S[:, ~lv[cs:ce]] = -float("inf")
+        if ex is not None:
+            hit = (ex >= cs) & (ex < ce)
+            S[qi[hit], ex[hit] - cs] = -float("inf")
+        r, c = torch.nonzero(S >= min_raw - EPS, as_tuple=True)
+        PA.append(r), PB.append(c + cs), PS.append(S[r, c])
+        if keep:
+            if np.isfinite(ceiling):
+                hi = S >= ceiling
+                copies += hi.sum(1, dtype=torch.int32)
+                S = S.masked_fill(hi, -float("inf"))
+            top = torch.topk(S, min(keep, S.shape[1]), dim=1).values
+            best = torch.topk(torch.cat([best, top], 1), keep, dim=1).values
+    if nn is not None and keep:
+        nn.best[:] = best.cpu().numpy()
+        nn.kth[:] = nn.best.min(1)
+        if nn.copies is not None:
+            nn.copies[:] = copies.cpu().numpy()
+
+    def cat(parts, dtype):
+        return torch.cat(parts).cpu().numpy().astype(dtype) if parts else np.zeros(0, dtype)
+
+    return cat(PA, np.int64), cat(PB, np.int64), np.minimum(cat(PS, np.float32), 1.0)

@@ -147,6 +147,44 @@ def test_cluster_join_matches_exact_on_realistic_vectors():
     np.testing.assert_allclose(approx.raw, np.minimum(raw, 1.0), atol=1e-5)
 
 
+def test_the_recall_checks_exact_search_on_a_device_is_the_numpy_one():
+    """The recall estimate's exact check through torch (on the GPU when the join runs there; here torch's CPU, or
+    the GPU under scripts/gpu_check.sh) gives the NumPy check's pairs and neighbours, with dead rows and each
+    query's own row left out, over several column blocks; and the same estimate."""
+    pytest.importorskip("torch")
+    from functools import partial
+
+    from conftest import TEST_DEVICE
+
+    from embeddr import search_torch
+
+    vecs = realistic(5000, 64, seed=8)
+    scorer = Scorer()
+    q = np.arange(0, 5000, 37)
+    live = np.ones(5000, bool)
+    live[::5] = False
+    want_nn, got_nn = (search.Neighbours(len(q), scorer.neighbours, scorer.summary) for _ in range(2))
+    want = search._exact_pairs(vecs, vecs[q], THRESHOLD - 0.12, want_nn, live=live, exclude=q)
+    got = search_torch.exact_pairs(vecs, vecs[q], THRESHOLD - 0.12, got_nn, live=live, exclude=q, col_block=1500,
+                                   device=TEST_DEVICE)
+    ow, og = np.lexsort((want[1], want[0])), np.lexsort((got[1], got[0]))
+    assert len(want[0]) > 1000
+    np.testing.assert_array_equal(want[0][ow], got[0][og])
+    np.testing.assert_array_equal(want[1][ow], got[1][og])
+    np.testing.assert_allclose(want[2][ow], got[2][og], atol=1e-5)
+    pos = np.arange(len(q))
+    np.testing.assert_allclose(want_nn.scores(pos), got_nn.scores(pos), atol=1e-5)
+    neighbours, decide = scorer_fns(scorer, THRESHOLD)
+    centroids = search.train_centroids(vecs, 40)
+    probes = search.assign(vecs, centroids, 8)
+    res = search.cluster_join(vecs, probes, 40, THRESHOLD, scorer.neighbours, neighbours, nprobe=3, summary=scorer.summary)
+    kw = dict(summary=scorer.summary, sample=300)
+    est = search.estimate_recall(vecs, res, THRESHOLD, scorer.neighbours, neighbours, decide, **kw)
+    est_dev = search.estimate_recall(vecs, res, THRESHOLD, scorer.neighbours, neighbours, decide,
+                                     exact=partial(search_torch.exact_pairs, device=TEST_DEVICE), **kw)
+    assert est == est_dev
+
+
 def test_join_raises_effort_when_estimate_is_short():
     vecs = realistic(6000, 64, seed=3)
     centroids = search.train_centroids(vecs, 60)
