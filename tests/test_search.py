@@ -367,20 +367,22 @@ def test_torch_join_is_the_numpy_join():
     rows = np.arange(0, 4000, 2)[:1800]
     want = search.cluster_join(vecs, probes, 30, THRESHOLD, scorer.neighbours, neighbours, nprobe=6, rows=rows,
                                summary=scorer.summary)
-    got = search_torch.cluster_join(vecs, probes, 30, THRESHOLD, scorer.neighbours, neighbours, nprobe=6, rows=rows,
-                                    summary=scorer.summary, device=TEST_DEVICE)
-    want.values(rows), got.values(rows)
-    order_w, order_g = np.lexsort((want.b, want.a)), np.lexsort((got.b, got.a))
-    np.testing.assert_array_equal(want.a[order_w], got.a[order_g])
-    np.testing.assert_array_equal(want.b[order_w], got.b[order_g])
-    np.testing.assert_allclose(want.raw[order_w], got.raw[order_g], atol=1e-5)
-    differ = np.flatnonzero(~np.isclose(want.per_row, got.per_row, atol=1e-5, equal_nan=True))
-    # Equal on torch's CPU. On a GPU (H200, 2026-11-30) 11 of 4,000 rows differed: each has a copy at exactly the
-    # copy ceiling (the generator's cosine 0.9), which float rounding counts as a copy on one device and not on
-    # the other. Only such rows may differ.
-    near_ceiling = np.abs(vecs[differ] @ vecs.T - scorer.ceiling).min(1) < 1e-5 if len(differ) else np.ones(0, bool)
-    assert near_ceiling.all(), differ[~near_ceiling]
-    assert TEST_DEVICE != "cpu" or len(differ) == 0
+    want.values(rows)
+    for batch in (1 << 26, 1, 20_000):  # lists in batches (the default), one by one, a few at a time
+        got = search_torch.cluster_join(vecs, probes, 30, THRESHOLD, scorer.neighbours, neighbours, nprobe=6,
+                                        rows=rows, summary=scorer.summary, device=TEST_DEVICE, batch_elements=batch)
+        got.values(rows)
+        order_w, order_g = np.lexsort((want.b, want.a)), np.lexsort((got.b, got.a))
+        np.testing.assert_array_equal(want.a[order_w], got.a[order_g])
+        np.testing.assert_array_equal(want.b[order_w], got.b[order_g])
+        np.testing.assert_allclose(want.raw[order_w], got.raw[order_g], atol=1e-5)
+        differ = np.flatnonzero(~np.isclose(want.per_row, got.per_row, atol=1e-5, equal_nan=True))
+        # Equal on torch's CPU. On a GPU (H200, 2026-11-30) 11 of 4,000 rows differed: each has a copy at exactly
+        # the copy ceiling (the generator's cosine 0.9), which float rounding counts as a copy on one device and
+        # not on the other. Only such rows may differ.
+        near = np.abs(vecs[differ] @ vecs.T - scorer.ceiling).min(1) < 1e-5 if len(differ) else np.ones(0, bool)
+        assert near.all(), differ[~near]
+        assert TEST_DEVICE != "cpu" or len(differ) == 0
     c2 = search_torch.train_centroids(vecs, 30, device=TEST_DEVICE)
     p2 = search_torch.assign(vecs, c2, 8, device=TEST_DEVICE)
     exact = search.exact_join(vecs, THRESHOLD, 0)
