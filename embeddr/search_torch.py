@@ -60,15 +60,19 @@ def assign(vecs: np.ndarray, centroids: np.ndarray, nprobe: int = MAX_PROBES, *,
 
 def cluster_join(vecs: np.ndarray, probes: np.ndarray, nlist: int, min_raw: float, k: int,
                  neighbours: NeighbourFn | None = None, *, nprobe: int = NPROBE, rows: np.ndarray | None = None,
-                 summary: tuple[int, float] | None = None, device: str = "cuda", batch_elements: int = 1 << 26) -> Join:
+                 summary: tuple[int, float] | None = None, device: str = "cuda", batch_elements: int | None = None) -> Join:
     """:func:`embeddr.search.cluster_join` on a torch ``device`` (the same pairs, and the same kept neighbours).
 
     Lists are taken in batches, not one by one: one product of the batch's probing rows (each once) against all
     its lists' members, masked to the (row, list) pairs the probes name, gives the pairs and the neighbours of
     a whole batch (about ``batch_elements`` scores). One list at a time cost ~1 ms a list on an H200 in kernel
     launches and device syncs whatever the arithmetic (a 1M-vector join: 7.8 s for 7,812 lists, 2026-11-30); a
-    batch spends the GPU's spare arithmetic on masked scores to save those (not yet timed on a GPU)."""
+    batch spends the GPU's spare arithmetic on masked scores to save those (not yet timed on a GPU). A CPU has no
+    such arithmetic to spare (8x slower batched on torch's CPU): ``batch_elements`` defaults to 2^26 on CUDA and to
+    one list at a time elsewhere."""
     torch = _torch()
+    if batch_elements is None:
+        batch_elements = 1 << 26 if str(device).startswith("cuda") else 1
     t0 = time.perf_counter()
     n_all = len(vecs)
     rows_np = np.arange(n_all) if rows is None else np.asarray(rows, np.int64)

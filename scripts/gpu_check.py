@@ -389,6 +389,21 @@ def part_search(args) -> int:
     log(f"{n:,} vectors on {dev}: generated in {t_gen:.1f} s, layout {t_layout:.1f} s, join {t_join:.1f} s ({tries}); "
         f"{int(keep.sum()):,} pairs listed; the join's estimate: {info.get('pair_recall_estimate')} (loose "
         f"{info.get('loose_pair_recall_estimate')}, far look's {info.get('far_pair_recall_estimate')})")
+    if n <= 2_000_000:  # the join alone, lists in batches (the default on CUDA) against one list at a time
+        timed = []
+        for batch in (1 << 26, 1):
+            sync(dev)
+            t = time.perf_counter()
+            j = search_torch.cluster_join(vecs, probes, len(centroids), min_raw, k, neighbours, nprobe=search.NPROBE,
+                                          summary=scorer.summary, device=dev, batch_elements=batch)
+            sync(dev)
+            timed.append((time.perf_counter() - t, len(j.a)))
+            del j
+        log(f"join alone at nprobe {search.NPROBE}: lists in batches {timed[0][0]:.1f} s, one list at a time "
+            f"{timed[1][0]:.1f} s ({timed[0][1]:,} and {timed[1][1]:,} candidate pairs)")
+        if timed[0][1] != timed[1][1]:
+            log("FAIL: the batched join and the per-list join found different pairs")
+            return 1
     V = torch.from_numpy(vecs).to(dev)
 
     def exact(rows):
