@@ -134,17 +134,9 @@ def cluster_join(vecs: np.ndarray, probes: np.ndarray, nlist: int, min_raw: floa
             merged = torch.cat([best[P], S], 1)
             best[P] = torch.topk(merged, keep_n, dim=1).values
         lo = hi_
-    if nn is not None:
-        if keep_n:
-            nn.best[:] = best.cpu().numpy()
-            nn.kth[:] = nn.best.min(1)
-            if nn.copies is not None:
-                nn.copies[:] = copies.cpu().numpy()
-
-    def cat(parts, dtype):
-        return torch.cat(parts).cpu().numpy().astype(dtype) if parts else np.zeros(0, dtype)
-
-    a, b, raw = rows_np[cat(A, np.int64)], rows_np[cat(B, np.int64)], cat(R, np.float32)
+    if nn is not None and keep_n:
+        _kept(nn, best, copies)
+    a, b, raw = rows_np[_cat(A, np.int64)], rows_np[_cat(B, np.int64)], _cat(R, np.float32)
     info = {"search": "approximate", "device": str(dev), "nlist": int(nlist), "nprobe": int(nprobe),
             "compared_share": round(int(compared) / max(1, n) ** 2, 5)}
     res = _finish(a, b, raw, vecs, rows_np, nn, neighbours, info)
@@ -190,12 +182,20 @@ def exact_pairs(vecs: np.ndarray, Q: np.ndarray, min_raw: float, nn: Neighbours 
             top = torch.topk(S, min(keep, S.shape[1]), dim=1).values
             best = torch.topk(torch.cat([best, top], 1), keep, dim=1).values
     if nn is not None and keep:
-        nn.best[:] = best.cpu().numpy()
-        nn.kth[:] = nn.best.min(1)
-        if nn.copies is not None:
-            nn.copies[:] = copies.cpu().numpy()
+        _kept(nn, best, copies)
+    return _cat(PA, np.int64), _cat(PB, np.int64), np.minimum(_cat(PS, np.float32), 1.0)
 
-    def cat(parts, dtype):
-        return torch.cat(parts).cpu().numpy().astype(dtype) if parts else np.zeros(0, dtype)
 
-    return cat(PA, np.int64), cat(PB, np.int64), np.minimum(cat(PS, np.float32), 1.0)
+def _kept(nn: Neighbours, best, copies) -> None:
+    """Put a device's running ``best`` scores below the ceiling and ``copies`` counts into ``nn``."""
+    nn.best[:] = best.cpu().numpy()
+    nn.kth[:] = nn.best.min(1)
+    if nn.copies is not None:
+        nn.copies[:] = copies.cpu().numpy()
+
+
+def _cat(parts: list, dtype) -> np.ndarray:
+    """Device tensors, concatenated, as one NumPy array of ``dtype``."""
+    import torch
+
+    return torch.cat(parts).cpu().numpy().astype(dtype) if parts else np.zeros(0, dtype)
