@@ -7,7 +7,7 @@ distinct contents found by the index are kind ``near``. Reviewer verdicts
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -248,6 +248,37 @@ class DuplicateReport:
         }
 
 
+def pair_decision(scorer, threshold: float, reader: Callable[[np.ndarray], np.ndarray], ref: np.ndarray):
+    """``(decide, core)``: which of a join's candidate pairs the decision lists (:data:`embeddr.search.DecideFn`),
+    judged with the join's per-row collection part of the background and, for the pairs that part leaves in, the
+    reference part too (``scorer.reference_background`` of ``reader(rows)``, cached in ``ref``, NaN where not yet
+    computed); and ``core``, the same without the far look's candidates (pairs listed for their raw cosine alone,
+    :meth:`embeddr.normalize.Scorer.with_far`), on which the approximate search's recall target holds (``None``
+    without a far look)."""
+
+    def whole(per_row: np.ndarray, rows_: np.ndarray) -> np.ndarray:
+        """The background (both parts) of ``rows_``."""
+        todo = np.unique(rows_)
+        todo = todo[np.isnan(ref[todo])]
+        for s in range(0, len(todo), 16384):
+            r = todo[s : s + 16384]
+            ref[r] = scorer.reference_background(reader(r))
+        return np.maximum(per_row[rows_], ref[rows_])
+
+    def decider(sc):
+        def decide(a: np.ndarray, b: np.ndarray, raw: np.ndarray, per_row: np.ndarray) -> np.ndarray:
+            keep = sc.listed(raw, sc.score(raw, per_row[a], per_row[b]), threshold)  # at most the pairs kept
+            if sc.normalized and sc.has_reference and keep.any():
+                ka, kb = a[keep], b[keep]
+                bg = whole(per_row, np.concatenate([ka, kb]))
+                keep[keep] = sc.listed(raw[keep], sc.score(raw[keep], bg[: len(ka)], bg[len(ka) :]), threshold)
+            return keep
+
+        return decide
+
+    return decider(scorer), decider(scorer.with_far(None)) if scorer.far_raw is not None else None
+
+
 def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "auto",
                   live_ids: np.ndarray | None = None, device: str = "auto", references: dict | None = None):
     """The one search path of every command that lists pairs (dupes, apply, report, review), on the search
@@ -283,30 +314,7 @@ def content_pairs(catalog: Catalog, scorer, threshold: float, *, search: str = "
     def neighbours(q: np.ndarray, nn_scores: np.ndarray) -> np.ndarray:
         return scorer.backgrounds_of_others(None, nn_scores)  # the collection part (no reference set)
 
-    def whole(per_row: np.ndarray, rows_: np.ndarray) -> np.ndarray:
-        """The background (both parts) of ``rows_``."""
-        todo = np.unique(rows_)
-        todo = todo[np.isnan(ref[todo])]
-        for s in range(0, len(todo), 16384):
-            r = todo[s : s + 16384]
-            ref[r] = scorer.reference_background(reader(r))
-        return np.maximum(per_row[rows_], ref[rows_])
-
-    def decider(sc):
-        def decide(a: np.ndarray, b: np.ndarray, raw: np.ndarray, per_row: np.ndarray) -> np.ndarray:
-            keep = sc.listed(raw, sc.score(raw, per_row[a], per_row[b]), threshold)  # at most the pairs kept
-            if sc.normalized and sc.has_reference and keep.any():
-                ka, kb = a[keep], b[keep]
-                bg = whole(per_row, np.concatenate([ka, kb]))
-                keep[keep] = sc.listed(raw[keep], sc.score(raw[keep], bg[: len(ka)], bg[len(ka) :]), threshold)
-            return keep
-
-        return decide
-
-    decide = decider(scorer)
-    # The approximate search's recall target holds for the pairs listed for their score; the far look's
-    # candidates (listed for their raw cosine alone, a budgeted best effort) are estimated apart.
-    core = decider(scorer.with_far(None)) if scorer.far_raw is not None else None
+    decide, core = pair_decision(scorer, threshold, reader, ref)
 
     if search == "approximate":
         index = index.with_layout()

@@ -127,12 +127,7 @@ def cluster_join(vecs: np.ndarray, probes: np.ndarray, nlist: int, min_raw: floa
             r, c, x, y = r[keep], c[keep], x[keep], y[keep]
             A.append(torch.minimum(x, y)), B.append(torch.maximum(x, y)), R.append(S[r, c])
         if keep_n:
-            if np.isfinite(ceiling):
-                at = S >= ceiling
-                copies[P] += at.sum(1, dtype=torch.int32)
-                S = S.masked_fill(at, -float("inf"))
-            merged = torch.cat([best[P], S], 1)
-            best[P] = torch.topk(merged, keep_n, dim=1).values
+            best[P], copies[P] = _merge(S, best[P], copies[P], ceiling)
         lo = hi_
     if nn is not None and keep_n:
         _kept(nn, best, copies)
@@ -175,15 +170,22 @@ def exact_pairs(vecs: np.ndarray, Q: np.ndarray, min_raw: float, nn: Neighbours 
         r, c = torch.nonzero(S >= min_raw - EPS, as_tuple=True)
         PA.append(r), PB.append(c + cs), PS.append(S[r, c])
         if keep:
-            if np.isfinite(ceiling):
-                hi = S >= ceiling
-                copies += hi.sum(1, dtype=torch.int32)
-                S = S.masked_fill(hi, -float("inf"))
-            top = torch.topk(S, min(keep, S.shape[1]), dim=1).values
-            best = torch.topk(torch.cat([best, top], 1), keep, dim=1).values
+            best, copies = _merge(S, best, copies, ceiling)
     if nn is not None and keep:
         _kept(nn, best, copies)
     return _cat(PA, np.int64), _cat(PB, np.int64), np.minimum(_cat(PS, np.float32), 1.0)
+
+
+def _merge(S, best, copies, ceiling: float):
+    """Rows' running neighbours after the scores ``S``: the ``best.shape[1]`` best below ``ceiling`` and the
+    count of ``copies`` at or above it (:class:`embeddr.search.Neighbours`' summary, on the device)."""
+    import torch
+
+    if np.isfinite(ceiling):
+        at = S >= ceiling
+        copies = copies + at.sum(1, dtype=torch.int32)
+        S = S.masked_fill(at, -float("inf"))
+    return torch.topk(torch.cat([best, S], 1), best.shape[1], dim=1).values, copies
 
 
 def _kept(nn: Neighbours, best, copies) -> None:

@@ -332,6 +332,7 @@ def part_search(args) -> int:
     import torch
 
     from embeddr import search, search_torch
+    from embeddr.dupes import pair_decision
     from embeddr.normalize import Scorer
     from embeddr.presets import get_preset
 
@@ -346,31 +347,11 @@ def part_search(args) -> int:
     def neighbours(rows, nn_scores):  # the collection part of the background
         return scorer.backgrounds_of_others(None, nn_scores)
 
-    ref = np.full(n, np.nan, np.float32)  # the reference part, computed for the rows of the pairs left (as dupes)
-
-    def whole(collection_part, rows_):
-        todo = np.unique(rows_)
-        todo = todo[np.isnan(ref[todo])]
-        for s in range(0, len(todo), 16384):
-            ref[todo[s : s + 16384]] = scorer.reference_background(vecs[todo[s : s + 16384]])
-        return np.maximum(collection_part, ref[rows_])
-
-    def decider(sc):  # embeddr.dupes.content_pairs' decision
-        def decide(a, b, raw, per_row):
-            keep = sc.listed(raw, sc.score(raw, per_row[a], per_row[b]), low)
-            if sc.has_reference and keep.any():
-                ka, kb = a[keep], b[keep]
-                bg = whole(per_row[np.concatenate([ka, kb])], np.concatenate([ka, kb]))
-                keep[keep] = sc.listed(raw[keep], sc.score(raw[keep], bg[: len(ka)], bg[len(ka) :]), low)
-            return keep
-
-        return decide
-
-    decide, core = decider(scorer), decider(scorer.with_far(None))  # core: the pairs listed for their score
-
     t = time.perf_counter()
     vecs = collection(n)
     t_gen = time.perf_counter() - t
+    # dupes' decision, with its reference part (core: the pairs listed for their score, not the far candidates)
+    decide, core = pair_decision(scorer, low, lambda r: vecs[r], np.full(n, np.nan, np.float32))
     t = time.perf_counter()
     nlist = max(1, n // search.LIST_SIZE)
     centroids = search_torch.train_centroids(vecs, nlist, device=dev)
@@ -426,11 +407,11 @@ def part_search(args) -> int:
     bg_p, r, c, raw = exact(pick)
     others = np.unique(c)
     bg_c = exact(others)[0] if len(others) else np.zeros(0, np.float32)
-    bg_r, bg_o = bg_p[np.searchsorted(pick, r)], bg_c[np.searchsorted(others, c)]
-    if scorer.has_reference:
-        bg_r, bg_o = whole(bg_r, r), whole(bg_o, c)
-    ok = scorer.listed(raw, scorer.score(raw, bg_r, bg_o), low)
-    is_core = scorer.with_far(None).listed(raw, scorer.score(raw, bg_r, bg_o), low)[ok]
+    exact_bg = np.full(n, np.nan, np.float32)  # the exact collection part of the checked rows and their partners
+    exact_bg[pick] = bg_p
+    exact_bg[others] = bg_c
+    ok = decide(r, c, raw, exact_bg)
+    is_core = core(r, c, raw, exact_bg)[ok]
     a, b = np.minimum(r, c)[ok], np.maximum(r, c)[ok]
     mine = keep & (np.isin(res.a, pick) | np.isin(res.b, pick))  # the listed pairs of the checked rows
     found = np.isin(a * n + b, res.a[mine] * n + res.b[mine])
