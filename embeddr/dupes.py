@@ -521,7 +521,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         hx, hy = hashes_of(vx, vy)
         may = may_rescue(vx, vy)
         if far:  # as Verifier.decide: not every far pair gets the far look (Verifier.far_looks)
-            return threshold if may and verifier.far_looks(hx, hy, kind) and verifier.far_confirms(hx, hy, kind) else v
+            return threshold if may and verifier.far_looks(hx, hy, kind) and verifier.far_confirms(hx, hy, kind, listed_far=True) else v
         verdict = verifier.page_verdict(hx, hy, kind, v >= threshold - 1e-6, band[0] - 1e-6 <= v < band[1] - 1e-6)
         if verdict is not None:  # pairs of pages: the page look decides (the same verdict dupes' pairs get)
             return -1.0 if verdict == REFUTED else threshold if verdict == CONFIRMED else v

@@ -104,6 +104,7 @@ class Verify:
     far_look_ncc: float = 0.0  # ... or when the key point look confirms them with at least this correlation (0: off)
     far_look_detail: float = 0.2  # ... and their fine detail (Verifier.detail) correlates at least this much
     aligned_detail: bool = False  # ... there, or where the key point look aligned them (Verifier.aligned_detail)
+    far_dense_ncc: float = 0.0  # ... or, for two pictures, when the dense look alone reaches this (0: off)
     far_upholds: bool = False  # a pair at or above the threshold the look would refute is kept when the far look
     # confirms it (and neither image is like the reference set)
     dense_upholds_points: int = 0  # ... and (with far_upholds) when the dense look alone confirms it (dense_ncc) and
@@ -156,6 +157,9 @@ class Verify:
     slide_reference: float = 0.25  # reference set, each with >= slide_min_points key points at page_side, are
     slide_min_points: int = 400  # other slides when the page look finds this many bare tiles (Verifier.slide_refutes)
     slide_two_way: bool = False  # two such images both on white paper too, when this many tiles are bare each way
+    changed_share: float = 0.0  # two images at least slide_reference like the reference set, each with >=
+    changed_points: int = 200  # changed_points key points at page_side, are other pages when >= changed_tiles and
+    changed_tiles: int = 20  # >= changed_share of the inked tiles hold other ink in both (not ink added; 0: off)
     scene_cells: int = 0  # the scene check (0: off): a pair of pictures (not like the reference set) at or above
     scene_ncc: float = 0.8  # the threshold, in the band or above it, is dropped when its look leaves at least
     scene_content_ncc: float = 0.9  # scene_cells textured grid cells without an inlier (Look.stray), the whole

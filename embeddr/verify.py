@@ -443,6 +443,9 @@ class Verifier:
         (``above``) or below it, in the verification band or not (``in_band``): :data:`REFUTED`,
         :data:`UPHELD`, :data:`CONFIRMED` or :data:`UNREADABLE`; ``None`` when the picture rules decide instead.
 
+        * two images at least somewhat like the reference set (:data:`PAGE_FAINT`, :data:`PAGE_MAYBE`), at or above
+          the threshold or in the band: refuted when the slide check (:meth:`slide_refutes`) or the changed-ink
+          check (:meth:`ink_changed`) finds other slides or other pages of one template;
         * two pages (:data:`PAGE_YES`), at or above the threshold or in the band: the page look alone decides
           (refuted above unless every inked tile matches; confirmed below only when it is the same page), unless
           either image is too plain for it (:meth:`_too_plain_for_pages`: flat vector art), when the picture
@@ -457,7 +460,8 @@ class Verifier:
           repeated glyphs give two different pages) and the paper check refutes them."""
         if not self.config.pages:
             return None
-        if kind in (PAGE_FAINT, PAGE_MAYBE) and (above or in_band) and self.slide_refutes(a, b):
+        if kind in (PAGE_FAINT, PAGE_MAYBE) and (above or in_band) and (self.slide_refutes(a, b)
+                                                                       or self.ink_changed(a, b)):
             return REFUTED
         if kind == PAGE_YES and (above or in_band):
             page = self.page_look(a, b)
@@ -496,6 +500,22 @@ class Verifier:
         if not (self._aligned(page) and page.points >= c.slide_min_points):
             return False
         return (page.two_way if on_paper else page.bare) >= c.slide_bare_tiles
+
+    def ink_changed(self, a: Hashable, b: Hashable) -> bool:
+        """Two pages, slides or diagrams with other content, not one with ink put on it: the page look aligns them,
+        both hold the key points of text or line art (>= ``changed_points`` at ``page_side``), and at least
+        ``changed_tiles`` tiles, and ``changed_share`` of the inked tiles, hold ink in *both* images that does not
+        match (failed tiles that are not bare). A caption, a logo or a watermark put on a page mostly adds ink where
+        the page was blank (bare tiles) and changes the ink of a few tiles it crosses; another page of one template
+        changes the ink of many. Off when ``changed_share`` is 0."""
+        c = self.config
+        if c.changed_share <= 0:
+            return False
+        page = self.page_look(a, b)
+        if not (self._aligned(page) and page.points >= c.changed_points):
+            return False
+        changed = page.failed - page.bare
+        return changed >= c.changed_tiles and changed >= c.changed_share * page.tiles
 
     def plain_pages(self, a: Hashable, b: Hashable, kind: int) -> bool:
         """A pair of two images like the reference set (:data:`PAGE_YES`) that is no pair of pages: an image too
@@ -741,7 +761,14 @@ class Verifier:
             return None
         warped, inside = _warp_onto(fb.grey, look.transform, fa.grey.shape)
         m = DETAIL_SHIFT
-        inside = cv2.erode(inside, np.ones((2 * m + 9, 2 * m + 9), np.uint8)) > 0  # no edge of the warp
+        if self.config.content_boxes and (fa.bordered or fb.bordered):  # what both show (see content_box)
+            h, w = fa.grey.shape
+            inside_b = cv2.warpAffine(_box_mask(fb.grey.shape, fb.box), look.transform, (w, h),
+                                      flags=cv2.WARP_INVERSE_MAP | cv2.INTER_NEAREST)
+            both = cv2.bitwise_and(cv2.bitwise_and(inside, _box_mask(fa.grey.shape, fa.box)), inside_b)
+            if (both > 0).mean() >= HULL_MIN_AREA:
+                inside = both
+        inside = cv2.erode(inside, np.ones((2 * m + 9, 2 * m + 9), np.uint8)) > 0  # no edge of the warp or a border
         ys, xs = np.nonzero(inside)
         if len(ys) < 400:
             return 0.0
@@ -751,7 +778,7 @@ class Verifier:
             return 0.0
         return _detail_correlation(_band_pass(fa.grey)[max(0, y0 - m):y1 + m, max(0, x0 - m):x1 + m], t)
 
-    def far_confirms(self, a: Hashable, b: Hashable, kind: int = 0) -> bool | None:
+    def far_confirms(self, a: Hashable, b: Hashable, kind: int = 0, listed_far: bool = False) -> bool | None:
         """The far look, for a pair whose raw cosine reaches the threshold (or ``far_below`` under it: the band's
         lower edge) but whose score the background pushed below the band (``far``,
         :meth:`embeddr.presets.Verify.far_raw`; not every such pair, :meth:`far_looks`): the same picture when
@@ -763,7 +790,12 @@ class Verifier:
         points, their stars do not). That second way is for pictures only
         (``kind``, :func:`page_kinds`, :data:`PAGE_NO`), and not for two slides (:meth:`slide_refutes`: a dark
         theme's build steps are as unlike the reference set as photos): two pages, slides or diagrams of one
-        template align as well as a copy does. ``None``: a file could not be read."""
+        template align as well as a copy does. With ``listed_far`` (a pair listed below the band for its raw
+        cosine, as ``dupes`` and its grouping ask) and ``far_dense_ncc`` > 0, two pictures (``kind``
+        :data:`PAGE_NO`) are also the same picture when :meth:`dense` alone reaches ``far_dense_ncc``: a smooth
+        picture has too little fine detail for the detail to agree, and the dense look alone already keeps such a
+        pair in the band at ``dense_ncc``; two star fields of one crowd slide onto each other at up to 0.97.
+        ``None``: a file could not be read."""
         cfg = self.config
         if cfg.far_look_ncc > 0 and kind == PAGE_NO:
             look = self.look(a, b)
@@ -773,6 +805,12 @@ class Verifier:
                 return True
         if cfg.dense_ncc <= 0:
             return False
+        if listed_far and cfg.far_dense_ncc > 0 and kind == PAGE_NO:
+            score = self.dense(a, b)
+            if score is None:
+                return None
+            if score >= cfg.far_dense_ncc:
+                return True
         return self._placed_with_detail(a, b, cfg.dense_ncc, cfg.far_detail)
 
     def _detail_agrees(self, a: Hashable, b: Hashable, floor: float) -> bool:
@@ -801,7 +839,7 @@ class Verifier:
                 if (rescuable is not None and not rescuable[i]) or not self.far_looks(a[i], b[i], kind):
                     out[i] = NOT_LOOKED
                     continue
-                same = self.far_confirms(a[i], b[i], kind)
+                same = self.far_confirms(a[i], b[i], kind, listed_far=True)
                 out[i] = UNREADABLE if same is None else CONFIRMED if same else UPHELD
                 continue
             may = rescuable is None or bool(rescuable[i])

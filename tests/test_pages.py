@@ -461,5 +461,42 @@ def test_the_paper_check_in_the_band_needs_an_alignment(monkeypatch):
     assert v.page_verdict("a", "c", PAGE_MAYBE, False, True) is None
     assert v.page_verdict("a", "d", PAGE_MAYBE, False, True) is None
     assert v.page_verdict("a", "c", PAGE_MAYBE, True, True) == REFUTED  # at or above the threshold: as before
-    v.config = replace(v.config, page_paper_band=False)
+    v.config = replace(v.config, page_paper_band=False, changed_share=0.0)  # (ink_changed: its own test)
     assert v.page_verdict("a", "b", PAGE_MAYBE, False, True) is None
+
+
+def test_pages_whose_ink_differs_in_both_are_other_pages(pages, monkeypatch):
+    """Two images somewhat like the reference set (slides, diagrams) that the page look aligns, each with the key
+    points of text or line art, are other pages when many inked tiles hold ink in both that does not match
+    (``changed_share``, ``changed_tiles``): another page of one template. Ink put where the page was blank (a
+    caption, a build step: bare tiles) is not that; neither is a plain image. On a real page, captions, logos and
+    watermarks put on it are not refuted this way, another page of its manual is."""
+    from embeddr.verify import PageLook
+
+    v = _verifier()
+    c = v.config
+    assert c.changed_share > 0 and c.changed_tiles > 0
+    looks = {("a", "other"): PageLook(inliers=900, tiles=300, failed=120, points=1500),
+             ("a", "added"): PageLook(inliers=900, tiles=300, failed=120, points=1500, bare_a=0, bare_b=110),
+             ("a", "plain"): PageLook(inliers=900, tiles=300, failed=120, points=c.changed_points - 1),
+             ("a", "few"): PageLook(inliers=900, tiles=300, failed=c.changed_tiles - 1, points=1500),
+             ("a", "unaligned"): PageLook(inliers=5, tiles=300, failed=120, points=1500)}
+    monkeypatch.setattr(v, "page_look", lambda a, b: looks[(a, b)])
+    monkeypatch.setattr(v, "slide_refutes", lambda a, b: False)
+    assert v.ink_changed("a", "other")
+    assert not any(v.ink_changed("a", k) for k in ("added", "plain", "few", "unaligned"))
+    for kind in (PAGE_FAINT, PAGE_MAYBE):
+        assert v.page_verdict("a", "other", kind, True, False) == REFUTED  # at or above the threshold
+        assert v.page_verdict("a", "other", kind, False, True) == REFUTED  # in the band: not rescued
+    assert v.page_verdict("a", "other", PAGE_NO, True, True) is None  # pictures: the picture rules
+    monkeypatch.undo()
+    real = _verifier()
+    page = Image.open(pages["page"]).convert("RGB")
+    for k in range(4):
+        var = apply_family("overlay", page, random.Random(f"changed:{k}"))
+        path = pages["page"].parent / f"page_overlay{k}{var.save.ext}"
+        var.save.save(var.image, path)
+        assert not real.ink_changed(pages["page"], path), (var, real.page_look(pages["page"], path))
+    if "other" in pages:
+        look = real.page_look(pages["page"], pages["other"])
+        assert look.inliers < c.page_min_inliers or real.ink_changed(pages["page"], pages["other"]), look

@@ -687,3 +687,58 @@ def test_dupes_and_check_give_pairs_above_the_band_the_scene_check(photo_arrays,
         gate._floor = gate.band[0]
         [result] = gate.check([str(shots["shot_b"])])
     assert "shot_a" not in {Path(m.path).stem for m in result.matches}
+
+
+def test_the_aligned_detail_reads_what_both_images_show_not_their_borders(photo_arrays, tmp_path):
+    """A picture letterboxed in black bars and the same picture rescanned with white margins: the key points align
+    them, but over the whole overlap the bars' and the margins' edges decide the detail's correlation. Read over
+    what both images show (their content boxes, as the look's own correlation is), the detail lines up."""
+    from PIL import ImageFilter
+
+    master = Image.fromarray(photo_arrays["chelsea"]).convert("RGB").filter(ImageFilter.GaussianBlur(0.6))
+    w, h = master.size
+    boxed = Image.new("RGB", (w, h * 4 // 3), (18, 18, 18))
+    boxed.paste(master, (0, (h * 4 // 3 - h) // 2))
+    boxed.save(tmp_path / "letterbox.png")
+    arr = np.asarray(ImageOps.expand(master, border=(w // 20, h // 20), fill=(255, 255, 255))).astype(np.float32)
+    arr += np.random.default_rng(0).normal(0, 4, arr.shape[:2] + (1,))
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(tmp_path / "margins.jpg", quality=85)
+    a, b = tmp_path / "letterbox.png", tmp_path / "margins.jpg"
+    cfg = _preset().verify
+    assert cfg.content_boxes and cfg.aligned_detail
+    on = Verifier(cfg, lambda key: str(key))
+    off = Verifier(dataclasses.replace(cfg, content_boxes=False), lambda key: str(key))
+    look = on.look(a, b)
+    assert on.confirms(look) and look.content_ncc >= 0.99, look
+    assert on.aligned_detail(a, b) >= 0.9 > 0.5 > off.aligned_detail(a, b)
+
+
+def test_the_far_look_keeps_a_smooth_picture_the_dense_look_alone_places(photo_arrays, tmp_path):
+    """A smooth picture (no key points) and a blurred, noisy, re-encoded copy of it: the copy's fine detail is
+    noise, so the detail does not agree (< far_detail), but one slides onto the other at >= far_dense_ncc. Listed
+    below the band for its raw cosine, the far look keeps it (``far_dense_ncc``), as the dense look alone keeps
+    such a pair in the band; not for two images like the reference set, and not where far_confirms is asked
+    for another reason (a refutation above the threshold). Two star fields on one backdrop stay below it."""
+    from PIL import ImageFilter
+
+    from embeddr.verify import PAGE_MAYBE, PAGE_NO
+
+    smooth = Image.fromarray(photo_arrays["rocket"]).convert("RGB").resize((640, 400)).filter(ImageFilter.GaussianBlur(16))
+    a, b = tmp_path / "smooth.png", tmp_path / "copy.jpg"
+    smooth.save(a)
+    arr = np.asarray(smooth.filter(ImageFilter.GaussianBlur(2.5))).astype(np.float32)
+    arr += np.random.default_rng(1).normal(0, 14, arr.shape[:2] + (1,))
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(b, quality=25)
+    cfg = _preset().verify
+    assert cfg.far_dense_ncc > cfg.dense_ncc
+    v = Verifier(cfg, lambda key: str(key))
+    assert v.dense(a, b) >= cfg.far_dense_ncc and v.detail(a, b) < cfg.far_detail
+    assert v.far_confirms(a, b, PAGE_NO, listed_far=True)
+    assert not v.far_confirms(a, b) and not v.far_confirms(a, b, PAGE_MAYBE, listed_far=True)
+    decided = v.decide([a], [b], above=np.array([False]), far=np.array([True]), in_band=np.array([False]))
+    assert list(decided) == [CONFIRMED]
+    off = Verifier(dataclasses.replace(cfg, far_dense_ncc=0.0), lambda key: str(key))
+    assert not off.far_confirms(a, b, PAGE_NO, listed_far=True)
+    fields = _star_fields(photo_arrays, tmp_path)
+    assert v.dense(fields["field_a"], fields["field_b"]) < cfg.far_dense_ncc
+    assert not v.far_confirms(fields["field_a"], fields["field_b"], PAGE_NO, listed_far=True)
