@@ -299,14 +299,9 @@ class Verifier:
         ga = cv2.GaussianBlur(fa.grey, (0, 0), 1.5)
         gb = cv2.GaussianBlur(warped, (0, 0), 1.5)
         ncc = content = _ncc(ga, gb, overlap)
-        shown = overlap  # what both images show: the overlap without either image's uniform border ...
-        if self.config.content_boxes and (fa.bordered or fb.bordered):
-            inside_b = cv2.warpAffine(_box_mask(fb.grey.shape, fb.box), transform, (w, h),
-                                      flags=cv2.WARP_INVERSE_MAP | cv2.INTER_NEAREST) > 0
-            both = overlap & (_box_mask(fa.grey.shape, fa.box) > 0) & inside_b
-            if both.sum() < overlap.sum() and both.mean() >= HULL_MIN_AREA:
-                shown = both
-                content = _ncc(ga, gb, shown)
+        shown = self._both_show(fa, fb, transform, overlap)  # ... without either image's uniform border
+        if shown is not overlap:
+            content = _ncc(ga, gb, shown)
         if cells >= HULL_MIN_CELLS:  # ... and within the inliers' convex hull, when they spread wide
             hull = np.zeros((h, w), np.uint8)
             cv2.fillConvexPoly(hull, cv2.convexHull(p.astype(np.float32)).astype(np.int32), 1)
@@ -315,6 +310,19 @@ class Verifier:
                 content = _ncc(ga, gb, shared)
         return Look(int(inl.sum()), cells, ncc, mirrored, content, points, _stray(fa, fb, transform, inlier_cells),
                     transform)
+
+    def _both_show(self, fa: _Features, fb: _Features, transform: np.ndarray, overlap: np.ndarray) -> np.ndarray:
+        """What both images show, on the first image: the ``overlap`` (bool) of the second sampled at ``transform``
+        without either image's uniform border (:func:`content_box`, with the preset's ``content_boxes``), when that
+        leaves less than the overlap and at least :data:`HULL_MIN_AREA` of the first image; else ``overlap`` itself."""
+        if not (self.config.content_boxes and (fa.bordered or fb.bordered)):
+            return overlap
+        cv2 = _cv2()
+        h, w = fa.grey.shape
+        inside_b = cv2.warpAffine(_box_mask(fb.grey.shape, fb.box), transform, (w, h),
+                                  flags=cv2.WARP_INVERSE_MAP | cv2.INTER_NEAREST) > 0
+        both = overlap & (_box_mask(fa.grey.shape, fa.box) > 0) & inside_b
+        return both if both.sum() < overlap.sum() and both.mean() >= HULL_MIN_AREA else overlap
 
     def look(self, a: Hashable, b: Hashable) -> Look | None:
         """What the second look finds for the pair (``None``: a file could not be read); remembered."""
@@ -761,14 +769,8 @@ class Verifier:
             return None
         warped, inside = _warp_onto(fb.grey, look.transform, fa.grey.shape)
         m = DETAIL_SHIFT
-        if self.config.content_boxes and (fa.bordered or fb.bordered):  # what both show (see content_box)
-            h, w = fa.grey.shape
-            inside_b = cv2.warpAffine(_box_mask(fb.grey.shape, fb.box), look.transform, (w, h),
-                                      flags=cv2.WARP_INVERSE_MAP | cv2.INTER_NEAREST)
-            both = cv2.bitwise_and(cv2.bitwise_and(inside, _box_mask(fa.grey.shape, fa.box)), inside_b)
-            if (both > 0).mean() >= HULL_MIN_AREA:
-                inside = both
-        inside = cv2.erode(inside, np.ones((2 * m + 9, 2 * m + 9), np.uint8)) > 0  # no edge of the warp or a border
+        shown = self._both_show(fa, fb, look.transform, inside > 0).astype(np.uint8)  # what both show
+        inside = cv2.erode(shown, np.ones((2 * m + 9, 2 * m + 9), np.uint8)) > 0  # no edge of the warp or a border
         ys, xs = np.nonzero(inside)
         if len(ys) < 400:
             return 0.0
@@ -805,13 +807,9 @@ class Verifier:
                 return True
         if cfg.dense_ncc <= 0:
             return False
-        if listed_far and cfg.far_dense_ncc > 0 and kind == PAGE_NO:
-            score = self.dense(a, b)
-            if score is None:
-                return None
-            if score >= cfg.far_dense_ncc:
-                return True
-        return self._placed_with_detail(a, b, cfg.dense_ncc, cfg.far_detail)
+        if listed_far and cfg.far_dense_ncc > 0 and kind == PAGE_NO and (self.dense(a, b) or 0.0) >= cfg.far_dense_ncc:
+            return True
+        return self._placed_with_detail(a, b, cfg.dense_ncc, cfg.far_detail)  # (None: unreadable)
 
     def _detail_agrees(self, a: Hashable, b: Hashable, floor: float) -> bool:
         """The fine detail agrees at least ``floor`` where the dense look placed the one image in the other or,
