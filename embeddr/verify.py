@@ -137,6 +137,10 @@ class PageLook:
     # holds the ink: bare_a in the first page only, bare_b in the second only
     bare_a: int = 0
     bare_b: int = 0
+    # compared tiles wholly inside what both images show (not along a border either has), and those of them that
+    # failed with ink in both: other ink, not ink added (:meth:`Verifier.ink_changed`)
+    shown: int = 0
+    changed: int = 0
 
     @property
     def bare(self) -> int:
@@ -152,7 +156,7 @@ class PageLook:
     def as_dict(self) -> dict:
         return {"inliers": self.inliers, "tiles": self.tiles, "worst_tile": round(self.worst, 4),
                 "failed_tiles": self.failed, "bare_tiles": self.bare, "bare_tiles_each": [self.bare_a, self.bare_b],
-                "small": self.small}
+                "shown_tiles": self.shown, "changed_tiles": self.changed, "small": self.small}
 
 
 @dataclass
@@ -373,9 +377,23 @@ class Verifier:
         if best is None:
             return PageLook(points=points)
         inliers, transform = best
-        tiles, worst, failed, bare_a, bare_b = _tile_match(fa.grey, fb.grey, transform, int(c.page_tiles),
-                                                           int(c.page_shift), float(c.page_min_tile))
-        return PageLook(inliers, tiles, worst, failed=failed, points=points, bare_a=bare_a, bare_b=bare_b)
+        tiles, worst, failed, bare_a, bare_b, shown, changed = _tile_match(
+            fa.grey, fb.grey, transform, int(c.page_tiles), int(c.page_shift), float(c.page_min_tile),
+            shown=self._both_show_page(fa, fb, transform))
+        return PageLook(inliers, tiles, worst, failed=failed, points=points, bare_a=bare_a, bare_b=bare_b,
+                        shown=shown, changed=changed)
+
+    def _both_show_page(self, fa: _Features, fb: _Features, transform: np.ndarray) -> np.ndarray | None:
+        """What both pages show, on the first: the two content boxes (:func:`content_box`) with the second's
+        mapped by the page look's homography ``transform``; ``None`` (all of the overlap) without the preset's
+        ``content_boxes`` or when neither image has a uniform border."""
+        if not (self.config.content_boxes and (fa.bordered or fb.bordered)):
+            return None
+        cv2 = _cv2()
+        h, w = fa.grey.shape
+        inside_b = cv2.warpPerspective(_box_mask(fb.grey.shape, fb.box), transform, (w, h),
+                                       flags=cv2.INTER_NEAREST) > 0
+        return (_box_mask(fa.grey.shape, fa.box) > 0) & inside_b
 
     def _matches(self, fa: _Features, fb: _Features, min_points: int, min_matches: int):
         """``(points in a, points in b)`` of the key point matches that pass Lowe's ratio test, or None when
@@ -512,18 +530,19 @@ class Verifier:
     def ink_changed(self, a: Hashable, b: Hashable) -> bool:
         """Two pages, slides or diagrams with other content, not one with ink put on it: the page look aligns them,
         both hold the key points of text or line art (>= ``changed_points`` at ``page_side``), and at least
-        ``changed_tiles`` tiles, and ``changed_share`` of the inked tiles, hold ink in *both* images that does not
-        match (failed tiles that are not bare). A caption, a logo or a watermark put on a page mostly adds ink where
-        the page was blank (bare tiles) and changes the ink of a few tiles it crosses; another page of one template
-        changes the ink of many. Off when ``changed_share`` is 0."""
+        ``changed_tiles`` tiles, and ``changed_share`` of the inked tiles both show, hold ink in *both* images that does not
+        match (:attr:`PageLook.changed`: failed tiles that are not bare, inside what both images show). A caption,
+        a logo or a watermark put on a page mostly adds ink where the page was blank (bare tiles) and changes the
+        ink of a few tiles it crosses; a frame line put around a picture changes the ink of the tiles along the
+        picture's edge (outside what both show); another page of one template changes the ink of many. Off when
+        ``changed_share`` is 0."""
         c = self.config
         if c.changed_share <= 0:
             return False
         page = self.page_look(a, b)
         if not (self._aligned(page) and page.points >= c.changed_points):
             return False
-        changed = page.failed - page.bare
-        return changed >= c.changed_tiles and changed >= c.changed_share * page.tiles
+        return page.changed >= c.changed_tiles and page.changed >= c.changed_share * page.shown
 
     def plain_pages(self, a: Hashable, b: Hashable, kind: int) -> bool:
         """A pair of two images like the reference set (:data:`PAGE_YES`) that is no pair of pages: an image too
@@ -1004,12 +1023,16 @@ def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 
 def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, tiles: int, shift: int,
-                min_tile: float, lo: float = 5.0, hi: float = 12.0) -> tuple[int, float, int, int, int]:
+                min_tile: float, lo: float = 5.0, hi: float = 12.0,
+                shown: np.ndarray | None = None) -> tuple[int, float, int, int, int, int, int]:
     """``(tiles compared, worst correlation, tiles below min_tile, bare tiles with ink in A, bare tiles with ink
-    in B)`` of page B warped onto page A by
+    in B, compared tiles that both show, changed tiles)`` of page B warped onto page A by
     ``transform`` (a homography): grey levels of B fitted to A's over the overlap; each tile of A inside the
     overlap with ink in either page (grey-level spread >= ``hi``) is matched both ways within ``shift`` pixels;
-    a tile with ink on one page and none on the other (spread < ``lo``: a *bare* tile) scores 0."""
+    a tile with ink on one page and none on the other (spread < ``lo``: a *bare* tile) scores 0. Tiles *both
+    show* lie wholly inside ``shown`` (a bool mask on A: what both images show; ``None``: all of the overlap);
+    *changed* tiles are those of them below min_tile with ink in both: a frame line put around a picture changes
+    the ink of the tiles along its edge, not what the picture shows."""
     cv2 = _cv2()
     h, w = grey_a.shape
     warped = cv2.warpPerspective(grey_b, transform, (w, h), flags=cv2.INTER_LINEAR)
@@ -1019,14 +1042,14 @@ def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, t
     fb = cv2.GaussianBlur(warped.astype(np.float32), (0, 0), 1.0)
     x, y = fa[inside], fb[inside]
     if x.size < 1000:
-        return 0, 0.0, 0, 0, 0
+        return 0, 0.0, 0, 0, 0, 0, 0
     xm, ym = float(x.mean()), float(y.mean())
     alpha = float(((x - xm) * (y - ym)).mean() / max(float(((x - xm) ** 2).mean()), 1e-6))
     if alpha < 0.2:  # no grey-level relation between the two: not the same page
-        return 0, 0.0, 0, 0, 0
+        return 0, 0.0, 0, 0, 0, 0, 0
     fb = (fb - (ym - alpha * xm)) / alpha
     t = max(16, max(h, w) // tiles)
-    worst, compared, failed, bare_a, bare_b = 1.0, 0, 0, 0, 0
+    worst, compared, failed, bare_a, bare_b, both, changed = 1.0, 0, 0, 0, 0, 0, 0
     for y0 in range(0, h - t + 1, t):
         for x0 in range(0, w - t + 1, t):
             if not inside[y0:y0 + t, x0:x0 + t].all():
@@ -1036,6 +1059,8 @@ def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, t
             if max(sa, sb) < hi:
                 continue
             compared += 1
+            in_both = shown is None or bool(shown[y0:y0 + t, x0:x0 + t].all())
+            both += in_both
             if min(sa, sb) < lo:
                 worst, failed = 0.0, failed + 1
                 bare_a, bare_b = (bare_a, bare_b + 1) if sa < lo else (bare_a + 1, bare_b)
@@ -1046,7 +1071,8 @@ def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, t
                         float(cv2.matchTemplate(fa[ys:ye, xs:xe], tb, cv2.TM_CCOEFF_NORMED).max()))
             worst = min(worst, score)
             failed += score < min_tile
-    return compared, worst, failed, bare_a, bare_b
+            changed += in_both and score < min_tile
+    return compared, worst, failed, bare_a, bare_b, both, changed
 
 
 def page_kinds(config, scorer, ref_a: np.ndarray, ref_b) -> np.ndarray | None:

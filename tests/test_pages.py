@@ -445,6 +445,32 @@ def test_two_slides_on_white_paper_get_no_far_look(pages, photo_arrays, tmp_path
     assert v.far_looks(*photos)
 
 
+def test_a_frame_line_is_not_changed_ink(photo_arrays, tmp_path):
+    """A real photo in a plain border against its copy in a mat (a thin dark line around the picture, then a wide
+    mat): the page look aligns them and the tiles along the picture's edge fail (one has the line, the other the
+    plain border), enough of them that the changed-ink check counted them as other ink and refuted copies (a
+    wallpaper's two border renditions, calibration split). Only tiles inside what both images show count now:
+    none fail there."""
+    from PIL import ImageOps
+
+    v = _verifier()
+    c = v.config
+    for name in ("astronaut", "chelsea", "rocket"):
+        img = Image.fromarray(photo_arrays[name]).convert("RGB")
+        side = max(img.size)
+        plain = ImageOps.expand(img, border=round(side * 0.03), fill=(245, 238, 220))
+        matted = ImageOps.expand(ImageOps.expand(img, border=max(1, round(side * 0.004)), fill=(0, 0, 0)),
+                                 border=round(side * 0.07), fill=(245, 238, 220))
+        a, b = tmp_path / f"{name}_plain.png", tmp_path / f"{name}_mat.jpg"
+        plain.save(a)
+        matted.save(b, quality=90)
+        look = v.page_look(a, b)
+        assert look.inliers >= c.page_min_inliers and look.points >= c.changed_points, (name, look)
+        assert look.failed - look.bare >= c.changed_tiles, (name, look)  # the edge's tiles
+        assert look.changed < c.changed_tiles and 0 < look.shown < look.tiles, (name, look)
+        assert not v.ink_changed(a, b), (name, look)
+
+
 def test_the_paper_check_in_the_band_needs_an_alignment(monkeypatch):
     """Below the threshold, in the band, two images somewhat like pages on white paper that the page look aligns
     with most inked tiles different (two diagrams of one template) are not rescued (``page_paper_band``); a pair
@@ -476,15 +502,22 @@ def test_pages_whose_ink_differs_in_both_are_other_pages(pages, monkeypatch):
     v = _verifier()
     c = v.config
     assert c.changed_share > 0 and c.changed_tiles > 0
-    looks = {("a", "other"): PageLook(inliers=900, tiles=300, failed=120, points=1500),
-             ("a", "added"): PageLook(inliers=900, tiles=300, failed=120, points=1500, bare_a=0, bare_b=110),
-             ("a", "plain"): PageLook(inliers=900, tiles=300, failed=120, points=c.changed_points - 1),
-             ("a", "few"): PageLook(inliers=900, tiles=300, failed=c.changed_tiles - 1, points=1500),
-             ("a", "unaligned"): PageLook(inliers=5, tiles=300, failed=120, points=1500)}
+    looks = {("a", "other"): PageLook(inliers=900, tiles=300, failed=120, points=1500, shown=300, changed=120),
+             ("a", "added"): PageLook(inliers=900, tiles=300, failed=120, points=1500, bare_a=0, bare_b=110,
+                                      shown=300, changed=10),
+             ("a", "plain"): PageLook(inliers=900, tiles=300, failed=120, points=c.changed_points - 1, shown=300,
+                                      changed=120),
+             ("a", "few"): PageLook(inliers=900, tiles=300, failed=c.changed_tiles - 1, points=1500, shown=300,
+                                    changed=c.changed_tiles - 1),
+             ("a", "unaligned"): PageLook(inliers=5, tiles=300, failed=120, points=1500, shown=300, changed=120),
+             # the failed tiles along a border (a frame line): not inside what both show
+             ("a", "framed"): PageLook(inliers=900, tiles=300, failed=120, points=1500, shown=180, changed=5),
+             # few tiles both show, most of them other: the share is of those
+             ("a", "inner"): PageLook(inliers=900, tiles=300, failed=60, points=1500, shown=100, changed=40)}
     monkeypatch.setattr(v, "page_look", lambda a, b: looks[(a, b)])
     monkeypatch.setattr(v, "slide_refutes", lambda a, b: False)
-    assert v.ink_changed("a", "other")
-    assert not any(v.ink_changed("a", k) for k in ("added", "plain", "few", "unaligned"))
+    assert v.ink_changed("a", "other") and v.ink_changed("a", "inner")
+    assert not any(v.ink_changed("a", k) for k in ("added", "plain", "few", "unaligned", "framed"))
     for kind in (PAGE_FAINT, PAGE_MAYBE):
         assert v.page_verdict("a", "other", kind, True, False) == REFUTED  # at or above the threshold
         assert v.page_verdict("a", "other", kind, False, True) == REFUTED  # in the band: not rescued
