@@ -317,16 +317,29 @@ class Verifier:
 
     def _both_show(self, fa: _Features, fb: _Features, transform: np.ndarray, overlap: np.ndarray) -> np.ndarray:
         """What both images show, on the first image: the ``overlap`` (bool) of the second sampled at ``transform``
-        without either image's uniform border (:func:`content_box`, with the preset's ``content_boxes``), when that
-        leaves less than the overlap and at least :data:`HULL_MIN_AREA` of the first image; else ``overlap`` itself."""
-        if not (self.config.content_boxes and (fa.bordered or fb.bordered)):
+        without either image's uniform border (:meth:`_boxes_meet`), when that leaves less than the overlap and at
+        least :data:`HULL_MIN_AREA` of the first image; else ``overlap`` itself."""
+        boxes = self._boxes_meet(fa, fb, transform, affine=True)
+        if boxes is None:
             return overlap
+        both = overlap & boxes
+        return both if both.sum() < overlap.sum() and both.mean() >= HULL_MIN_AREA else overlap
+
+    def _boxes_meet(self, fa: _Features, fb: _Features, transform: np.ndarray, affine: bool) -> np.ndarray | None:
+        """Where the two images' content boxes (:func:`content_box`) meet, on the first image (bool), the second's
+        mapped by ``transform``: the look's affine map from the first image to the second (``affine``) or the page
+        look's homography from the second to the first; ``None`` (no border to leave out) without the preset's
+        ``content_boxes`` or when neither image has a uniform border."""
+        if not (self.config.content_boxes and (fa.bordered or fb.bordered)):
+            return None
         cv2 = _cv2()
         h, w = fa.grey.shape
-        inside_b = cv2.warpAffine(_box_mask(fb.grey.shape, fb.box), transform, (w, h),
-                                  flags=cv2.WARP_INVERSE_MAP | cv2.INTER_NEAREST) > 0
-        both = overlap & (_box_mask(fa.grey.shape, fa.box) > 0) & inside_b
-        return both if both.sum() < overlap.sum() and both.mean() >= HULL_MIN_AREA else overlap
+        box_b = _box_mask(fb.grey.shape, fb.box)
+        if affine:
+            inside_b = cv2.warpAffine(box_b, transform, (w, h), flags=cv2.WARP_INVERSE_MAP | cv2.INTER_NEAREST)
+        else:
+            inside_b = cv2.warpPerspective(box_b, transform, (w, h), flags=cv2.INTER_NEAREST)
+        return (_box_mask(fa.grey.shape, fa.box) > 0) & (inside_b > 0)
 
     def look(self, a: Hashable, b: Hashable) -> Look | None:
         """What the second look finds for the pair (``None``: a file could not be read); remembered."""
@@ -379,21 +392,9 @@ class Verifier:
         inliers, transform = best
         tiles, worst, failed, bare_a, bare_b, shown, changed = _tile_match(
             fa.grey, fb.grey, transform, int(c.page_tiles), int(c.page_shift), float(c.page_min_tile),
-            shown=self._both_show_page(fa, fb, transform))
+            shown=self._boxes_meet(fa, fb, transform, affine=False))
         return PageLook(inliers, tiles, worst, failed=failed, points=points, bare_a=bare_a, bare_b=bare_b,
                         shown=shown, changed=changed)
-
-    def _both_show_page(self, fa: _Features, fb: _Features, transform: np.ndarray) -> np.ndarray | None:
-        """What both pages show, on the first: the two content boxes (:func:`content_box`) with the second's
-        mapped by the page look's homography ``transform``; ``None`` (all of the overlap) without the preset's
-        ``content_boxes`` or when neither image has a uniform border."""
-        if not (self.config.content_boxes and (fa.bordered or fb.bordered)):
-            return None
-        cv2 = _cv2()
-        h, w = fa.grey.shape
-        inside_b = cv2.warpPerspective(_box_mask(fb.grey.shape, fb.box), transform, (w, h),
-                                       flags=cv2.INTER_NEAREST) > 0
-        return (_box_mask(fa.grey.shape, fa.box) > 0) & inside_b
 
     def _matches(self, fa: _Features, fb: _Features, min_points: int, min_matches: int):
         """``(points in a, points in b)`` of the key point matches that pass Lowe's ratio test, or None when
