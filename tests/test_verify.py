@@ -713,6 +713,32 @@ def test_the_aligned_detail_reads_what_both_images_show_not_their_borders(photo_
     assert on.aligned_detail(a, b) >= 0.9 > 0.5 > off.aligned_detail(a, b)
 
 
+@pytest.mark.xfail(strict=True, reason="known limit (closing note of 2026-12-01): the far look's key point way asks "
+                   "the slide check, which counts the bare tiles along the borders (a letterbox's bars against white "
+                   "margins: 11-69 tiles, none inside what both images show) as ink a build step added")
+def test_the_far_look_keeps_a_letterboxed_photo_against_its_copy_with_white_margins(photo_arrays, tmp_path):
+    """A photo letterboxed in dark bars and the same photo rescanned with white margins, listed below the band:
+    the key points align them and their correlation over what both show is a copy's, so the far look should keep
+    them; borders are not ink a build step added."""
+    from PIL import ImageFilter
+
+    from embeddr.verify import PAGE_NO
+
+    master = Image.fromarray(photo_arrays["coffee"]).convert("RGB").filter(ImageFilter.GaussianBlur(0.6))
+    w, h = master.size
+    boxed = Image.new("RGB", (w, h * 4 // 3), (18, 18, 18))
+    boxed.paste(master, (0, (h * 4 // 3 - h) // 2))
+    boxed.save(tmp_path / "letterbox.png")
+    arr = np.asarray(ImageOps.expand(master, border=(w // 20, h // 20), fill=(255, 255, 255))).astype(np.float32)
+    arr += np.random.default_rng(0).normal(0, 4, arr.shape[:2] + (1,))
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(tmp_path / "margins.jpg", quality=85)
+    a, b = tmp_path / "letterbox.png", tmp_path / "margins.jpg"
+    v = Verifier(_preset().verify, lambda key: str(key))
+    look = v.look(a, b)
+    assert v.confirms(look) and look.content_ncc >= 0.95, look
+    assert v.far_confirms(a, b, PAGE_NO, listed_far=True), v.page_look(a, b)
+
+
 def test_the_far_look_keeps_a_smooth_picture_the_dense_look_alone_places(photo_arrays, tmp_path):
     """A smooth picture (no key points) and a blurred, noisy, re-encoded copy of it: the copy's fine detail is
     noise, so the detail does not agree (< far_detail), but one slides onto the other at >= far_dense_ncc. Listed
