@@ -79,7 +79,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -141,6 +141,9 @@ class PageLook:
     # failed with ink in both: other ink, not ink added (:meth:`Verifier.ink_changed`)
     shown: int = 0
     changed: int = 0
+    # bare tiles wholly inside what both images show, by the page that holds the ink (not a border either has)
+    inner_bare_a: int = 0
+    inner_bare_b: int = 0
 
     @property
     def bare(self) -> int:
@@ -390,11 +393,9 @@ class Verifier:
         if best is None:
             return PageLook(points=points)
         inliers, transform = best
-        tiles, worst, failed, bare_a, bare_b, shown, changed = _tile_match(
-            fa.grey, fb.grey, transform, int(c.page_tiles), int(c.page_shift), float(c.page_min_tile),
-            shown=self._boxes_meet(fa, fb, transform, affine=False))
-        return PageLook(inliers, tiles, worst, failed=failed, points=points, bare_a=bare_a, bare_b=bare_b,
-                        shown=shown, changed=changed)
+        look = _tile_match(fa.grey, fb.grey, transform, int(c.page_tiles), int(c.page_shift), float(c.page_min_tile),
+                           shown=self._boxes_meet(fa, fb, transform, affine=False))
+        return replace(look, inliers=inliers, points=points)
 
     def _matches(self, fa: _Features, fb: _Features, min_points: int, min_matches: int):
         """``(points in a, points in b)`` of the key point matches that pass Lowe's ratio test, or None when
@@ -506,7 +507,7 @@ class Verifier:
                 return REFUTED
         return None
 
-    def slide_refutes(self, a: Hashable, b: Hashable) -> bool:
+    def slide_refutes(self, a: Hashable, b: Hashable, inside: bool = False) -> bool:
         """Two slides (or pages) of one template, not one slide twice: the page look aligns them, both hold the
         key points of text or line art (>= ``slide_min_points`` at ``page_side``), and at least
         ``slide_bare_tiles`` tiles hold ink in one and a blank background in the other: a bullet or a move a
@@ -515,8 +516,10 @@ class Verifier:
         (``slide_two_way``; without it they are left to the paper check): on white, a caption or logo put on
         clip-art or a product shot is the same operation as a build step and leaves ink on one side only, while
         another diagram, another page or a move on a board (a piece leaves one square for another) leaves ink
-        on both. Slides of coloured, dark or textured themes need the tiles either way. Off when
-        ``slide_bare_tiles`` is 0."""
+        on both. Slides of coloured, dark or textured themes need the tiles either way. With ``inside``, only the
+        bare tiles inside what both images show count (:attr:`PageLook.inner_bare_a`): the far look's guard for
+        two pictures, where a letterbox's bars against white margins leave bare tiles along the picture's edge.
+        Off when ``slide_bare_tiles`` is 0."""
         c = self.config
         if c.slide_bare_tiles <= 0:
             return False
@@ -526,7 +529,8 @@ class Verifier:
         page = self.page_look(a, b)
         if not (self._aligned(page) and page.points >= c.slide_min_points):
             return False
-        return (page.two_way if on_paper else page.bare) >= c.slide_bare_tiles
+        bare_a, bare_b = (page.inner_bare_a, page.inner_bare_b) if inside else (page.bare_a, page.bare_b)
+        return (min(bare_a, bare_b) if on_paper else bare_a + bare_b) >= c.slide_bare_tiles
 
     def ink_changed(self, a: Hashable, b: Hashable) -> bool:
         """Two pages, slides or diagrams with other content, not one with ink put on it: the page look aligns them,
@@ -823,7 +827,7 @@ class Verifier:
             look = self.look(a, b)
             if (look is not None and self.confirms(look) and max(look.ncc, look.content_ncc) >= cfg.far_look_ncc
                     and self._detail_agrees(a, b, cfg.far_look_detail)  # at far_side: before the page look
-                    and not self.slide_refutes(a, b)):
+                    and not self.slide_refutes(a, b, inside=True)):
                 return True
         if cfg.dense_ncc <= 0:
             return False
@@ -1025,15 +1029,16 @@ def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, tiles: int, shift: int,
                 min_tile: float, lo: float = 5.0, hi: float = 12.0,
-                shown: np.ndarray | None = None) -> tuple[int, float, int, int, int, int, int]:
-    """``(tiles compared, worst correlation, tiles below min_tile, bare tiles with ink in A, bare tiles with ink
-    in B, compared tiles that both show, changed tiles)`` of page B warped onto page A by
+                shown: np.ndarray | None = None) -> PageLook:
+    """The tiles of a :class:`PageLook` (compared, worst correlation, failed, bare each way, both show, changed,
+    bare each way inside what both show) of page B warped onto page A by
     ``transform`` (a homography): grey levels of B fitted to A's over the overlap; each tile of A inside the
     overlap with ink in either page (grey-level spread >= ``hi``) is matched both ways within ``shift`` pixels;
     a tile with ink on one page and none on the other (spread < ``lo``: a *bare* tile) scores 0. Tiles *both
     show* lie wholly inside ``shown`` (a bool mask on A: what both images show; ``None``: all of the overlap);
     *changed* tiles are those of them below min_tile with ink in both: a frame line put around a picture changes
-    the ink of the tiles along its edge, not what the picture shows."""
+    the ink of the tiles along its edge, not what the picture shows; a letterbox's bars against white margins
+    leave bare tiles along the picture's edge, none inside what both show."""
     cv2 = _cv2()
     h, w = grey_a.shape
     warped = cv2.warpPerspective(grey_b, transform, (w, h), flags=cv2.INTER_LINEAR)
@@ -1043,14 +1048,14 @@ def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, t
     fb = cv2.GaussianBlur(warped.astype(np.float32), (0, 0), 1.0)
     x, y = fa[inside], fb[inside]
     if x.size < 1000:
-        return 0, 0.0, 0, 0, 0, 0, 0
+        return PageLook()
     xm, ym = float(x.mean()), float(y.mean())
     alpha = float(((x - xm) * (y - ym)).mean() / max(float(((x - xm) ** 2).mean()), 1e-6))
     if alpha < 0.2:  # no grey-level relation between the two: not the same page
-        return 0, 0.0, 0, 0, 0, 0, 0
+        return PageLook()
     fb = (fb - (ym - alpha * xm)) / alpha
     t = max(16, max(h, w) // tiles)
-    worst, compared, failed, bare_a, bare_b, both, changed = 1.0, 0, 0, 0, 0, 0, 0
+    worst, compared, failed, bare_a, bare_b, both, changed, inner_a, inner_b = 1.0, 0, 0, 0, 0, 0, 0, 0, 0
     for y0 in range(0, h - t + 1, t):
         for x0 in range(0, w - t + 1, t):
             if not inside[y0:y0 + t, x0:x0 + t].all():
@@ -1064,7 +1069,10 @@ def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, t
             both += in_both
             if min(sa, sb) < lo:
                 worst, failed = 0.0, failed + 1
-                bare_a, bare_b = (bare_a, bare_b + 1) if sa < lo else (bare_a + 1, bare_b)
+                if sa < lo:
+                    bare_b, inner_b = bare_b + 1, inner_b + in_both
+                else:
+                    bare_a, inner_a = bare_a + 1, inner_a + in_both
                 continue
             ys, xs = max(0, y0 - shift), max(0, x0 - shift)
             ye, xe = min(h, y0 + t + shift), min(w, x0 + t + shift)
@@ -1073,7 +1081,8 @@ def _tile_match(grey_a: np.ndarray, grey_b: np.ndarray, transform: np.ndarray, t
             worst = min(worst, score)
             failed += score < min_tile
             changed += in_both and score < min_tile
-    return compared, worst, failed, bare_a, bare_b, both, changed
+    return PageLook(tiles=compared, worst=worst, failed=failed, bare_a=bare_a, bare_b=bare_b, shown=both,
+                    changed=changed, inner_bare_a=inner_a, inner_bare_b=inner_b)
 
 
 def page_kinds(config, scorer, ref_a: np.ndarray, ref_b) -> np.ndarray | None:

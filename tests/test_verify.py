@@ -713,9 +713,6 @@ def test_the_aligned_detail_reads_what_both_images_show_not_their_borders(photo_
     assert on.aligned_detail(a, b) >= 0.9 > 0.5 > off.aligned_detail(a, b)
 
 
-@pytest.mark.xfail(strict=True, reason="known limit (closing note of 2026-12-01): the far look's key point way asks "
-                   "the slide check, which counts the bare tiles along the borders (a letterbox's bars against white "
-                   "margins: 11-69 tiles, none inside what both images show) as ink a build step added")
 def test_the_far_look_keeps_a_letterboxed_photo_against_its_copy_with_white_margins(photo_arrays, tmp_path):
     """A photo letterboxed in dark bars and the same photo rescanned with white margins, listed below the band:
     the key points align them and their correlation over what both show is a copy's, so the far look should keep
