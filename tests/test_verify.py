@@ -689,21 +689,26 @@ def test_dupes_and_check_give_pairs_above_the_band_the_scene_check(photo_arrays,
     assert "shot_a" not in {Path(m.path).stem for m in result.matches}
 
 
-def test_the_aligned_detail_reads_what_both_images_show_not_their_borders(photo_arrays, tmp_path):
-    """A picture letterboxed in black bars and the same picture rescanned with white margins: the key points align
-    them, but over the whole overlap the bars' and the margins' edges decide the detail's correlation. Read over
-    what both images show (their content boxes, as the look's own correlation is), the detail lines up."""
+def _letterbox_and_margins(arr: np.ndarray, tmp_path: Path) -> tuple[Path, Path]:
+    """A photo letterboxed in dark bars, and the same photo with white margins, noise and a JPEG re-encode."""
     from PIL import ImageFilter
 
-    master = Image.fromarray(photo_arrays["chelsea"]).convert("RGB").filter(ImageFilter.GaussianBlur(0.6))
+    master = Image.fromarray(arr).convert("RGB").filter(ImageFilter.GaussianBlur(0.6))
     w, h = master.size
     boxed = Image.new("RGB", (w, h * 4 // 3), (18, 18, 18))
     boxed.paste(master, (0, (h * 4 // 3 - h) // 2))
     boxed.save(tmp_path / "letterbox.png")
-    arr = np.asarray(ImageOps.expand(master, border=(w // 20, h // 20), fill=(255, 255, 255))).astype(np.float32)
-    arr += np.random.default_rng(0).normal(0, 4, arr.shape[:2] + (1,))
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(tmp_path / "margins.jpg", quality=85)
-    a, b = tmp_path / "letterbox.png", tmp_path / "margins.jpg"
+    margins = np.asarray(ImageOps.expand(master, border=(w // 20, h // 20), fill=(255, 255, 255))).astype(np.float32)
+    margins += np.random.default_rng(0).normal(0, 4, margins.shape[:2] + (1,))
+    Image.fromarray(np.clip(margins, 0, 255).astype(np.uint8)).save(tmp_path / "margins.jpg", quality=85)
+    return tmp_path / "letterbox.png", tmp_path / "margins.jpg"
+
+
+def test_the_aligned_detail_reads_what_both_images_show_not_their_borders(photo_arrays, tmp_path):
+    """A picture letterboxed in black bars and the same picture rescanned with white margins: the key points align
+    them, but over the whole overlap the bars' and the margins' edges decide the detail's correlation. Read over
+    what both images show (their content boxes, as the look's own correlation is), the detail lines up."""
+    a, b = _letterbox_and_margins(photo_arrays["chelsea"], tmp_path)
     cfg = _preset().verify
     assert cfg.content_boxes and cfg.aligned_detail
     on = Verifier(cfg, lambda key: str(key))
@@ -717,19 +722,9 @@ def test_the_far_look_keeps_a_letterboxed_photo_against_its_copy_with_white_marg
     """A photo letterboxed in dark bars and the same photo rescanned with white margins, listed below the band:
     the key points align them and their correlation over what both show is a copy's, so the far look should keep
     them; borders are not ink a build step added."""
-    from PIL import ImageFilter
-
     from embeddr.verify import PAGE_NO
 
-    master = Image.fromarray(photo_arrays["coffee"]).convert("RGB").filter(ImageFilter.GaussianBlur(0.6))
-    w, h = master.size
-    boxed = Image.new("RGB", (w, h * 4 // 3), (18, 18, 18))
-    boxed.paste(master, (0, (h * 4 // 3 - h) // 2))
-    boxed.save(tmp_path / "letterbox.png")
-    arr = np.asarray(ImageOps.expand(master, border=(w // 20, h // 20), fill=(255, 255, 255))).astype(np.float32)
-    arr += np.random.default_rng(0).normal(0, 4, arr.shape[:2] + (1,))
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(tmp_path / "margins.jpg", quality=85)
-    a, b = tmp_path / "letterbox.png", tmp_path / "margins.jpg"
+    a, b = _letterbox_and_margins(photo_arrays["coffee"], tmp_path)
     v = Verifier(_preset().verify, lambda key: str(key))
     look = v.look(a, b)
     assert v.confirms(look) and look.content_ncc >= 0.95, look
