@@ -23,8 +23,14 @@ Rules (the names users type, e.g. ``--rule most-pixels --rule oldest`` or in TOM
 ``prefer``        files under a preferred folder (``--prefer DIR``) win; with several preferred
                   folders, one listed earlier beats one listed later.
 ``most-pixels``   more pixels (width x height) wins; unknown dimensions count as 0. A uniform
-                 border or padding (letterbox, white frame) is not counted: the scan records the
-                 size of the picture inside it, so a padded copy does not beat its original.
+                  border or padding (letterbox, white frame) is not counted: the scan records the
+                  size of the picture inside it, so a padded copy does not beat its original.
+                  That size is measured (against the corners' colour, on a reduced decode), so it
+                  is approximate: a dark photo's background or JPEG noise moves it by a few
+                  percent. Pictures within ``PICTURE_TOLERANCE`` (5 %) of the largest are the same
+                  size; among them the larger frame (the whole decoded image) wins, so a crop of
+                  the margin loses to the uncropped copy, except that a border never outweighs a
+                  copy without one (padding does not beat the original). Still tied: next rule.
 ``largest-file``  more bytes wins.
 ``lossless``      a lossless format wins over a lossy one: PNG, TIFF, BMP, lossless WebP (VP8L),
                   PPM/PGM/PBM, TGA, QOI, ICO are lossless; JPEG, lossy WebP, HEIF/AVIF, JPEG 2000,
@@ -63,6 +69,7 @@ from .fsutil import is_under as _under
 RULES = ("keep-in", "prefer", "most-pixels", "largest-file", "lossless", "oldest", "newest", "shortest-path")
 DEFAULT_RULES = ("most-pixels", "lossless", "largest-file", "oldest", "shortest-path")
 TIE_RULE = "tie: path order"
+PICTURE_TOLERANCE = 0.05  # most-pixels: pictures (content boxes) within 5 % of the largest are the same size
 
 LOSSLESS_FORMATS = frozenset({"PNG", "TIFF", "BMP", "DIB", "PPM", "PGM", "PBM", "PNM", "TGA", "QOI", "ICO", "SGI", "PCX"})
 
@@ -178,9 +185,54 @@ def is_lossless(row: FileRow) -> bool:
 
 def _pixels(r: FileRow) -> int:
     """Pixels of the picture itself: a uniform border or padding adds none (content size from the scan)."""
-    if r.content_width and r.content_height:
+    if _bordered(r):
         return r.content_width * r.content_height
+    return _frame(r)
+
+
+def _frame(r: FileRow) -> int:
+    """Pixels of the whole decoded image, border included."""
     return (r.width or 0) * (r.height or 0)
+
+
+def _bordered(r: FileRow) -> bool:
+    return bool(r.content_width and r.content_height)
+
+
+def _most_pixels(candidates: list[FileRow]) -> tuple[list[FileRow], str | None]:
+    """The ``most-pixels`` rule: (the candidates it keeps, how it narrowed them, or None when all tie).
+
+    1. The picture: candidates whose picture (:func:`_pixels`) is within :data:`PICTURE_TOLERANCE` of the
+       largest stay. A measured content box is approximate (a dark or plain background, JPEG noise), so a
+       re-encode whose box came out a few percent larger has no more picture than its original.
+    2. The frame, among those: the larger whole image wins (a crop of the margin of a photo on white loses to
+       the photo), but a bordered copy's frame counts for no more than the largest frame of a candidate
+       without a border, so padding or a letterbox never beats the copy without it. Copies without a border
+       have frame == picture, so between them this is the exact pixel count.
+    """
+    best = max(_pixels(r) for r in candidates)
+    same = [r for r in candidates if _pixels(r) >= (1 - PICTURE_TOLERANCE) * best]
+    steps = []
+    if len(same) < len(candidates):
+        kept = {r.path for r in same}
+        winner = max(same, key=lambda r: (_pixels(r), _frame(r)))
+        runner_up = max((r for r in candidates if r.path not in kept), key=lambda r: (_pixels(r), _frame(r)))
+        steps.append(f"most-pixels: {_dims(winner)} beats {_dims(runner_up)}")
+    unbordered = [_frame(r) for r in same if not _bordered(r)]
+    cap = max(unbordered) if unbordered else None
+
+    def frame(r: FileRow) -> int:
+        return min(_frame(r), cap) if cap is not None and _bordered(r) else _frame(r)
+
+    top = max(frame(r) for r in same)
+    winners = [r for r in same if frame(r) == top]
+    if len(winners) < len(same):
+        runner_up = max((r for r in same if frame(r) != top), key=frame)
+        step = f"{_dims(winners[0])} beats {_dims(runner_up)}"
+        if _bordered(winners[0]) or _bordered(runner_up):
+            step += f" (the same picture within {PICTURE_TOLERANCE:.0%}: the larger frame wins)"
+        steps.append(f"most-pixels: {step}" if not steps else f"then {step}")
+    return winners, "; ".join(steps) or None
 
 
 def _dims(r: FileRow) -> str:
@@ -234,6 +286,16 @@ def _choose(candidates: list[FileRow], policy: Policy) -> tuple[FileRow, str, st
     tied: list[str] = []
     for name in policy.rules:
         if name == "keep-in":
+            continue
+        if name == "most-pixels":
+            winners, step = _most_pixels(candidates)
+            if step is None:
+                tied.append(name)
+                continue
+            if len(winners) == 1:
+                return winners[0], name, step + (f" (after {'; '.join(steps)})" if steps else "")
+            steps.append(step)
+            candidates = winners
             continue
         key, show = criteria[name]
         best = max(key(r) for r in candidates)

