@@ -26,6 +26,11 @@ Safety
   (:mod:`embeddr.lock`) from planning to the end, so two applies never plan on the same state.
 * Before each duplicate is touched, its content hash must match the catalog; a changed, missing
   or linked file is skipped and reported (an outcome with status ``skipped`` and the reason).
+* A duplicate that a catalogued symlink points to is never moved or deleted (that would break the
+  link): ``move`` and ``delete`` skip it, in the dry run too, with the links in the reason. The
+  policy keeps such files in the first place (:func:`embeddr.policy.links_into`); this is for a
+  group where two copies have links, or the linked one is not under ``--keep-in``. ``hardlink`` and
+  ``symlink`` replace it with a link to the canonical, so the user's symlink still resolves.
 * Every act is journaled (:mod:`embeddr.journal`), fsynced, BEFORE it happens; the original bytes
   of deleted and linked files are kept in the journal's trash folder. Links are made at a
   temporary name in the duplicate's folder and put in place with an atomic ``os.replace``.
@@ -73,6 +78,7 @@ class Step:
     reason: str
     dest: str | None = None  # move: where the copy goes in the quarantine
     quarantine: str | None = None  # move: the quarantine folder
+    links: tuple[str, ...] = ()  # catalogued symlinks / hard links that lead to this copy (at plan time)
 
     def as_dict(self) -> dict:
         return {"action": self.action, "group": self.group_id, "path": self.path, "size": self.size,
@@ -164,7 +170,8 @@ def plan(decisions: Sequence[Decision], action: str, *, quarantine: str | os.Pat
                 continue  # already quarantined
             dest = os.path.join(qdir, os.path.relpath(dup.path, root)) if action == "move" else None
             steps.append(Step(action, d.group_id, dup.path, dup.hash, dup.size, d.canonical.path, d.canonical.hash,
-                              d.rule, d.reason, dest, qdir if action == "move" else None))
+                              d.rule, d.reason, dest, qdir if action == "move" else None,
+                              tuple(d.links.get(dup.path, ()))))
     return steps
 
 
@@ -219,6 +226,30 @@ def _check_canonical(step: Step) -> str | None:
     return None
 
 
+def _symlinks_to(step: Step) -> list[str]:
+    """The step's catalogued links that are, now, symlinks resolving to its file."""
+    out = []
+    for link in step.links:
+        try:
+            if os.path.islink(link) and os.path.samefile(link, step.path):
+                out.append(link)
+        except OSError:
+            continue
+    return out
+
+
+def _check_links(step: Step) -> str | None:
+    """Why a move or delete would break a user's symlink to the duplicate (None: it would not)."""
+    if step.action not in ("move", "delete") or not step.links:
+        return None
+    broken = _symlinks_to(step)
+    if not broken:
+        return None
+    shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+    return (f"left in place: {len(broken)} symlink(s) point to it ({shown}); moving it would break them "
+            "(keep it with --keep-in, or use --action symlink/hardlink)")
+
+
 def _check_duplicate(step: Step) -> str | None:
     if not os.path.lexists(step.path):
         return "file is gone since the scan"
@@ -246,6 +277,12 @@ def _open_catalog(catalog: Catalog | str | os.PathLike | None) -> tuple[Catalog 
     return Catalog(catalog, create=False), True
 
 
+def _planned(step: Step) -> Outcome:
+    """A dry run's outcome: ``planned``, or ``skipped`` when acting would break a symlink (it would be skipped)."""
+    why = _check_links(step)
+    return Outcome(step, "skipped", why) if why else Outcome(step, "planned")
+
+
 def apply(steps: Sequence[Step], catalog: Catalog | str | os.PathLike | None, journal_path: str | os.PathLike | None,
           *, yes: bool = False, really_delete: bool = False, action: str | None = None,
           wait: bool = False) -> ApplyResult:
@@ -261,7 +298,7 @@ def apply(steps: Sequence[Step], catalog: Catalog | str | os.PathLike | None, jo
         raise PolicyError(f"a plan has one action, not {sorted(actions)}")
     action = actions.pop() if actions else "report"
     if not yes or action == "report" or not steps:
-        return ApplyResult(action, not yes or action == "report", [Outcome(s, "planned") for s in steps])
+        return ApplyResult(action, not yes or action == "report", [_planned(s) for s in steps])
     if action == "delete" and not really_delete:
         raise PolicyError("--action delete also needs --really-delete (originals go to the journal's trash folder, "
                           "and are gone for good once you empty it)")
@@ -293,7 +330,7 @@ def _apply(steps: Sequence[Step], catalog, journal_path: Path, action: str) -> A
                            "roots": sorted({os.path.dirname(os.path.normpath(s.path)) for s in steps})})
             for n, step in enumerate(steps, start=1):
                 # checked right before each act (not once per group): the canonical must still be there
-                why = _check_canonical(step) or _check_duplicate(step)
+                why = _check_canonical(step) or _check_duplicate(step) or _check_links(step)
                 if why:
                     journal.write({"type": "skip", "path": step.path, "reason": why})
                     outcomes.append(Outcome(step, "skipped", why))

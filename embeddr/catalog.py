@@ -615,6 +615,13 @@ class Catalog:
         for path, size in self.conn.execute("SELECT path, size FROM files WHERE status = ? AND hash IS NOT NULL", (status,)):
             yield from_db(path), size or 0
 
+    def link_paths(self) -> Iterator[str]:
+        """Paths recorded as ``link``: a symlink to a scanned file, or a second hard link of one (see
+        :mod:`embeddr.discover`). They take no space of their own; :func:`embeddr.policy.links_into` finds the
+        files they lead to, so ``apply`` keeps those and never breaks a symlink."""
+        for (path,) in self.conn.execute("SELECT path FROM files WHERE status = 'link'"):
+            yield from_db(path)
+
     def files_by_hash(self, status: str = "ok") -> dict[str, list[FileRow]]:
         out: dict[str, list[FileRow]] = {}
         for row in self.files(status):

@@ -27,7 +27,7 @@ from .encoders import catalog_preset, load_encoder, resolve_preset
 from .errors import EmbeddrError, PolicyError
 from .lock import is_free, writer
 from .pipeline import ScanReport, scan_into
-from .policy import Policy, decide
+from .policy import Policy, decide, links_into
 from .presets import DEFAULT_MODEL, Preset, score_and_threshold
 from .savings import savings
 
@@ -183,7 +183,7 @@ def _apply_duplicates(db, *, action, policy, quarantine, journal, yes, really_de
     cat, owned = actions._open_catalog(db)
     try:
         report = find_duplicates(cat, threshold=threshold, score=score)
-        decisions = decide(report, policy)
+        decisions = decide(report, policy, _links(cat, report))
         steps = actions.plan(decisions, action, quarantine=quarantine)
         if yes and action != "report" and steps and journal is None:
             journal = actions.default_journal_path(cat.path)
@@ -201,6 +201,13 @@ def _apply_duplicates(db, *, action, policy, quarantine, journal, yes, really_de
     return result
 
 
+def _links(catalog: Catalog, report: DuplicateReport) -> dict[str, tuple[str, ...]]:
+    """Group member -> the catalogued symlinks and hard links that lead to it (nothing to look up without groups)."""
+    if not report.groups:
+        return {}
+    return links_into(catalog.link_paths(), (m.path for g in report.groups for m in g.members))
+
+
 def review(db, *, threshold: float | None = None, policy=None, price_per_gb_month: float = 0.023,
            currency: str = "USD", html_dir: str | os.PathLike | None = None, thumb_size: int = 256,
            page_size: int = 50) -> _review.Review:
@@ -215,7 +222,7 @@ def review(db, *, threshold: float | None = None, policy=None, price_per_gb_mont
     with opened(db) as catalog:
         preset = catalog_preset(catalog)
         report = _find_duplicates(catalog, preset, threshold=threshold)
-        decisions = decide(report, policy)
+        decisions = decide(report, policy, _links(catalog, report))
         saved = savings(report, decisions, price_per_gb_month=price_per_gb_month, currency=currency,
                                 catalog=catalog)
         db_path = catalog.path

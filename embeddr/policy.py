@@ -10,12 +10,17 @@ How a group is decided
 ----------------------
 1. **keep-in** (always first, whether listed or not): members under a ``keep_in`` folder are
    *protected*: they are kept and never touched by any action. If a group has protected members,
-   the canonical is chosen among them only (the rules below break ties between them); the other
+   the canonical is chosen among them only (the steps below break ties between them); the other
    members are the duplicates. A group whose members are *all* protected has no duplicates.
-2. The remaining rules run in the order given. Each keeps only the candidates that are best by
+2. **linked** (always next, never listed): a copy that other catalogued links lead to (a symlink
+   the scan saw pointing to it, or a second hard link of it) is kept in preference to one that no
+   link leads to: moving or deleting it would break those symlinks, and while another hard link
+   keeps its bytes, removing it frees nothing. The links come from :func:`links_into` (``links``
+   of :func:`decide`); without them this step does nothing.
+3. The remaining rules run in the order given. Each keeps only the candidates that are best by
    its criterion; a rule that cannot tell the candidates apart passes all of them to the next.
    The rule that narrows the candidates to one is the one that *decided*.
-3. If every rule ties, the first path in sorted (code-point) order wins: rule ``"tie: path order"``.
+4. If every rule ties, the first path in sorted (code-point) order wins: rule ``"tie: path order"``.
 
 Rules (the names users type, e.g. ``--rule most-pixels --rule oldest`` or in TOML)
 ----------------------------------------------------------------------------------
@@ -57,8 +62,8 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .catalog import FileRow
@@ -69,6 +74,7 @@ from .fsutil import is_under as _under
 RULES = ("keep-in", "prefer", "most-pixels", "largest-file", "lossless", "oldest", "newest", "shortest-path")
 DEFAULT_RULES = ("most-pixels", "lossless", "largest-file", "oldest", "shortest-path")
 TIE_RULE = "tie: path order"
+LINKED_RULE = "linked"  # the implicit step before the rules (not a rule users list)
 PICTURE_TOLERANCE = 0.05  # most-pixels: pictures (content boxes) within 5 % of the largest are the same size
 
 LOSSLESS_FORMATS = frozenset({"PNG", "TIFF", "BMP", "DIB", "PPM", "PGM", "PBM", "PNM", "TGA", "QOI", "ICO", "SGI", "PCX"})
@@ -159,11 +165,15 @@ class Decision:
     duplicates: tuple[FileRow, ...]  # the copies an action may touch (never canonical, never protected)
     protected: tuple[FileRow, ...]  # the other members under keep_in (kept, never touched); canonical excluded
     reason: str  # which rule decided, in words
-    rule: str  # the rule name that decided, or TIE_RULE
+    rule: str  # the rule name that decided, LINKED_RULE or TIE_RULE
+    links: dict[str, tuple[str, ...]] = field(default_factory=dict)  # member path -> catalogued links to it
 
     def as_dict(self) -> dict:
-        return {"group": self.group_id, "canonical": self.canonical.path, "rule": self.rule, "reason": self.reason,
-                "duplicates": [d.path for d in self.duplicates], "protected": [p.path for p in self.protected]}
+        out = {"group": self.group_id, "canonical": self.canonical.path, "rule": self.rule, "reason": self.reason,
+               "duplicates": [d.path for d in self.duplicates], "protected": [p.path for p in self.protected]}
+        if self.links:
+            out["links"] = {k: list(v) for k, v in sorted(self.links.items())}
+        return out
 
 
 # -- rule criteria: a key (larger is better) and how to show the value --------------------------
@@ -276,7 +286,8 @@ def _when(r: FileRow) -> str:
     return _dt.datetime.fromtimestamp(r.mtime_ns / 1e9, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _choose(candidates: list[FileRow], policy: Policy) -> tuple[FileRow, str, str]:
+def _choose(candidates: list[FileRow], policy: Policy,
+            links: Mapping[str, Sequence[str]] | None = None) -> tuple[FileRow, str, str]:
     """(canonical, rule, reason) among ``candidates`` by the policy's rules (keep-in excluded)."""
     candidates = sorted(candidates, key=lambda r: r.path)
     if len(candidates) == 1:
@@ -284,6 +295,14 @@ def _choose(candidates: list[FileRow], policy: Policy) -> tuple[FileRow, str, st
     criteria = _criteria(policy)
     steps: list[str] = []  # earlier rules that narrowed the candidates without deciding
     tied: list[str] = []
+    linked = [r for r in candidates if links and links.get(r.path)]
+    if linked and len(linked) < len(candidates):
+        unlinked = next(r for r in candidates if not links.get(r.path))
+        step = f"{LINKED_RULE}: {_links_text(links[linked[0].path])} lead to it, none to {unlinked.path}"
+        if len(linked) == 1:
+            return linked[0], LINKED_RULE, step
+        steps.append(step)
+        candidates = linked
     for name in policy.rules:
         if name == "keep-in":
             continue
@@ -321,29 +340,78 @@ def _sortable(value) -> float:
     return float(value)
 
 
-def decide_group(group_id: int, members: Sequence[FileRow], policy: Policy) -> Decision:
-    """The :class:`Decision` for one group of duplicate files."""
+def _links_text(links: Sequence[str]) -> str:
+    shown = ", ".join(links[:3]) + (f" and {len(links) - 3} more" if len(links) > 3 else "")
+    return f"{len(links)} link{'s' if len(links) > 1 else ''} ({shown})"
+
+
+def decide_group(group_id: int, members: Sequence[FileRow], policy: Policy,
+                 links: Mapping[str, Sequence[str]] | None = None) -> Decision:
+    """The :class:`Decision` for one group of duplicate files.
+
+    ``links``: path -> the catalogued links (symlinks, other hard links) that lead to that file
+    (:func:`links_into`); members with links are kept in preference to members without.
+    """
     members = sorted(members, key=lambda r: r.path)
+    links = links or {}
     protected = [m for m in members if any(_under(m.path, str(k)) for k in policy.keep_in)]
     if protected:
-        canonical, rule, reason = _choose(protected, policy)
+        canonical, rule, reason = _choose(protected, policy, links)
         if len(protected) == 1:
             rule, reason = "keep-in", f"keep-in: the only copy under a protected folder ({_protecting(canonical, policy)})"
         else:
             reason = f"keep-in: {len(protected)} protected copies; among them {reason}"
     else:
-        canonical, rule, reason = _choose(list(members), policy)
+        canonical, rule, reason = _choose(list(members), policy, links)
     protected_paths = {p.path for p in protected}
     duplicates = tuple(m for m in members if m.path != canonical.path and m.path not in protected_paths)
     return Decision(group_id=group_id, canonical=canonical, duplicates=duplicates,
-                    protected=tuple(p for p in protected if p.path != canonical.path), reason=reason, rule=rule)
+                    protected=tuple(p for p in protected if p.path != canonical.path), reason=reason, rule=rule,
+                    links={m.path: tuple(links[m.path]) for m in members if links.get(m.path)})
 
 
 def _protecting(row: FileRow, policy: Policy) -> str:
     return next(str(k) for k in policy.keep_in if _under(row.path, str(k)))
 
 
-def decide(report: DuplicateReport, policy: Policy | None = None) -> list[Decision]:
-    """One :class:`Decision` per group of ``report``, in group order. Deterministic."""
+def decide(report: DuplicateReport, policy: Policy | None = None,
+           links: Mapping[str, Sequence[str]] | None = None) -> list[Decision]:
+    """One :class:`Decision` per group of ``report``, in group order. Deterministic.
+
+    ``links``: see :func:`decide_group` (from :func:`links_into`)."""
     policy = policy or Policy()
-    return [decide_group(g.id, g.members, policy) for g in report.groups]
+    return [decide_group(g.id, g.members, policy, links) for g in report.groups]
+
+
+def links_into(link_paths: Iterable[str], members: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """member path -> the paths among ``link_paths`` that lead to the same file (sorted), for members with any.
+
+    ``link_paths``: the catalog's ``link`` rows (symlinks to a scanned file, second hard links), see
+    :meth:`embeddr.catalog.Catalog.link_paths`. A link leads to a member when it resolves, now, to the same
+    file (device and inode): a symlink whose target is the member, or another hard link of it. Paths that no
+    longer exist are left out.
+    """
+    link_paths = list(link_paths)
+    if not link_paths:
+        return {}
+    by_inode: dict[tuple[int, int], str] = {}
+    for m in members:
+        if "://" in m:
+            continue
+        try:
+            st = os.stat(m)
+        except OSError:
+            continue
+        by_inode.setdefault((st.st_dev, st.st_ino), m)
+    out: dict[str, list[str]] = {}
+    if not by_inode:
+        return {}
+    for link in link_paths:
+        try:
+            st = os.stat(link)
+        except OSError:
+            continue
+        m = by_inode.get((st.st_dev, st.st_ino))
+        if m is not None and link != m:
+            out.setdefault(m, []).append(link)
+    return {m: tuple(sorted(v)) for m, v in out.items()}

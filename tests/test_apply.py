@@ -268,3 +268,71 @@ def test_kill_9_midway_then_undo(library, tmp_path):
     assert tree(root) != before
     assert not actions.undo(j).problems
     assert tree(root) == before
+
+
+# -- links: a symlink to a copy keeps working; a hard-linked copy frees nothing --------------------
+
+OLD = 1_577_836_800  # 2020-01-01: an older copy, so that the oldest rule alone would keep it
+
+
+def _linked_library(photo_dir: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """lib/zz_long_original_name.jpg (a real photo) with lib/sub/symlink.jpg -> it, and lib/a.jpg: the same
+    bytes, modified in 2020 (older, shorter path: every rule but linked would keep a.jpg)."""
+    lib = tmp_path / "lib"
+    (lib / "sub").mkdir(parents=True)
+    original = lib / "zz_long_original_name.jpg"
+    shutil.copyfile(photo_dir / "coffee.jpg", original)
+    (lib / "sub" / "symlink.jpg").symlink_to("../zz_long_original_name.jpg")
+    copy = lib / "a.jpg"
+    shutil.copyfile(original, copy)
+    os.utime(copy, (OLD, OLD))
+    return lib, original, copy
+
+
+def test_a_file_a_symlink_points_to_is_kept_and_the_link_keeps_working(photo_dir, encoder, runner, tmp_path):
+    lib, original, copy = _linked_library(photo_dir, tmp_path)
+    db = tmp_path / "cat.db"
+    assert api.scan([lib], db=db, encoder=encoder, workers=0).links == 1
+    before = tree(lib)
+    q, j = tmp_path / "q", tmp_path / "j.jsonl"
+    res = runner.invoke(app, ["apply", "--db", str(db), "--action", "move", "--quarantine", str(q), "--journal", str(j),
+                              "--yes", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    (group,) = out["groups"]
+    assert group["canonical"] == str(original) and group["rule"] == "linked", group
+    assert group["links"] == {str(original): [str(lib / "sub" / "symlink.jpg")]}
+    assert out["counts"] == {"done": 1} and not copy.exists()
+    assert (lib / "sub" / "symlink.jpg").read_bytes() == original.read_bytes()  # the link still resolves
+    res = runner.invoke(app, ["undo", str(j)])
+    assert res.exit_code == 0 and "1 restored" in res.output, res.output
+    assert tree(lib) == before  # byte-identical, same mtimes, the symlink as it was
+
+
+def test_a_copy_a_symlink_points_to_is_never_moved(photo_dir, encoder, runner, tmp_path):
+    """Both copies have a symlink to them: the policy keeps one, and the other is left in place (skipped, in the
+    dry run too) rather than break its link; the journal records the skip and undo is harmless."""
+    lib, original, copy = _linked_library(photo_dir, tmp_path)
+    (lib / "sub" / "link_a.jpg").symlink_to("../a.jpg")
+    db = tmp_path / "cat.db"
+    assert api.scan([lib], db=db, encoder=encoder, workers=0).links == 2
+    before = tree(lib)
+    q, j = tmp_path / "q", tmp_path / "j.jsonl"
+    args = ["apply", "--db", str(db), "--action", "move", "--quarantine", str(q), "--format", "json"]
+    dry = json.loads(runner.invoke(app, args).output)
+    assert dry["groups"][0]["canonical"] == str(copy)  # both linked: the rules decide (oldest)
+    assert dry["counts"] == {"skipped": 1} and "symlink" in dry["steps"][0]["detail"]
+    res = runner.invoke(app, [*args, "--journal", str(j), "--yes"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["counts"] == {"skipped": 1} and str(lib / "sub" / "symlink.jpg") in out["steps"][0]["detail"]
+    assert tree(lib) == before
+    assert any(json.loads(line)["type"] == "skip" for line in j.read_text().splitlines())
+    assert not actions.undo(j).problems and tree(lib) == before
+    # a link action keeps the user's symlink working (it then leads to a link to the canonical): not skipped
+    j2 = tmp_path / "j2.jsonl"
+    res = runner.invoke(app, ["apply", "--db", str(db), "--action", "symlink", "--journal", str(j2), "--yes", "--format", "json"])
+    assert json.loads(res.output)["counts"] == {"done": 1}
+    assert (lib / "sub" / "symlink.jpg").read_bytes() == copy.read_bytes()
+    assert not actions.undo(j2).problems and tree(lib) == before
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -255,3 +256,33 @@ def test_shared_black_cat_and_gold_fish_keep_the_original(realimages, tmp_path):
         o, c = _scanned(1, original), _scanned(2, copy)
         d = decide_group(1, [c, o], Policy())
         assert d.canonical == o, (name, d.reason)
+
+
+def test_a_copy_that_links_lead_to_is_kept(tmp_path):
+    """links_into finds the catalogued links (a symlink, a second hard link) that lead to a group member now;
+    the linked step keeps that member before any rule, and records the links on the decision."""
+    from embeddr.policy import LINKED_RULE, links_into
+
+    a, b = tmp_path / "a.jpg", tmp_path / "zz.jpg"
+    a.write_bytes(b"x" * 10)
+    b.write_bytes(b"x" * 10)
+    (tmp_path / "sub").mkdir()
+    sym, gone = tmp_path / "sub" / "to_b.jpg", tmp_path / "sub" / "gone.jpg"
+    sym.symlink_to("../zz.jpg")
+    gone.symlink_to("../nothing.jpg")
+    hard = tmp_path / "sub" / "hard_a.jpg"
+    links = links_into([str(sym), str(gone)], [str(a), str(b)])
+    assert links == {str(b): (str(sym),)}
+    ra, rb = row(1, str(a), 10, 10, "JPEG", 10, mtime=10**18), row(2, str(b), 10, 10, "JPEG", 10, mtime=2 * 10**18)
+    assert decide_group(1, [ra, rb], Policy()).canonical == ra  # oldest, without the links
+    d = decide_group(1, [ra, rb], Policy(), links)
+    assert d.canonical == rb and d.rule == LINKED_RULE and str(sym) in d.reason
+    assert d.as_dict()["links"] == {str(b): [str(sym)]}
+    # keep-in comes first; among protected copies the linked one is the canonical
+    d = decide_group(1, [ra, rb], Policy(keep_in=(str(tmp_path),)), links)
+    assert d.canonical == rb and d.reason.startswith("keep-in: 2 protected copies; among them linked:")
+    os.link(a, hard)
+    both = links_into([str(sym), str(hard)], [str(a), str(b)])
+    assert both == {str(a): (str(hard),), str(b): (str(sym),)}
+    d = decide_group(1, [ra, rb], Policy(), both)
+    assert d.canonical == ra and d.rule == "oldest" and LINKED_RULE not in d.reason  # both linked: the rules decide

@@ -112,6 +112,8 @@ def register(app: typer.Typer) -> None:
         Default rules: most-pixels, lossless, largest-file, oldest, shortest-path. most-pixels counts
         the picture inside a uniform border; pictures within 5% of each other are the same size, and
         then the larger whole image wins, except that a border never beats a copy without one.
+        A copy that a scanned symlink points to, or that has a second hard link, is kept first
+        (linked); move and delete never break such a symlink (that copy is skipped).
 
         Example: embeddr apply --db photos.db --action move --quarantine ~/dupes --keep-in ~/photos/masters --yes
         """
