@@ -7,7 +7,10 @@ under each of the given ``roots``) and overall:
 * ``bytes``              their total size
 * ``duplicate_files``    files the policy marks as removable duplicates (never canonical or protected)
 * ``duplication_rate``   duplicate_files / files (0 when there are no files)
-* ``bytes_reclaimable``  total size of those duplicates
+* ``bytes_reclaimable``  total size of those duplicates, less those whose bytes stay on disk anyway: a
+                         duplicate with another hard link (``st_nlink > 1``, in or outside the scanned
+                         folders) frees nothing when it is moved or deleted, and one that a catalogued
+                         symlink points to is left in place by ``apply`` (``Decision.links``)
 * ``monthly_cost``       bytes_reclaimable in GB (2^30 bytes, as cloud storage bills a GB-month)
                          times ``price_per_gb_month``, in ``currency``
 
@@ -19,6 +22,7 @@ group members are known (``files`` then counts those).
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .catalog import Catalog, FileRow
@@ -62,6 +66,17 @@ def _all_files(report: DuplicateReport, catalog: Catalog | None) -> Callable[[],
         seen[r.path] = r.size or 0
     listed = sorted(seen.items())
     return lambda: listed
+
+
+def _hard_linked(path: str) -> bool:
+    """Whether the file has another hard link (its bytes stay on disk when this path goes)."""
+    if "://" in path:
+        return False
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_nlink > 1
 
 
 def money(x: float, currency: str = "") -> str:
@@ -121,6 +136,9 @@ def savings(report: DuplicateReport, decisions: list[Decision], *, roots: list[s
     for d in decisions:
         for row in d.duplicates:
             dup_size[row.path] = row.size or 0
+    linked = {p for d in decisions for p in d.links}
+    # removing it frees nothing (another hard link keeps the bytes), or apply leaves it (a symlink points to it)
+    stays = {p for p in dup_size if p in linked or _hard_linked(p)}
     missing = dict(dup_size)  # duplicates missing from the file list still count
 
     def every_file() -> Iterator[tuple[str, int]]:
@@ -150,7 +168,7 @@ def savings(report: DuplicateReport, decisions: list[Decision], *, roots: list[s
         a[1] += size
         if path in dup_size:
             a[2] += 1
-            a[3] += size
+            a[3] += 0 if path in stays else size
     folders = [_row(label, absolute, *a, price_per_gb_month) for (label, absolute), a in agg.items()]
     folders.sort(key=lambda r: (-r["bytes_reclaimable"], r["folder"]))
     total = [sum(a[i] for a in agg.values()) for i in range(4)]

@@ -336,3 +336,23 @@ def test_a_copy_a_symlink_points_to_is_never_moved(photo_dir, encoder, runner, t
     assert (lib / "sub" / "symlink.jpg").read_bytes() == copy.read_bytes()
     assert not actions.undo(j2).problems and tree(lib) == before
 
+
+def test_a_hard_linked_copy_is_not_reclaimable(photo_dir, encoder, runner, tmp_path):
+    """A duplicate with another hard link outside the scanned folders frees nothing when it goes: savings count
+    it as a duplicate with 0 bytes reclaimable. A second hard link inside them is catalogued as a link, and the
+    policy keeps that file, so the other copy is the one that frees its bytes."""
+    lib, original, copy = _linked_library(photo_dir, tmp_path)
+    (lib / "sub" / "symlink.jpg").unlink()
+    outside = tmp_path / "elsewhere" / "same.jpg"
+    outside.parent.mkdir()
+    os.link(original, outside)
+    db = tmp_path / "cat.db"
+    api.scan([lib], db=db, encoder=encoder, workers=0)
+    sv = json.loads(runner.invoke(app, ["savings", "--db", str(db), "--format", "json"]).output)
+    assert sv["overall"]["duplicate_files"] == 1 and sv["overall"]["bytes_reclaimable"] == 0
+    os.link(original, lib / "sub" / "hard.jpg")
+    api.scan([lib], db=db, encoder=encoder, workers=0)
+    res = runner.invoke(app, ["apply", "--db", str(db), "--format", "json"])
+    out = json.loads(res.output)
+    assert out["groups"][0]["canonical"] == str(original) and out["groups"][0]["rule"] == "linked"
+    assert out["savings"]["overall"]["bytes_reclaimable"] == copy.stat().st_size

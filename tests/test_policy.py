@@ -286,3 +286,20 @@ def test_a_copy_that_links_lead_to_is_kept(tmp_path):
     assert both == {str(a): (str(hard),), str(b): (str(sym),)}
     d = decide_group(1, [ra, rb], Policy(), both)
     assert d.canonical == ra and d.rule == "oldest" and LINKED_RULE not in d.reason  # both linked: the rules decide
+
+
+def test_savings_leave_out_bytes_another_hard_link_keeps(tmp_path):
+    """A duplicate with a second hard link (here outside the library) is a duplicate file, but removing it frees
+    nothing: its bytes do not count as reclaimable. A plain duplicate's bytes do."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    paths = [lib / "a.jpg", lib / "b.jpg", lib / "c.jpg"]
+    for p in paths:
+        p.write_bytes(b"x" * 1000)
+    os.link(paths[1], tmp_path / "elsewhere.jpg")
+    rows = [row(i, str(p), 10, 10, "JPEG", 1000, mtime=i * 10**18) for i, p in enumerate(paths, start=1)]
+    report = DuplicateReport("m", 0.5, "raw", [Group(1, rows, 0.9, 1.0)], [], files=3, file_rows=rows)
+    decisions = decide(report, Policy())
+    assert decisions[0].canonical == rows[0]  # oldest
+    sv = savings(report, decisions)
+    assert sv["overall"]["duplicate_files"] == 2 and sv["overall"]["bytes_reclaimable"] == 1000

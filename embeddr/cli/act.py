@@ -113,7 +113,8 @@ def register(app: typer.Typer) -> None:
         the picture inside a uniform border; pictures within 5% of each other are the same size, and
         then the larger whole image wins, except that a border never beats a copy without one.
         A copy that a scanned symlink points to, or that has a second hard link, is kept first
-        (linked); move and delete never break such a symlink (that copy is skipped).
+        (linked); move and delete never break such a symlink (that copy is skipped), and savings do
+        not count bytes another hard link keeps on disk.
 
         Example: embeddr apply --db photos.db --action move --quarantine ~/dupes --keep-in ~/photos/masters --yes
         """
