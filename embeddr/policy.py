@@ -298,7 +298,7 @@ def _choose(candidates: list[FileRow], policy: Policy,
     linked = [r for r in candidates if links and links.get(r.path)]
     if linked and len(linked) < len(candidates):
         unlinked = next(r for r in candidates if not links.get(r.path))
-        step = f"{LINKED_RULE}: {_links_text(links[linked[0].path])} lead to it, none to {unlinked.path}"
+        step = f"{LINKED_RULE}: {_links_text(links[linked[0].path])} to it, none to {unlinked.path}"
         if len(linked) == 1:
             return linked[0], LINKED_RULE, step
         steps.append(step)
@@ -342,7 +342,7 @@ def _sortable(value) -> float:
 
 def _links_text(links: Sequence[str]) -> str:
     shown = ", ".join(links[:3]) + (f" and {len(links) - 3} more" if len(links) > 3 else "")
-    return f"{len(links)} link{'s' if len(links) > 1 else ''} ({shown})"
+    return f"{len(links)} link{'s' if len(links) > 1 else ''} ({shown}) lead{'' if len(links) > 1 else 's'}"
 
 
 def decide_group(group_id: int, members: Sequence[FileRow], policy: Policy,
