@@ -182,6 +182,8 @@ def _apply_duplicates(db, *, action, policy, quarantine, journal, yes, really_de
                           "and are gone for good once you empty it)")
     cat, owned = actions._open_catalog(db)
     try:
+        if action == "move" and quarantine is not None:  # refused before anything is looked up or done
+            quarantine = actions.check_quarantine(quarantine, cat)
         report = find_duplicates(cat, threshold=threshold, score=score)
         decisions = decide(report, policy)
         steps = actions.plan(decisions, action, quarantine=quarantine)
