@@ -193,8 +193,11 @@ def check_format(fmt, allowed: tuple[str, ...] = ("table", "json", "csv")) -> st
 
 
 def emit(text: str, output: Path | None) -> None:
-    """Write ``text`` to ``output`` (atomically) or to stdout."""
-    text = shown(text)  # file names that are not UTF-8 appear as \xNN escapes
+    """Write ``text`` to ``output`` (atomically) or to stdout.
+
+    File names that are not UTF-8 appear as ``\\xNN`` escapes in text and CSV; JSON text (:func:`to_json`,
+    :func:`embeddr.output.stream_json`) holds them as ``\\udcNN`` escapes already, which this leaves alone."""
+    text = shown(text)
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
@@ -229,4 +232,7 @@ def emit_chunks(chunks, output: Path | None) -> None:
 
 
 def to_json(data) -> str:
-    return json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    """``data`` as JSON text; names that are not UTF-8 as ``\\udcNN`` escapes (:func:`embeddr.output.json_text`)."""
+    from ..output import json_text
+
+    return json_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
