@@ -61,6 +61,10 @@ def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, mo
     """
     run = None
     if ray is not None:
+        from .ray_cluster import check_address, import_ray
+
+        check_address(ray)  # a mistyped address, or no Ray installed, fails before a catalog is made
+        import_ray()
         from .ray_scan import ray_scan
 
         def run(roots, catalog, preset):
@@ -94,7 +98,10 @@ def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = N
     if ray is not None:
         if approximate or search == "approximate":
             raise EmbeddrError("--ray runs the exact search; it cannot be combined with --approximate")
+        from .ray_cluster import check_address
         from .ray_dupes import ray_search
+
+        check_address(ray)
 
         engine = ray_search(ray)
     with opened(db) as catalog:

@@ -9,9 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from contextlib import contextmanager
 
 from .errors import EmbeddrError
+
+
+_ADDRESS = re.compile(r"^(local|auto|ray://[^\s/:]+(:\d{1,5})?|[^\s/:]+:\d{1,5})$")
+
+
+def check_address(address: str) -> str:
+    """``address`` when it has the form of a Ray address (``local``, ``auto``, ``ray://HOST[:PORT]`` or
+    ``HOST:PORT``), else :class:`EmbeddrError`: a mistyped ``--ray`` fails before anything is created."""
+    if not isinstance(address, str) or not _ADDRESS.match(address):
+        raise EmbeddrError(f"--ray {address}: not a Ray address; use local (start Ray here), auto (the cluster this "
+                           "machine belongs to), ray://HOST:PORT (Ray Client) or HOST:PORT (a head node)")
+    return address
 
 
 def import_ray():

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -56,6 +57,13 @@ def one_error_line(res) -> str:
     (["dupes", "--threshold", "1.5"], ["--threshold", "1.5", "(0, 1]"]),
     (["savings", "--keep-in", "/no/such/folder"], ["--keep-in", "/no/such/folder", "does not exist"]),
     (["report", "--prefer", "/no/such/folder"], ["--prefer", "does not exist"]),
+    # options that contradict each other, or one that another makes void, are refused (not silently ignored)
+    (["dupes", "--approximate", "--search", "exact"], ["--approximate", "--search exact"]),
+    (["dupes", "--approximate", "--search", "auto"], ["--approximate", "--search auto"]),
+    (["dupes", "--missed-by", "phash", "--approximate"], ["--missed-by", "--approximate"]),
+    (["dupes", "--missed-by", "phash", "--ray", "local"], ["--missed-by", "--ray"]),
+    (["dupes", "--missed-by", "phash", "--no-verify"], ["--missed-by", "--verify"]),
+    (["dupes", "--ray", "nowhere"], ["--ray nowhere", "not a Ray address"]),
 ])
 def test_bad_option_values_are_one_error_line_and_exit_2(runner, tmp_path, args, names):
     res = runner.invoke(app, [*args, "--db", str(tmp_path / "never.db")])
@@ -155,6 +163,51 @@ def test_a_model_typo_leaves_no_catalog(runner, tmp_path, photo_dir):
     res = runner.invoke(app, ["scan", str(photo_dir), "--db", str(db), "--model", "sscd-distiled"])
     assert res.exit_code == 2 and "sscd-distiled" in one_error_line(res)
     assert not db.exists() and not list(tmp_path.glob("typo.db*"))
+
+
+def test_scan_with_a_bad_ray_address_leaves_no_catalog(runner, tmp_path, photo_dir):
+    """README: a scan that fails to start leaves no catalog behind, --ray included (no Ray cluster needed)."""
+    db = tmp_path / "w.db"
+    res = runner.invoke(app, ["scan", str(photo_dir), "--db", str(db), "--ray", "nowhere"])
+    assert res.exit_code == 2 and "--ray nowhere: not a Ray address" in one_error_line(res)  # and no progress bar
+    assert not list(tmp_path.glob("w.db*"))
+
+
+def test_scan_without_ray_installed_leaves_no_catalog(runner, tmp_path, photo_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as where Ray is not installed
+    db = tmp_path / "w.db"
+    res = runner.invoke(app, ["scan", str(photo_dir), "--db", str(db), "--ray", "local"])
+    assert res.exit_code == 2 and "--ray needs Ray Data" in one_error_line(res)
+    assert not list(tmp_path.glob("w.db*"))
+
+
+def test_scan_whose_ray_cluster_cannot_be_reached_removes_the_catalog_it_made(runner, tmp_path, photo_dir, monkeypatch):
+    """The connection fails once the catalog exists (an address of the right form, nobody there): the catalog
+    the scan made, its interrupted run and its lock file go again, and no progress bar was shown. A catalog
+    that existed before is kept."""
+    from contextlib import contextmanager
+
+    import embeddr.ray_cluster as rc
+    from embeddr.errors import EmbeddrError
+
+    @contextmanager
+    def unreachable(address, **kw):
+        raise EmbeddrError(f"--ray {address}: cannot connect to Ray (ConnectionError: nobody there)")
+        yield
+
+    monkeypatch.setattr(rc, "import_ray", lambda: None)
+    monkeypatch.setattr(rc, "connected", unreachable)
+    db = tmp_path / "w.db"
+    res = runner.invoke(app, ["scan", str(photo_dir), "--db", str(db), "--ray", "ray://127.0.0.1:1"])
+    assert res.exit_code == 2 and "cannot connect to Ray" in one_error_line(res)
+    assert not list(tmp_path.glob("w.db*"))
+
+    (photo_dir / "more").mkdir()  # a catalog with files in it stays, whatever its next scan does
+    save_photo(np.zeros((64, 64, 3), np.uint8) + 90, photo_dir / "more" / "grey.png")
+    api.scan([photo_dir / "more"], db=db, workers=0)
+    res = runner.invoke(app, ["scan", str(photo_dir), "--db", str(db), "--ray", "ray://127.0.0.1:1"])
+    assert res.exit_code == 2 and "cannot connect to Ray" in one_error_line(res)
+    assert db.is_file() and api.info(db)["ok"] == 1
 
 
 def test_clip_offline_fails_before_importing_torch(tmp_path):
