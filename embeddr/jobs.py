@@ -221,6 +221,8 @@ def review(db, *, threshold: float | None = None, policy=None, price_per_gb_mont
     from . import review as _review
 
     policy = policy or Policy()
+    if html_dir is not None:
+        _review.check_html_dir(html_dir)  # a folder the report may not be written into is refused before the search
     with opened(db) as catalog:
         preset = catalog_preset(catalog)
         report = _find_duplicates(catalog, preset, threshold=threshold)

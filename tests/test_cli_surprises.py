@@ -74,6 +74,21 @@ def test_bad_option_values_are_one_error_line_and_exit_2(runner, tmp_path, args,
     assert not (tmp_path / "never.db").exists()
 
 
+def test_report_never_overwrites_an_index_html_it_did_not_write(library, runner, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<html><body>my own site</body></html>")
+    res = runner.invoke(app, ["report", "--db", str(library["db"]), "--html", str(site)])
+    assert res.exit_code == 2 and "is not an embeddr report" in one_error_line(res)
+    assert (site / "index.html").read_text() == "<html><body>my own site</body></html>"
+    assert sorted(p.name for p in site.iterdir()) == ["index.html"]  # no pages/, no thumbs/
+    review = tmp_path / "review"
+    for _ in range(2):  # an earlier embeddr report in the folder is replaced
+        res = runner.invoke(app, ["report", "--db", str(library["db"]), "--html", str(review)])
+        assert res.exit_code == 0, res.output
+    assert "embeddr review" in (review / "index.html").read_text(encoding="utf-8")
+
+
 def test_normalised_spelling_is_the_normalized_score(library, runner):
     db = str(library["db"])
     uk = runner.invoke(app, ["dupes", "--db", db, "--score", "normalised", "--format", "json"])
