@@ -64,6 +64,10 @@ def one_error_line(res) -> str:
     (["dupes", "--missed-by", "phash", "--ray", "local"], ["--missed-by", "--ray"]),
     (["dupes", "--missed-by", "phash", "--no-verify"], ["--missed-by", "--verify"]),
     (["dupes", "--ray", "nowhere"], ["--ray nowhere", "not a Ray address"]),
+    # what --help offers is what the command takes
+    (["check", ".", "--format", "parquet"], ["--format", "parquet", "table", "csv"]),
+    (["tune", ".", "--precision", "0"], ["--precision", "(0, 1]"]),
+    (["tune", ".", "--precision", "1.5"], ["--precision", "(0, 1]"]),
 ])
 def test_bad_option_values_are_one_error_line_and_exit_2(runner, tmp_path, args, names):
     res = runner.invoke(app, [*args, "--db", str(tmp_path / "never.db")])
@@ -72,6 +76,42 @@ def test_bad_option_values_are_one_error_line_and_exit_2(runner, tmp_path, args,
     for name in names:
         assert name in line, line
     assert not (tmp_path / "never.db").exists()
+
+
+def test_help_offers_what_the_command_takes(runner):
+    res = runner.invoke(app, ["check", "--help"])
+    assert res.exit_code == 0 and "<table|json|csv>" in res.output and "parquet" not in res.output
+    res = runner.invoke(app, ["dupes", "--help"])
+    assert res.exit_code == 0 and "<table|json|csv|parquet>" in res.output
+    res = runner.invoke(app, ["tune", "--help"])
+    assert res.exit_code == 0 and "(0, 1]" in res.output and "<=x<=" not in res.output
+
+
+@pytest.mark.parametrize("args, target, wrote", [
+    (["dupes"], "find_duplicates", False),
+    (["savings"], "apply_duplicates", False),
+    (["apply", "--action", "move", "--quarantine", "q"], "apply_duplicates", False),  # a dry run
+    (["apply", "--action", "move", "--quarantine", "q", "--yes"], "apply_duplicates", True),
+])
+def test_ctrl_c_says_what_is_true_for_the_command(runner, monkeypatch, tmp_path, args, target, wrote):
+    from embeddr import api as api_module
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api_module, target, interrupted)
+    res = runner.invoke(app, [*args, "--db", str(tmp_path / "x.db")])
+    assert res.exit_code == 130, res.output
+    (line,) = [line for line in res.output.splitlines() if line.strip()]
+    if wrote:
+        assert line == "interrupted: everything committed so far is kept; run the same command again to resume"
+    else:
+        assert line == "interrupted: nothing was changed (this command writes nothing)"
+
+
+def test_scan_errors_start_with_error_not_a_blank_line(runner, tmp_path):
+    res = runner.invoke(app, ["scan", str(tmp_path / "nothere"), "--db", str(tmp_path / "x.db")])
+    assert res.exit_code == 2 and res.output.startswith("error: no such file or folder"), repr(res.output)
 
 
 def test_report_never_overwrites_an_index_html_it_did_not_write(library, runner, tmp_path):

@@ -86,7 +86,7 @@ def render_apply(result: actions.ApplyResult) -> str:
 
 def register(app: typer.Typer) -> None:
     @app.command("apply")
-    @handle_errors
+    @handle_errors(writes=lambda kw: kw.get("yes") and value_of(kw.get("action")) != "report")
     def apply_cmd(
         db: DbOpt = DEFAULT_DB_PATH,
         action: ActionOpt = "report",
@@ -161,7 +161,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     @app.command("savings")
-    @handle_errors
+    @handle_errors(writes=False)
     def savings_cmd(
         db: DbOpt = DEFAULT_DB_PATH,
         policy: PolicyOpt = None,

@@ -136,7 +136,7 @@ def register(app: typer.Typer) -> None:
                               path_column=path_column, id_column=id_column, fetch_options=fetch_options, ray=ray,
                               wait=wait, jpeg_decode=jpeg_decode)
         finally:
-            if bar is not None:
+            if bar is not None and bar.live.is_started:  # stopping a bar never shown prints an empty line
                 bar.stop()
         print_scan_summary(report)
         if json_out:
@@ -147,7 +147,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_NOTHING_READ)
 
     @app.command()
-    @handle_errors
+    @handle_errors(writes=False)
     def dupes(
         db: DbOpt = DEFAULT_DB_PATH,
         threshold: ThresholdOpt = None,
@@ -209,7 +209,7 @@ def register(app: typer.Typer) -> None:
         emit_chunks(render_chunks(report, fmt, max_groups=max_groups or None), output)
 
     @app.command()
-    @handle_errors
+    @handle_errors(writes=False)
     def info(
         db: DbOpt = DEFAULT_DB_PATH,
         errors: Annotated[bool, typer.Option("--errors", help="List every file that could not be read, with the reason.")] = False,
@@ -246,7 +246,7 @@ def register(app: typer.Typer) -> None:
         emit("\n".join(lines), None)
 
     @app.command()
-    @handle_errors
+    @handle_errors(writes=False)
     def models(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False):
         """List the model presets (models/*.toml) with their threshold and its provenance.
 
