@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from .errors import EmbeddrError
 
 
-_ADDRESS = re.compile(r"^(local|auto|ray://[^\s/:]+(:\d{1,5})?|[^\s/:]+:\d{1,5})$")
+_HOST = r"(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+)"  # a name, an IPv4 address or a bracketed IPv6 one
+_ADDRESS = re.compile(rf"^(local|auto|ray://{_HOST}(:\d{{1,5}})?|{_HOST}:\d{{1,5}})$")
 
 
 def check_address(address: str) -> str:

@@ -228,6 +228,22 @@ def test_scan_with_a_bad_ray_address_leaves_no_catalog(runner, tmp_path, photo_d
     assert not list(tmp_path.glob("w.db*"))
 
 
+@pytest.mark.parametrize("address, good", [
+    ("local", True), ("auto", True), ("ray://head:10001", True), ("ray://head", True), ("10.0.0.1:6379", True),
+    ("[::1]:6379", True), ("ray://[::1]:10001", True), ("nowhere", False), ("ray://", False), ("http://x:1", False),
+    ("head:port", False), ("local ", False), ("", False),
+])
+def test_ray_addresses_are_checked_by_their_form(address, good):
+    from embeddr.errors import EmbeddrError
+    from embeddr.ray_cluster import check_address
+
+    if good:
+        assert check_address(address) == address
+    else:
+        with pytest.raises(EmbeddrError, match="not a Ray address"):
+            check_address(address)
+
+
 def test_scan_without_ray_installed_leaves_no_catalog(runner, tmp_path, photo_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as where Ray is not installed
     db = tmp_path / "w.db"
