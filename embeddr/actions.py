@@ -150,15 +150,44 @@ def common_root(decisions: Sequence[Decision]) -> str:
     return _common_root(r.path for d in decisions for r in (d.canonical, *d.duplicates, *d.protected))
 
 
+def check_quarantine(quarantine: str | os.PathLike, catalog: Catalog) -> str:
+    """The quarantine folder of ``--action move`` as an absolute path, refused (:class:`PolicyError`)
+    when the catalog's scans would see it: a folder inside (or equal to) a folder the catalog scans,
+    one that holds such a folder, or one that holds catalogued files. Its copies would come back
+    on the next scan, or (with the ``.embeddr-ignore`` marker apply leaves in its quarantine) the
+    files it already held would be marked gone. Nothing is touched."""
+    qdir = os.path.abspath(os.fspath(quarantine))
+    forms = dict.fromkeys([qdir, os.path.realpath(qdir)])
+    roots = [os.path.abspath(r) for r in catalog.scan_roots() if "://" not in r]
+    roots = list(dict.fromkeys([*roots, *(os.path.realpath(r) for r in roots)]))
+    hint = "choose a folder outside the folders this catalog scans"
+    for q in forms:
+        for root in roots:
+            if is_under(q, root):
+                raise PolicyError(f"--quarantine {qdir} lies inside {root}, which this catalog scans: later "
+                                  f"scans would not see its files, or take its copies back in; {hint}")
+        held = catalog.first_file_under(q)
+        if held is not None:
+            raise PolicyError(f"--quarantine {qdir} holds catalogued files (such as {held}): later scans would "
+                              f"not see them; {hint}")
+        for root in roots:
+            if is_under(root, q):
+                raise PolicyError(f"--quarantine {qdir} holds {root}, which this catalog scans; {hint}")
+    return qdir
+
+
 def plan(decisions: Sequence[Decision], action: str, *, quarantine: str | os.PathLike | None = None) -> list[Step]:
-    """One :class:`Step` per duplicate copy of each decision (never a canonical or protected file)."""
+    """One :class:`Step` per duplicate copy of each decision (never a canonical or protected file).
+
+    ``quarantine`` (``move`` only; see :func:`check_quarantine`): a duplicate that lies inside it is
+    refused (:class:`PolicyError`), never skipped in silence."""
     if action not in ACTIONS:
         raise PolicyError(f"unknown action {action!r}; valid actions: {', '.join(ACTIONS)}")
     if action == "move" and quarantine is None:
         raise PolicyError("--action move needs a quarantine folder (--quarantine DIR)")
     keep = {d.canonical.path for d in decisions} | {p.path for d in decisions for p in d.protected}
     root = common_root(decisions)
-    qdir = os.path.abspath(os.fspath(quarantine)) if quarantine is not None else None
+    qdir = os.path.abspath(os.fspath(quarantine)) if quarantine is not None and action == "move" else None
     steps: list[Step] = []
     seen: set[str] = set()
     for d in decisions:
@@ -167,7 +196,8 @@ def plan(decisions: Sequence[Decision], action: str, *, quarantine: str | os.Pat
                 continue
             seen.add(dup.path)
             if qdir is not None and is_under(dup.path, qdir):
-                continue  # already quarantined
+                raise PolicyError(f"--quarantine {qdir} holds catalogued files (such as {dup.path}): choose a "
+                                  "folder outside the folders this catalog scans")
             dest = os.path.join(qdir, os.path.relpath(dup.path, root)) if action == "move" else None
             steps.append(Step(action, d.group_id, dup.path, dup.hash, dup.size, d.canonical.path, d.canonical.hash,
                               d.rule, d.reason, dest, qdir if action == "move" else None,
@@ -318,16 +348,25 @@ def _apply(steps: Sequence[Step], catalog, journal_path: Path, action: str) -> A
     outcomes: list[Outcome] = []
     quarantine = next((s.quarantine for s in steps if s.quarantine), None)
     try:
+        if quarantine is not None and cat is not None:
+            check_quarantine(quarantine, cat)  # before the journal: a refused quarantine leaves nothing behind
         with Journal(journal_path) as journal:
-            for folder in (quarantine, trash if action in ("delete", "hardlink", "symlink") else None):
+            marked: list[str] = []
+            made: list[str] = []
+            for folder, always in ((quarantine, False), (trash if action in ("delete", "hardlink", "symlink") else None, True)):
+                if folder is None:
+                    continue
                 try:
-                    _mark_ignored(folder)
+                    created, mark = _mark_ignored(folder, always=always)
                 except OSError as exc:
                     raise JournalError(f"{folder}: cannot create it ({exc.strerror or exc}); nothing was done") from None
+                made += [str(folder)] if created else []
+                marked += [str(folder)] if mark else []
             journal.write({"type": "begin", "version": JOURNAL_VERSION, "action": action,
                            "db": str(cat.path.resolve()) if cat is not None else None, "trash": str(trash),
                            "quarantine": quarantine, "created": time.time(), "steps": len(steps),
-                           "roots": sorted({os.path.dirname(os.path.normpath(s.path)) for s in steps})})
+                           "roots": sorted({os.path.dirname(os.path.normpath(s.path)) for s in steps}),
+                           "marked": marked, "made": made})
             for n, step in enumerate(steps, start=1):
                 # checked right before each act (not once per group): the canonical must still be there
                 why = _check_canonical(step) or _check_duplicate(step) or _check_links(step)
@@ -444,12 +483,44 @@ def _restore_one(rec: dict) -> str:
     return "restored"
 
 
-def _mark_ignored(folder: str | os.PathLike | None) -> None:
-    """Create ``folder`` with an ``.embeddr-ignore`` marker, so scans never take its copies back in."""
-    if folder is None:
+def _mark_ignored(folder: str | os.PathLike, *, always: bool = False) -> tuple[bool, bool]:
+    """Create ``folder`` with an ``.embeddr-ignore`` marker, so scans never take its copies back in.
+
+    A folder that already holds anything is not marked (the marker would hide its files from every
+    scan), unless ``always`` (the journal's own trash folder). Returns (created the folder, wrote the marker).
+    """
+    path = Path(folder)
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / IGNORE_MARKER
+    if marker.exists() or not (created or always or not any(path.iterdir())):
+        return created, False
+    marker.touch()
+    return created, True
+
+
+def _unmark(folder: str, begin: dict) -> None:
+    """Undo's tidy-up of the quarantine of a journal that says what its apply marked and made: empty
+    folders below it go, its marker goes when the apply wrote it and the folder holds nothing else
+    (copies undo could not put back stay hidden), and the folder itself when the apply made it."""
+    if not os.path.isdir(folder):
         return
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    (Path(folder) / IGNORE_MARKER).touch(exist_ok=True)
+    for dirpath, _dirs, _files in os.walk(folder, topdown=False):
+        if dirpath != folder:
+            try:
+                os.rmdir(dirpath)  # only empty ones
+            except OSError:
+                pass
+    marked = [m for m in begin.get("marked") or () if isinstance(m, str)]
+    made = [m for m in begin.get("made") or () if isinstance(m, str)]
+    marker = os.path.join(folder, IGNORE_MARKER)
+    if folder in marked and os.listdir(folder) == [IGNORE_MARKER] and os.path.isfile(marker):
+        os.unlink(marker)
+    if folder in made:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
 
 
 def _prune_empty(folder: str | None) -> None:
@@ -520,7 +591,11 @@ def _undo(journal_path: Path, lines: list[tuple[int, dict]], catalog) -> UndoRes
                     if row is not None and (row.status in ACTED_STATUSES
                                             or (row.status == "missing" and row.hash == rec["hash"])):
                         cat.set_status(rec["path"], "ok", None)
-            _prune_empty(begin.get("quarantine"))
+            quarantine = begin.get("quarantine")
+            if isinstance(quarantine, str) and "marked" in begin:
+                _unmark(quarantine, begin)
+            else:  # journals written before apply recorded what it marked
+                _prune_empty(quarantine)
             _prune_empty(begin.get("trash"))
             journal.write({"type": "undo-end", "counts": UndoResult(str(journal_path), results).counts})
     finally:

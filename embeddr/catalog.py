@@ -343,6 +343,25 @@ class Catalog:
         rows = self.conn.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [{**dict(r), "roots": json.loads(r["roots"]), "stats": json.loads(r["stats"] or "{}")} for r in rows]
 
+    def scan_roots(self) -> list[str]:
+        """Every root a scan recorded (folders, files, manifests, URLs), each once, in the order first seen
+        (``add`` runs, which record each file they took in, are left out)."""
+        seen: dict[str, None] = {}
+        for (roots,) in self.conn.execute("SELECT roots FROM runs WHERE kind = 'scan' ORDER BY id"):
+            for root in json.loads(roots or "[]"):
+                seen.setdefault(str(root), None)
+        return list(seen)
+
+    def first_file_under(self, folder: str | os.PathLike) -> str | None:
+        """The path of one catalogued file (any status) inside ``folder`` (absolute), or None when it holds none."""
+        prefix = os.path.abspath(os.fspath(folder)).rstrip(os.sep) + os.sep
+        text = to_db(prefix)
+        for pre in ((text,) if isinstance(text, bytes) else (text, os.fsencode(text))):  # text paths, then BLOB ones
+            row = self.conn.execute("SELECT path FROM files WHERE substr(path, 1, ?) = ? LIMIT 1", (len(pre), pre)).fetchone()
+            if row is not None:
+                return from_db(row[0])
+        return None
+
     # -- files -----------------------------------------------------------------------------
     def file_states_for(self, paths: Iterable[str]) -> dict[str, tuple[int | None, int | None, str, str | None]]:
         """path -> (size, mtime_ns, status, hash) for the given paths: what incremental scans compare."""

@@ -61,6 +61,10 @@ def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, mo
     """
     run = None
     if ray is not None:
+        from .ray_cluster import check_address, import_ray
+
+        check_address(ray)  # a mistyped address, or no Ray installed, fails before a catalog is made
+        import_ray()
         from .ray_scan import ray_scan
 
         def run(roots, catalog, preset):
@@ -94,7 +98,10 @@ def find_duplicates(db: CatalogLike = DEFAULT_DB, *, threshold: float | None = N
     if ray is not None:
         if approximate or search == "approximate":
             raise EmbeddrError("--ray runs the exact search; it cannot be combined with --approximate")
+        from .ray_cluster import check_address
         from .ray_dupes import ray_search
+
+        check_address(ray)
 
         engine = ray_search(ray)
     with opened(db) as catalog:
@@ -182,6 +189,8 @@ def _apply_duplicates(db, *, action, policy, quarantine, journal, yes, really_de
                           "and are gone for good once you empty it)")
     cat, owned = actions._open_catalog(db)
     try:
+        if action == "move" and quarantine is not None:  # refused before anything is looked up or done
+            quarantine = actions.check_quarantine(quarantine, cat)
         report = find_duplicates(cat, threshold=threshold, score=score)
         decisions = decide(report, policy, _links(cat, report))
         steps = actions.plan(decisions, action, quarantine=quarantine)
@@ -219,6 +228,8 @@ def review(db, *, threshold: float | None = None, policy=None, price_per_gb_mont
     from . import review as _review
 
     policy = policy or Policy()
+    if html_dir is not None:
+        _review.check_html_dir(html_dir)  # a folder the report may not be written into is refused before the search
     with opened(db) as catalog:
         preset = catalog_preset(catalog)
         report = _find_duplicates(catalog, preset, threshold=threshold)

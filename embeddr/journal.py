@@ -3,7 +3,9 @@
 Each line is one JSON object with a ``type``:
 
 ``begin``    one per apply: ``action``, ``db``, ``trash`` (the journal-side folder that keeps the
-             original bytes of deleted and linked files), ``quarantine``, ``created``.
+             original bytes of deleted and linked files), ``quarantine``, ``created``, ``marked``
+             (the quarantine and trash folders the apply put an ``.embeddr-ignore`` marker in) and
+             ``made`` (those it created): undo takes away only those markers and folders.
 ``intent``   written and fsynced before a file is touched: ``id``, ``action``, ``path``, ``hash``,
              ``size``, ``mode``, ``mtime_ns``, ``canonical`` (target), ``canonical_hash``, ``dest``
              (where the original bytes go: the quarantine path or the trash path) and ``tmp`` (the

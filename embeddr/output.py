@@ -6,11 +6,13 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 
 from rich.console import Console
 from rich.table import Table
 
+from .catalog import shown as shown_path  # names that are not UTF-8 as \xNN, before the table is measured
 from .dupes import DuplicateReport
 from .fsutil import common_root
 
@@ -38,18 +40,33 @@ def iter_json(report: DuplicateReport) -> Iterator[str]:
     return stream_json(fields)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_text(text: str) -> str:
+    """JSON text made with ``ensure_ascii=False``, each lone surrogate in it written as a ``\\uXXXX`` escape.
+
+    A file name that is not UTF-8 is held (Python's ``surrogateescape``) with each byte that does not
+    decode, 0xNN, as the character U+DCNN: in JSON it appears as the escape ``\\udcNN``, which every
+    JSON reader accepts (``json.loads`` gives the same string back, and ``os.fsencode`` of that gives the
+    name's bytes). Left raw, such a character cannot be written as UTF-8 at all.
+    """
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def stream_json(fields: dict, *, default=None) -> Iterator[str]:
     """``json.dumps(fields, indent=2, ensure_ascii=False, default=default)`` in pieces; values that are
-    iterators (not lists, dicts or strings) are written as lists, an item at a time, without being gathered."""
+    iterators (not lists, dicts or strings) are written as lists, an item at a time, without being gathered.
+    Names that are not UTF-8 are escaped as :func:`json_text` says."""
     def dumps(value, indent: str) -> str:
-        return json.dumps(value, indent=2, ensure_ascii=False, default=default).replace("\n", "\n" + indent)
+        return json_text(json.dumps(value, indent=2, ensure_ascii=False, default=default)).replace("\n", "\n" + indent)
 
     if not fields:
         yield "{}"
         return
     yield "{"
     for n, (key, value) in enumerate(fields.items()):
-        yield ("," if n else "") + "\n  " + json.dumps(key, ensure_ascii=False) + ": "
+        yield ("," if n else "") + "\n  " + json_text(json.dumps(key, ensure_ascii=False)) + ": "
         if isinstance(value, Iterator):
             first = True
             for item in value:
@@ -131,7 +148,7 @@ def to_table(report: DuplicateReport, *, width: int | None = None, max_groups: i
     table = Table(show_lines=False, expand=False)
     table.add_column("group", justify="right")
     table.add_column("min score", justify="right")
-    table.add_column(f"file (under {common})" if common else "file", overflow="fold")
+    table.add_column(f"file (under {shown_path(common)})" if common else "file", overflow="fold")
     table.add_column("size", justify="right")
     table.add_column("w x h", justify="right")
     shown = report.groups if max_groups is None else report.groups[:max_groups]
@@ -140,7 +157,7 @@ def to_table(report: DuplicateReport, *, width: int | None = None, max_groups: i
             rel = os.path.relpath(m.path, common) if common else m.path
             if m.item_id is not None:
                 rel = f"{rel}  [{m.item_id}]"
-            table.add_row(str(g.id) if i == 0 else "", f"{g.min_score:.3f}" if i == 0 else "", rel,
+            table.add_row(str(g.id) if i == 0 else "", f"{g.min_score:.3f}" if i == 0 else "", shown_path(rel),
                           human_bytes(m.size), f"{m.width}x{m.height}", end_section=i == len(g.members) - 1)
     console.print(table)
     if max_groups is not None and len(report.groups) > max_groups:

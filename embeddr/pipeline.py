@@ -614,9 +614,17 @@ def _scan_into(roots, db, model, device, precision, checkpoint, exclude, batch_s
             if catalog is not None and catalog.model is not None:
                 catalog.bind_model(preset.name, preset.dim)  # refuse a mismatch before loading weights
             if run is not None:  # another runner (embeddr.ray_scan): the model is loaded where it encodes
-                if catalog is None:
-                    catalog = Catalog(db, create=True)
-                return run(roots, catalog, preset)
+                if catalog is not None:
+                    return run(roots, catalog, preset)
+                catalog = Catalog(db, create=True)
+                try:
+                    return run(roots, catalog, preset)
+                except BaseException:  # a failed start (Ray unreachable...): the catalog it made goes again
+                    if catalog.stats()["files"] == 0:
+                        catalog.close()
+                        catalog = None
+                        _remove_catalog(db)
+                    raise
             encoder = load_encoder(preset, device=device, precision=precision, checkpoint=checkpoint,
                                    threads=encoder_threads(workers))
         batch_jpeg_device(jpeg_decode, encoder)  # an impossible --jpeg-decode fails before a catalog is created
@@ -628,6 +636,16 @@ def _scan_into(roots, db, model, device, precision, checkpoint, exclude, batch_s
     finally:
         if owned and catalog is not None:
             catalog.close()
+
+
+def _remove_catalog(db: str | os.PathLike) -> None:
+    """Remove a catalog this scan created and recorded no file in (with SQLite's side files)."""
+    base = os.fspath(db)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.unlink(base + suffix)
+        except FileNotFoundError:
+            pass
 
 
 def default_workers(gpu: bool = False) -> int:

@@ -9,9 +9,23 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from contextlib import contextmanager
 
 from .errors import EmbeddrError
+
+
+_HOST = r"(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+)"  # a name, an IPv4 address or a bracketed IPv6 one
+_ADDRESS = re.compile(rf"^(local|auto|ray://{_HOST}(:\d{{1,5}})?|{_HOST}:\d{{1,5}})$")
+
+
+def check_address(address: str) -> str:
+    """``address`` when it has the form of a Ray address (``local``, ``auto``, ``ray://HOST[:PORT]`` or
+    ``HOST:PORT``), else :class:`EmbeddrError`: a mistyped ``--ray`` fails before anything is created."""
+    if not isinstance(address, str) or not _ADDRESS.match(address):
+        raise EmbeddrError(f"--ray {address}: not a Ray address; use local (start Ray here), auto (the cluster this "
+                           "machine belongs to), ray://HOST:PORT (Ray Client) or HOST:PORT (a head node)")
+    return address
 
 
 def import_ray():

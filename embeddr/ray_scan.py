@@ -218,13 +218,13 @@ def ray_scan(roots: Iterable[str | os.PathLike], catalog: Catalog, preset: Prese
                 todo = _changed(wave_candidates, catalog, run_id, report, fetch_options)
                 sent.update(c.path for c in todo)
                 total += len(todo)
+                if todo and ray is None:  # connected before the progress bar shows: a failed connection prints no bar
+                    ray = stack.enter_context(connected(address))
+                    plan = _plan(ray, device, precision, actors)
                 if progress:
                     progress(done, total if finished else None)
                 if not todo:
                     continue
-                if ray is None:
-                    ray = stack.enter_context(connected(address))
-                    plan = _plan(ray, device, precision, actors)
                 for batch in _run_wave(ray, todo, preset, plan, batch_size, block_rows, max_pixels, fetch_options,
                                        checkpoint):
                     t = time.perf_counter()

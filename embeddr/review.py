@@ -256,6 +256,28 @@ def write_html_report(report: DuplicateReport, decisions, savings: dict | None, 
                                      page_size=page_size, db=db, workers=workers).index
 
 
+GENERATOR = '<meta name="generator" content="embeddr">'  # in every index.html embeddr writes (report.html)
+
+
+def check_html_dir(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` as a folder the HTML report may be written into, else :class:`ReviewError`: a file, or
+    a folder whose ``index.html`` is not an earlier embeddr report (never overwritten). Touches nothing."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ReviewError(f"{out}: exists and is not a folder; the HTML report is a folder (index.html, pages/, thumbs/)")
+    index = out / "index.html"
+    if os.path.lexists(index):
+        try:
+            with open(index, "rb") as fh:
+                head = fh.read(4096)
+        except OSError:
+            head = b""
+        if not os.path.isfile(index) or os.path.islink(index) or GENERATOR.encode() not in head:
+            raise ReviewError(f"{index} exists and is not an embeddr report: it is never overwritten; "
+                              "give --html another folder (or move that file away)")
+    return out
+
+
 def write_html_report_details(report: DuplicateReport, decisions, savings: dict | None, out_dir: str | os.PathLike,
                               *, thumb_size: int = 256, page_size: int = 50, db: str | os.PathLike | None = None,
                               workers: int | None = None) -> HtmlReport:
@@ -264,9 +286,7 @@ def write_html_report_details(report: DuplicateReport, decisions, savings: dict 
         raise ReviewError(f"page size must be at least 1, not {page_size}")
     if thumb_size < 16:
         raise ReviewError(f"thumbnail size must be at least 16 pixels, not {thumb_size}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ReviewError(f"{out}: exists and is not a folder; the HTML report is a folder (index.html, pages/, thumbs/)")
+    out = check_html_dir(out_dir)
     pages_dir = out / "pages"
     pages_dir.mkdir(parents=True, exist_ok=True)
     for stale in pages_dir.iterdir():  # pages of an earlier report in the same folder

@@ -356,3 +356,72 @@ def test_a_hard_linked_copy_is_not_reclaimable(photo_dir, encoder, runner, tmp_p
     out = json.loads(res.output)
     assert out["groups"][0]["canonical"] == str(original) and out["groups"][0]["rule"] == "linked"
     assert out["savings"]["overall"]["bytes_reclaimable"] == copy.stat().st_size
+
+
+# -- the quarantine folder: never one the catalog's scans see (a marker there would hide its files) --------
+
+def _stderr_lines(res) -> list[str]:
+    return [line for line in res.output.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("where", ["photos", "photos/new", "."])
+def test_quarantine_the_scans_see_is_refused_before_anything(library, encoder, runner, tmp_path, where):
+    """A --quarantine inside a scanned folder (an existing one with catalogued files, or a new one), or one
+    that holds a scanned folder: one error line, exit 2, and nothing written (no marker, no journal, no folder)."""
+    root, db = library
+    before = tree(root)
+    q = (root / where).resolve()
+    for yes in ([], ["--yes"]):  # the dry run refuses it too
+        res = runner.invoke(app, ["apply", "--db", str(db), "--action", "move", "--quarantine", str(q),
+                                  "--journal", str(tmp_path / "j.jsonl"), *yes])
+        assert res.exit_code == 2, res.output
+        (line,) = _stderr_lines(res)
+        assert line.startswith("error: --quarantine ") and "this catalog scans" in line
+    assert tree(root) == before  # no .embeddr-ignore anywhere, nothing moved
+    assert not (root / "photos" / "new").exists() and not (tmp_path / "j.jsonl").exists()
+    # the catalog is as it was: a rescan marks nothing gone, and the duplicates are all still listed
+    report = api.scan([root / "photos", root / "copies"], db=db, encoder=encoder, workers=0)
+    assert report.missing == 0 and len(_dupes(db)) == 3
+
+
+def test_quarantine_holding_catalogued_files_is_refused(photo_dir, encoder, tmp_path):
+    """Files scanned one by one (no scanned folder holds the quarantine): a quarantine that holds them is refused,
+    and plan() refuses a duplicate inside its quarantine instead of skipping it in silence."""
+    from embeddr.errors import PolicyError
+    from embeddr.policy import Policy, decide
+
+    shutil.copy(photo_dir / "coffee.jpg", photo_dir / "coffee_copy.jpg")
+    db = tmp_path / "f.db"
+    api.scan([photo_dir / "coffee.jpg", photo_dir / "coffee_copy.jpg", photo_dir / "rocket.jpg"], db=db,
+             encoder=encoder, workers=0)
+    with pytest.raises(PolicyError, match="holds catalogued files"):
+        api.apply_duplicates(db, action="move", quarantine=photo_dir, yes=True, journal=tmp_path / "j.jsonl")
+    assert not (photo_dir / ".embeddr-ignore").exists() and not (tmp_path / "j.jsonl").exists()
+    decisions = decide(api.find_duplicates(db), Policy())
+    with pytest.raises(PolicyError, match="--quarantine"):
+        actions.plan(decisions, "move", quarantine=photo_dir)
+    assert actions.plan(decisions, "hardlink", quarantine=photo_dir)  # the quarantine is move's alone
+
+
+def test_quarantine_marker_only_where_apply_may_and_undo_takes_it_away(library, tmp_path):
+    """A new quarantine or an existing empty one gets the marker and undo removes it (a folder apply made goes
+    too); an existing folder that holds files of its own is never marked."""
+    root, db = library
+    before = tree(root)
+    empty = tmp_path / "empty-q"
+    empty.mkdir()
+    j1 = tmp_path / "j1.jsonl"
+    api.apply_duplicates(db, action="move", quarantine=empty, journal=j1, yes=True)
+    assert (empty / ".embeddr-ignore").is_file()
+    assert actions.undo(j1).counts == {"restored": 6}
+    assert tree(root) == before
+    assert empty.is_dir() and list(empty.iterdir()) == []  # the user's folder stays, without our marker
+
+    busy = tmp_path / "busy-q"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    j2 = tmp_path / "j2.jsonl"
+    api.apply_duplicates(db, action="move", quarantine=busy, journal=j2, yes=True)
+    assert not (busy / ".embeddr-ignore").exists()
+    assert actions.undo(j2).counts == {"restored": 6}
+    assert tree(root) == before and sorted(p.name for p in busy.iterdir()) == ["notes.txt"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -56,6 +57,17 @@ def one_error_line(res) -> str:
     (["dupes", "--threshold", "1.5"], ["--threshold", "1.5", "(0, 1]"]),
     (["savings", "--keep-in", "/no/such/folder"], ["--keep-in", "/no/such/folder", "does not exist"]),
     (["report", "--prefer", "/no/such/folder"], ["--prefer", "does not exist"]),
+    # options that contradict each other, or one that another makes void, are refused (not silently ignored)
+    (["dupes", "--approximate", "--search", "exact"], ["--approximate", "--search exact"]),
+    (["dupes", "--approximate", "--search", "auto"], ["--approximate", "--search auto"]),
+    (["dupes", "--missed-by", "phash", "--approximate"], ["--missed-by", "--approximate"]),
+    (["dupes", "--missed-by", "phash", "--ray", "local"], ["--missed-by", "--ray"]),
+    (["dupes", "--missed-by", "phash", "--no-verify"], ["--missed-by", "--verify"]),
+    (["dupes", "--ray", "nowhere"], ["--ray nowhere", "not a Ray address"]),
+    # what --help offers is what the command takes
+    (["check", ".", "--format", "parquet"], ["--format", "parquet", "table", "csv"]),
+    (["tune", ".", "--precision", "0"], ["--precision", "(0, 1]"]),
+    (["tune", ".", "--precision", "1.5"], ["--precision", "(0, 1]"]),
 ])
 def test_bad_option_values_are_one_error_line_and_exit_2(runner, tmp_path, args, names):
     res = runner.invoke(app, [*args, "--db", str(tmp_path / "never.db")])
@@ -64,6 +76,57 @@ def test_bad_option_values_are_one_error_line_and_exit_2(runner, tmp_path, args,
     for name in names:
         assert name in line, line
     assert not (tmp_path / "never.db").exists()
+
+
+def test_help_offers_what_the_command_takes(runner):
+    res = runner.invoke(app, ["check", "--help"])
+    assert res.exit_code == 0 and "<table|json|csv>" in res.output and "parquet" not in res.output
+    res = runner.invoke(app, ["dupes", "--help"])
+    assert res.exit_code == 0 and "<table|json|csv|parquet>" in res.output
+    res = runner.invoke(app, ["tune", "--help"])
+    assert res.exit_code == 0 and "(0, 1]" in res.output and "<=x<=" not in res.output
+
+
+@pytest.mark.parametrize("args, target, wrote", [
+    (["dupes"], "find_duplicates", False),
+    (["savings"], "apply_duplicates", False),
+    (["apply", "--action", "move", "--quarantine", "q"], "apply_duplicates", False),  # a dry run
+    (["apply", "--action", "move", "--quarantine", "q", "--yes"], "apply_duplicates", True),
+])
+def test_ctrl_c_says_what_is_true_for_the_command(runner, monkeypatch, tmp_path, args, target, wrote):
+    from embeddr import api as api_module
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api_module, target, interrupted)
+    res = runner.invoke(app, [*args, "--db", str(tmp_path / "x.db")])
+    assert res.exit_code == 130, res.output
+    (line,) = [line for line in res.output.splitlines() if line.strip()]
+    if wrote:
+        assert line == "interrupted: everything committed so far is kept; run the same command again to resume"
+    else:
+        assert line == "interrupted: nothing was changed (this command writes nothing)"
+
+
+def test_scan_errors_start_with_error_not_a_blank_line(runner, tmp_path):
+    res = runner.invoke(app, ["scan", str(tmp_path / "nothere"), "--db", str(tmp_path / "x.db")])
+    assert res.exit_code == 2 and res.output.startswith("error: no such file or folder"), repr(res.output)
+
+
+def test_report_never_overwrites_an_index_html_it_did_not_write(library, runner, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<html><body>my own site</body></html>")
+    res = runner.invoke(app, ["report", "--db", str(library["db"]), "--html", str(site)])
+    assert res.exit_code == 2 and "is not an embeddr report" in one_error_line(res)
+    assert (site / "index.html").read_text() == "<html><body>my own site</body></html>"
+    assert sorted(p.name for p in site.iterdir()) == ["index.html"]  # no pages/, no thumbs/
+    review = tmp_path / "review"
+    for _ in range(2):  # an earlier embeddr report in the folder is replaced
+        res = runner.invoke(app, ["report", "--db", str(library["db"]), "--html", str(review)])
+        assert res.exit_code == 0, res.output
+    assert "embeddr review" in (review / "index.html").read_text(encoding="utf-8")
 
 
 def test_normalised_spelling_is_the_normalized_score(library, runner):
@@ -155,6 +218,67 @@ def test_a_model_typo_leaves_no_catalog(runner, tmp_path, photo_dir):
     res = runner.invoke(app, ["scan", str(photo_dir), "--db", str(db), "--model", "sscd-distiled"])
     assert res.exit_code == 2 and "sscd-distiled" in one_error_line(res)
     assert not db.exists() and not list(tmp_path.glob("typo.db*"))
+
+
+def test_scan_with_a_bad_ray_address_leaves_no_catalog(runner, tmp_path, photo_dir):
+    """README: a scan that fails to start leaves no catalog behind, --ray included (no Ray cluster needed)."""
+    db = tmp_path / "w.db"
+    res = runner.invoke(app, ["scan", str(photo_dir), "--db", str(db), "--ray", "nowhere"])
+    assert res.exit_code == 2 and "--ray nowhere: not a Ray address" in one_error_line(res)  # and no progress bar
+    assert not list(tmp_path.glob("w.db*"))
+
+
+@pytest.mark.parametrize("address, good", [
+    ("local", True), ("auto", True), ("ray://head:10001", True), ("ray://head", True), ("10.0.0.1:6379", True),
+    ("[::1]:6379", True), ("ray://[::1]:10001", True), ("nowhere", False), ("ray://", False), ("http://x:1", False),
+    ("head:port", False), ("local ", False), ("", False),
+])
+def test_ray_addresses_are_checked_by_their_form(address, good):
+    from embeddr.errors import EmbeddrError
+    from embeddr.ray_cluster import check_address
+
+    if good:
+        assert check_address(address) == address
+    else:
+        with pytest.raises(EmbeddrError, match="not a Ray address"):
+            check_address(address)
+
+
+def test_scan_without_ray_installed_leaves_no_catalog(runner, tmp_path, photo_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as where Ray is not installed
+    db = tmp_path / "w.db"
+    res = runner.invoke(app, ["scan", str(photo_dir), "--db", str(db), "--ray", "local"])
+    assert res.exit_code == 2 and "--ray needs Ray Data" in one_error_line(res)
+    assert not list(tmp_path.glob("w.db*"))
+
+
+def test_scan_whose_ray_cluster_cannot_be_reached_removes_the_catalog_it_made(runner, tmp_path, photo_dir, monkeypatch):
+    """The connection fails once the catalog exists (an address of the right form, nobody there): the catalog
+    the scan made, its interrupted run and its lock file go again, and no progress bar was shown. A catalog
+    that existed before is kept."""
+    from contextlib import contextmanager
+
+    import embeddr.ray_cluster as rc
+    from embeddr.errors import EmbeddrError
+
+    @contextmanager
+    def unreachable(address, **kw):
+        raise EmbeddrError(f"--ray {address}: cannot connect to Ray (ConnectionError: nobody there)")
+        yield
+
+    monkeypatch.setattr(rc, "import_ray", lambda: None)
+    monkeypatch.setattr(rc, "connected", unreachable)
+    db = tmp_path / "w.db"
+    res = runner.invoke(app, ["scan", str(photo_dir), "--db", str(db), "--ray", "ray://127.0.0.1:1"])
+    assert res.exit_code == 2 and "cannot connect to Ray" in one_error_line(res)
+    assert not list(tmp_path.glob("w.db*"))
+
+    (photo_dir / "more").mkdir()  # a catalog with files in it stays, whatever its next scan does
+    save_photo(np.zeros((64, 64, 3), np.uint8) + 90, photo_dir / "more" / "grey.png")
+    api.scan([photo_dir / "more"], db=db, workers=0)
+    res = runner.invoke(app, ["scan", str(photo_dir), "--db", str(db), "--ray", "ray://127.0.0.1:1"])
+    assert res.exit_code == 2 and "cannot connect to Ray" in one_error_line(res)
+    assert db.is_file() and api.info(db)["ok"] == 1
 
 
 def test_clip_offline_fails_before_importing_torch(tmp_path):

@@ -401,7 +401,10 @@ def test_8_non_utf8_names_scan_check_and_show(library, encoder, tmp_path, runner
         assert os.fsdecode(new_raw) in [m.path for m in again.matches]
     out = runner.invoke(app, ["dupes", "--db", str(db), "--format", "json"])
     assert out.exit_code == 0, out.output
-    assert "caf\\xe9-\\xff.jpg" in out.output  # shown escaped, never a crash
+    assert "caf\\udce9-\\udcff.jpg" in out.output  # escaped as JSON allows, never a crash
+    assert any(os.fsencode(m["path"]) == raw for g in json.loads(out.output)["groups"] for m in g["members"])
+    out = runner.invoke(app, ["dupes", "--db", str(db)])
+    assert out.exit_code == 0 and "caf\\xe9-\\xff.jpg" in out.output  # the table shows \xNN
     html = runner.invoke(app, ["report", "--db", str(db), "--html", str(tmp_path / "review")])
     assert html.exit_code == 0, html.output
     assert "caf\\udce9-\\udcff.jpg" in "".join(p.read_text() for p in (tmp_path / "review" / "pages").glob("*.js"))
@@ -410,6 +413,44 @@ def test_8_non_utf8_names_scan_check_and_show(library, encoder, tmp_path, runner
     vfile.write_text(json.dumps({"verdicts": [{"a": name, "b": other, "verdict": "not_duplicate"}]}))
     res = runner.invoke(app, ["verdicts", "import", str(vfile), "--db", str(db)])
     assert res.exit_code == 0 and "imported 1" in res.output, res.output
+
+
+def test_8_json_output_with_a_name_that_is_not_utf8_is_valid_json(library, encoder, tmp_path, runner):
+    """dupes, apply, report, check and undo --format json: valid JSON (a byte 0xNN that is not UTF-8 is the
+    escape \\udcNN: json.loads and os.fsencode give the name's bytes back), on stdout and in --output files;
+    the tables put such a name in line with the others (measured as shown, \\xNN)."""
+    root, db = library
+    raw = os.path.join(os.fsencode(root / "photos"), b"a\xffb.jpg")
+    shutil.copy(root / "photos" / "rocket.jpg", raw)
+    api.scan([root / "photos", root / "copies"], db=db, encoder=encoder, workers=0)
+
+    def names(value) -> set[bytes]:
+        if isinstance(value, dict):
+            return set().union(*(names(v) for v in value.values())) if value else set()
+        if isinstance(value, list):
+            return set().union(*(names(v) for v in value)) if value else set()
+        return {os.fsencode(value)} if isinstance(value, str) and value.endswith(".jpg") else set()
+
+    j = tmp_path / "j.jsonl"
+    for args, code in ((["dupes"], 0), (["apply"], 0), (["report"], 0), (["check", str(root / "photos")], 1),
+                       (["apply", "--action", "hardlink", "--journal", str(j), "--yes"], 0)):
+        res = runner.invoke(app, [*args, "--db", str(db), "--format", "json"])
+        assert res.exit_code == code, res.output
+        assert raw in names(json.loads(res.output)), args
+    res = runner.invoke(app, ["undo", str(j), "--format", "json"])
+    assert res.exit_code == 0 and raw in names(json.loads(res.output))
+    res = runner.invoke(app, ["dupes", "--db", str(db), "--format", "json", "--output", str(tmp_path / "d.json")])
+    assert res.exit_code == 0 and raw in names(json.loads((tmp_path / "d.json").read_text(encoding="utf-8")))
+
+    for args in (["dupes"], ["apply"]):
+        res = runner.invoke(app, [*args, "--db", str(db)])
+        assert res.exit_code == 0, res.output
+        tables, lines = [], res.output.splitlines()
+        for n, line in enumerate(lines):
+            if line.startswith("┏"):  # a table, up to its bottom line
+                tables.append(lines[n: next(m for m in range(n, len(lines)) if lines[m].startswith("└")) + 1])
+        (table,) = [t for t in tables if any("a\\xffb.jpg" in line for line in t)]
+        assert len({len(line) for line in table}) == 1, table  # every line of the table as wide as the others
 
 
 # -- 9. decode workers ---------------------------------------------------------------------------------

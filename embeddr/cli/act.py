@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import actions, api
+from ..catalog import shown
 from ..fsutil import common_root
 from ..output import human_bytes
 from ..savings import money
@@ -27,7 +28,8 @@ def _console() -> Console:
 
 
 def _rel(path: str, root: str) -> str:
-    return os.path.relpath(path, root) if root else path
+    """``path`` under ``root`` as shown in a table (names that are not UTF-8 as \\xNN, before rich measures them)."""
+    return shown(os.path.relpath(path, root) if root else path)
 
 
 def savings_table(sv: dict, console: Console) -> None:
@@ -36,7 +38,7 @@ def savings_table(sv: dict, console: Console) -> None:
     for col in ("folder", "files", "duplicates", "rate", "reclaimable", f"{cur}/month"):
         table.add_column(col, justify="left" if col == "folder" else "right")
     for row in [*sv["folders"], {**sv["overall"], "folder": "overall"}]:
-        table.add_row(row["folder"], str(row["files"]), str(row["duplicate_files"]), f"{row['duplication_rate']:.1%}",
+        table.add_row(shown(row["folder"]), str(row["files"]), str(row["duplicate_files"]), f"{row['duplication_rate']:.1%}",
                       human_bytes(row["bytes_reclaimable"]), money(row["monthly_cost"]),
                       end_section=row["folder"] == "overall" or row is sv["folders"][-1])
     console.print(table)
@@ -59,15 +61,15 @@ def render_apply(result: actions.ApplyResult) -> str:
         table = Table(show_lines=False)
         table.add_column("group", justify="right")
         table.add_column("role")
-        table.add_column(f"file (under {root})" if root else "file", overflow="fold")
+        table.add_column(f"file (under {shown(root)})" if root else "file", overflow="fold")
         table.add_column("status")
         table.add_column("why", overflow="fold")
         for g in groups:
-            rows = [("keep", g["canonical"], "", g["reason"])]
+            rows = [("keep", g["canonical"], "", shown(g["reason"]))]
             rows += [("protected", p, "", "under a --keep-in folder") for p in g["protected"]]
             for d in g["duplicates"]:
                 o = outcome_of.get(d)
-                rows.append(("duplicate", d, o.status if o else "-", o.detail if o else ""))
+                rows.append(("duplicate", d, o.status if o else "-", shown(o.detail) if o else ""))
             for i, (role, path, status, why) in enumerate(rows):
                 table.add_row(str(g["group"]) if i == 0 else "", role, _rel(path, root), status, why, end_section=i == len(rows) - 1)
         console.print(table)
@@ -84,7 +86,7 @@ def render_apply(result: actions.ApplyResult) -> str:
 
 def register(app: typer.Typer) -> None:
     @app.command("apply")
-    @handle_errors
+    @handle_errors(writes=lambda kw: kw.get("yes") and value_of(kw.get("action")) != "report")
     def apply_cmd(
         db: DbOpt = DEFAULT_DB_PATH,
         action: ActionOpt = "report",
@@ -164,7 +166,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     @app.command("savings")
-    @handle_errors
+    @handle_errors(writes=False)
     def savings_cmd(
         db: DbOpt = DEFAULT_DB_PATH,
         policy: PolicyOpt = None,

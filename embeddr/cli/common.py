@@ -68,6 +68,12 @@ class Format(str, Enum):
     parquet = "parquet"  # dupes only (a binary file: needs --output)
 
 
+class TextFormat(str, Enum):  # what check prints: the text formats (no parquet)
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
 class TableOrJson(str, Enum):
     table = "table"
     json = "json"
@@ -104,6 +110,12 @@ def _threshold(value: float | None) -> float | None:
     return value
 
 
+def precision_target(value: float | None) -> float | None:
+    if value is not None and not 0.0 < value <= 1.0:
+        raise typer.BadParameter(f"{value:g} is outside (0, 1]: a precision is a fraction of the pairs found")
+    return value
+
+
 def value_of(choice):
     """The plain string of an enum option (typer hands enums to the command)."""
     return choice.value if isinstance(choice, Enum) else choice
@@ -117,7 +129,8 @@ PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="auto (fp16
 CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", exists=True, dir_okay=False, help="Local weights file (open_clip checkpoint, .onnx or TorchScript) instead of downloading.")]
 ThresholdOpt = Annotated[Optional[float], typer.Option("--threshold", "-t", callback=_threshold, help="Score at or above which two images are duplicates, in (0, 1]. Default: the preset's calibrated threshold.")]
 ScoreOpt = Annotated[Optional[Score], typer.Option("--score", help="raw (cosine) or normalized (neighbourhood-corrected; also spelt normalised). Default: the preset's.")]
-FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table, json or csv (dupes also parquet, with --output).")]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table, json, csv, or parquet (a binary file: needs --output).")]
+TextFormatOpt = Annotated[TextFormat, typer.Option("--format", "-f", help="table, json or csv.")]
 FmtOpt = Annotated[TableOrJson, typer.Option("--format", "-f", help="table or json.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="If another embeddr command is writing to the catalog, wait for it to finish instead of refusing.")]
 OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of standard output.")]
@@ -168,8 +181,17 @@ class EmbeddrGroup(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def handle_errors(func):
-    """Turn embeddr's exceptions into one 'error: ...' line on stderr and exit code 2."""
+INTERRUPTED_WRITER = "interrupted: everything committed so far is kept; run the same command again to resume"
+INTERRUPTED_READER = "interrupted: nothing was changed (this command writes nothing)"
+
+
+def handle_errors(func=None, *, writes=True):
+    """Turn embeddr's exceptions into one 'error: ...' line on stderr and exit code 2, and Ctrl-C into exit
+    130 with one line that says what is left: ``writes`` (a bool, or a function of the command's keyword
+    arguments, e.g. apply writes only with --yes) picks the line of a command that writes or of one that
+    only reads. Use as ``@handle_errors`` or ``@handle_errors(writes=False)``."""
+    if func is None:
+        return functools.partial(handle_errors, writes=writes)
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -179,7 +201,8 @@ def handle_errors(func):
             print_error(shown(str(exc)))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            say("interrupted: everything committed so far is kept; run the same command again to resume")
+            wrote = writes(kwargs) if callable(writes) else writes
+            say(INTERRUPTED_WRITER if wrote else INTERRUPTED_READER)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -193,8 +216,11 @@ def check_format(fmt, allowed: tuple[str, ...] = ("table", "json", "csv")) -> st
 
 
 def emit(text: str, output: Path | None) -> None:
-    """Write ``text`` to ``output`` (atomically) or to stdout."""
-    text = shown(text)  # file names that are not UTF-8 appear as \xNN escapes
+    """Write ``text`` to ``output`` (atomically) or to stdout.
+
+    File names that are not UTF-8 appear as ``\\xNN`` escapes in text and CSV; JSON text (:func:`to_json`,
+    :func:`embeddr.output.stream_json`) holds them as ``\\udcNN`` escapes already, which this leaves alone."""
+    text = shown(text)
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
@@ -229,4 +255,7 @@ def emit_chunks(chunks, output: Path | None) -> None:
 
 
 def to_json(data) -> str:
-    return json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    """``data`` as JSON text; names that are not UTF-8 as ``\\udcNN`` escapes (:func:`embeddr.output.json_text`)."""
+    from ..output import json_text
+
+    return json_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))

@@ -136,7 +136,7 @@ def register(app: typer.Typer) -> None:
                               path_column=path_column, id_column=id_column, fetch_options=fetch_options, ray=ray,
                               wait=wait, jpeg_decode=jpeg_decode)
         finally:
-            if bar is not None:
+            if bar is not None and bar.live.is_started:  # stopping a bar never shown prints an empty line
                 bar.stop()
         print_scan_summary(report)
         if json_out:
@@ -147,7 +147,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_NOTHING_READ)
 
     @app.command()
-    @handle_errors
+    @handle_errors(writes=False)
     def dupes(
         db: DbOpt = DEFAULT_DB_PATH,
         threshold: ThresholdOpt = None,
@@ -159,7 +159,7 @@ def register(app: typer.Typer) -> None:
         max_groups: Annotated[int, typer.Option("--max-groups", min=0, help="Table only: show at most this many groups (0 = all). JSON and CSV always list everything.")] = 200,
         approximate: Annotated[bool, typer.Option("--approximate", help="Same as --search approximate.")] = False,
         ray: Annotated[Optional[str], typer.Option("--ray", help="Run the pair search as Ray tasks over blocks of the index: local, auto or ray://HOST:PORT (same report as the local search).")] = None,
-        search: Annotated[str, typer.Option("--search", help="auto (exact below 30,000 distinct images, else the approximate k-means self-join, which checks a sample exactly and reports its estimated recall), exact, or approximate.")] = "auto",
+        search: Annotated[Optional[str], typer.Option("--search", help="auto (exact below 30,000 distinct images, else the approximate k-means self-join, which checks a sample exactly and reports its estimated recall), exact, or approximate. Default: auto.", show_default=False)] = None,
         device: Annotated[str, typer.Option("--device", help="Where the approximate search runs: auto (a CUDA GPU when torch sees one), cuda, cpu. --device cuda without a GPU is an error.")] = "auto",
         verify: Annotated[Optional[bool], typer.Option("--verify/--no-verify", help="Give pairs scored near the threshold (the preset's band, e.g. 0.452-0.702 for sscd-distilled) a second, geometric look at their images: kept if SIFT key points agree on one transform and the aligned pixels match, dropped if not; pairs of pages (text, tables, slides) at any score get the page look: kept only if every inked tile matches; pairs whose raw cosine reaches the band's lower edge but scored below the band (smooth pictures in many renditions) get the far look: kept if one image slid over the other, or the key points, place the one in the other and the fine detail agrees there. Default: on for presets with a [verify] table; needs the files readable.")] = None,
     ):
@@ -185,13 +185,19 @@ def register(app: typer.Typer) -> None:
         if fmt == "parquet" and output is None:
             raise EmbeddrError("--format parquet writes a binary file: give --output FILE.parquet")
         score = score_name(score)
-        if missed_by:
+        if search is not None and search not in ("auto", "exact", "approximate"):
+            raise EmbeddrError(f"--search {search!r} is not one of auto, exact, approximate")
+        if approximate and search not in (None, "approximate"):
+            raise EmbeddrError(f"--approximate is --search approximate: it cannot be combined with --search {search}")
+        if missed_by:  # the embedding's own exact search, with its default second look: nothing else applies
+            given = [name for name, on in (("--approximate", approximate), ("--search", search is not None),
+                                           ("--ray", ray is not None), ("--verify/--no-verify", verify is not None)) if on]
+            if given:
+                raise EmbeddrError(f"--missed-by cannot be combined with {', '.join(given)}")
             report = api.missed_by(db, value_of(missed_by), threshold=threshold, score=score, model=model)
         else:
-            if search not in ("auto", "exact", "approximate"):
-                raise EmbeddrError(f"--search {search!r} is not one of auto, exact, approximate")
             report = api.find_duplicates(db, threshold=threshold, score=score, model=model, ray=ray,
-                                         search="approximate" if approximate else search, device=device,
+                                         search="approximate" if approximate else (search or "auto"), device=device,
                                          verify=verify)
         if fmt == "parquet":
             from ..output import to_parquet
@@ -203,7 +209,7 @@ def register(app: typer.Typer) -> None:
         emit_chunks(render_chunks(report, fmt, max_groups=max_groups or None), output)
 
     @app.command()
-    @handle_errors
+    @handle_errors(writes=False)
     def info(
         db: DbOpt = DEFAULT_DB_PATH,
         errors: Annotated[bool, typer.Option("--errors", help="List every file that could not be read, with the reason.")] = False,
@@ -240,7 +246,7 @@ def register(app: typer.Typer) -> None:
         emit("\n".join(lines), None)
 
     @app.command()
-    @handle_errors
+    @handle_errors(writes=False)
     def models(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False):
         """List the model presets (models/*.toml) with their threshold and its provenance.
 

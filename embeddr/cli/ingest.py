@@ -12,8 +12,8 @@ import typer
 
 from ..decode import DEFAULT_MAX_PIXELS
 from ..ingest import DEFAULT_MAX_DECODES, CheckResult, Gate, collect
-from .common import (DEFAULT_DB_PATH, DbOpt, DeviceOpt, FormatOpt, ModelOpt, OutputOpt, PrecisionOpt, ThresholdOpt,
-                     WaitOpt, check_format, emit, handle_errors, say, to_json, value_of)
+from .common import (DEFAULT_DB_PATH, DbOpt, DeviceOpt, ModelOpt, OutputOpt, PrecisionOpt, TextFormatOpt,
+                     ThresholdOpt, WaitOpt, check_format, emit, handle_errors, say, to_json, value_of)
 
 EXIT_UNIQUE, EXIT_DUPLICATE, EXIT_ERROR = 0, 1, 2
 LogLevel = Enum("LogLevel", {n: n for n in ("critical", "error", "warning", "info", "debug")}, type=str)
@@ -65,12 +65,12 @@ def render_check(gate: Gate, results: list[CheckResult], fmt: str) -> str:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    @handle_errors
+    @handle_errors(writes=lambda kw: kw.get("add") or kw.get("add_all"))
     def check(
         paths: Annotated[list[Path], typer.Argument(help="New files, and folders (walked recursively), to check.")],
         db: DbOpt = DEFAULT_DB_PATH,
         threshold: ThresholdOpt = None,
-        fmt: FormatOpt = "table",
+        fmt: TextFormatOpt = "table",
         output: OutputOpt = None,
         add: Annotated[bool, typer.Option("--add", help="Add the files that are not duplicates to the catalog and index.")] = False,
         add_all: Annotated[bool, typer.Option("--add-all", help="Add every readable file, duplicates included.")] = False,

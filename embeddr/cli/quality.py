@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import CheckpointOpt, DeviceOpt, ThresholdOpt, emit, handle_errors, say, to_json
+from .common import CheckpointOpt, DeviceOpt, ThresholdOpt, precision_target, emit, handle_errors, say, to_json
 
 
 def register(app: typer.Typer) -> None:
@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def tune(
         folder: Annotated[Path, typer.Argument(help="Your collection (images, walked recursively).")],
-        precision: Annotated[float, typer.Option("--precision", "-p", min=0.0, max=1.0, help="Target precision over pairs, in (0, 1].")] = 0.99,
+        precision: Annotated[float, typer.Option("--precision", "-p", callback=precision_target, help="Target precision over pairs, in (0, 1].")] = 0.99,
         model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model preset. Default: sscd-distilled.")] = None,
         sample: Annotated[int, typer.Option("--sample", "-n", min=1, help="Images that get derived duplicates (the rest, up to --negatives, are non-duplicates).")] = 200,
         negatives: Annotated[int, typer.Option("--negatives", min=0, help="At most this many other images used as non-duplicates.")] = 2000,

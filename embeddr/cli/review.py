@@ -24,7 +24,7 @@ def savings_table(savings: dict, width: int = 120) -> str:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    @handle_errors
+    @handle_errors(writes=lambda kw: kw.get("html") is not None)
     def report(
         html: Annotated[Optional[Path], typer.Option("--html", help="Write the self-contained HTML review report into this folder (index.html, pages/, thumbs/).")] = None,
         db: DbOpt = DEFAULT_DB_PATH,
@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
             say(f"rejected {sum(got.rejected.values())} pair(s): {why}")
 
     @verdicts.command("list")
-    @handle_errors
+    @handle_errors(writes=False)
     def list_(
         db: DbOpt = DEFAULT_DB_PATH,
         json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
