@@ -306,6 +306,12 @@ def test_version(runner):
 
     res = runner.invoke(app, ["--version"])
     assert res.exit_code == 0 and res.output.strip() == f"embeddr {embeddr.__version__}"
+    # python -m embeddr is the same CLI (no console script needed)
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "embeddr", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"embeddr {embeddr.__version__}", out.stderr
 
 
 def test_sizes_are_binary_units_and_costs_read_alike():
