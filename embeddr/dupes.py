@@ -510,7 +510,7 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         ok = rescuable(np.array([vx]), np.array([vy]))
         return ok is None or bool(ok[0])
 
-    group_looks = {"looked_at": 0, "confirmed": 0, "skipped": 0}  # grouping's own looks (group_look)
+    group_looks = {"looked_at": 0, "confirmed": 0, "bridged": 0, "skipped": 0}  # grouping's own looks (group_look)
 
     def band_decision(x: int, y: int, v: float, kind: int = 0, far: bool = False) -> float:
         """What grouping compares with its floor for a pair in the verification band, a pair of pages
@@ -557,39 +557,106 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         for i in np.flatnonzero(looked).tolist():
             if band_decision(int(x[i]), int(y[i]), float(v[i]), int(kinds[i]), bool(far[i])) >= floor:
                 continue
-            if not far[i] or kinds[i] >= PAGE_MAYBE:
+            if kinds[i] >= PAGE_MAYBE or not (far[i] or thinly_refuted(int(x[i]), int(y[i]))):
                 return False  # refuted by a look
-            weak.append(i)  # a far pair the far look did not keep
+            weak.append(i)  # a far pair the far look did not keep, or one a thin look refuted: a bridge may keep it
             if len(weak) > limit:
                 return False
-        return all(group_look(int(x[i]), int(y[i]), int(kinds[i])) for i in weak)
+        return all(group_look(int(x[i]), int(y[i]), int(kinds[i]), float(raw[i])) for i in weak)
 
-    def group_look(x: int, y: int, kind: int) -> bool:
+    def thinly_refuted(x: int, y: int) -> bool:
+        """A picture pair the look refuted on fewer than ``dense_upholds_points`` key points (a smooth picture): too
+        thin a look to overrule a bridge (:func:`bridged`), as it does not overrule the dense look."""
+        if vcfg.group_bridges <= 0:
+            return False
+        vx, vy = int(nodes[x]), int(nodes[y])
+        look = verifier.look(*hashes_of(vx, vy))
+        return look is not None and look.points < vcfg.dense_upholds_points and may_rescue(vx, vy)
+
+    def group_look(x: int, y: int, kind: int, raw: float) -> bool:
         """A cross pair below the floor of two groups a listed pair links (``group_looks``): the same picture when
         the look rescues it (as a pair in the band: pictures neither like the reference set; never pages, never a
-        pair a reviewer rejected)."""
+        pair a reviewer rejected), or when it is bridged (:func:`bridged`)."""
         if kind >= PAGE_MAYBE or (len(rejected_nodes) and _pair_in(np.array([x]), np.array([y]), rejected_nodes)[0]):
             return False
         vx, vy = int(nodes[x]), int(nodes[y])
         if not may_rescue(vx, vy):
             return False
+        if not budget():
+            return False
+        hx, hy = hashes_of(vx, vy)
+        same = verifier.rescues(hx, hy)
+        group_looks["confirmed"] += bool(same)
+        if not same and vcfg.group_bridges > 0 and raw >= band[0] - 1e-6 and (
+                not verifier.refutes(verifier.look(hx, hy), hx, hy, True, PAGE_NO) or thinly_refuted(x, y)):
+            same = bridged(x, y)
+            group_looks["bridged"] += bool(same)
+        return same
+
+    def budget() -> bool:
+        """One more of grouping's looks, within ``group_max_looks``."""
         if group_looks["looked_at"] >= vcfg.group_max_looks:
             group_looks["skipped"] += 1
             return False
         group_looks["looked_at"] += 1
-        same = verifier.rescues(*hashes_of(vx, vy))
-        group_looks["confirmed"] += bool(same)
-        return same
+        return True
+
+    legs: dict[tuple[int, int], bool] = {}  # listed pairs grouping looked at as a bridge's legs: their verdicts
+
+    def bridged(x: int, y: int) -> bool:
+        """A cross pair the look neither keeps nor refutes, or refutes on too few key points (``group_bridges``): the
+        same picture when, for one of the ``group_bridges`` best hubs (an image listed with both, best by its weaker
+        listed score), both listed pairs are certain (:func:`leg`; pictures neither like the reference set). A
+        rescan and a bordered copy of one smooth wallpaper, or two strong crops that overlap, are each certainly a
+        copy of the original although neither is found in the other; two halves of one photo that share no pixels
+        are refuted by their own look (on many key points) and never bridged; a chain of borderline links (in the
+        band, not kept by a look) bridges nothing."""
+        hubs = np.intersect1d(neighbours(x), neighbours(y))
+        hubs = hubs[(hubs != x) & (hubs != y)]
+        if len(hubs) == 0:
+            return False
+        weaker = np.minimum(edge[listed_index.find(np.full(len(hubs), x), hubs)],
+                            edge[listed_index.find(np.full(len(hubs), y), hubs)])
+        for h in hubs[np.lexsort((hash_rank[hubs], -weaker))][: vcfg.group_bridges].tolist():
+            if leg(x, h) and leg(h, y):
+                return True
+        return False
+
+    def leg(p: int, q: int) -> bool:
+        """A listed pair of pictures certain enough to bridge: scored at or above the band (no look needed to list
+        it, and the scene check, where on, did not refute it) or kept by the look (:meth:`Verifier.rescues`)."""
+        key = (min(p, q), max(p, q))
+        if key not in legs:
+            vp, vq = int(nodes[p]), int(nodes[q])
+            if not may_rescue(vp, vq):
+                return False
+            if edge[listed_index.find(np.array([p]), np.array([q]))[0]] >= band[1] - 1e-6:
+                legs[key] = True
+            elif not budget():
+                return False  # not remembered: the budget may be spent, not the verdict
+            else:
+                legs[key] = verifier.rescues(*hashes_of(vp, vq))
+        return legs[key]
+
+    def neighbours(x: int) -> np.ndarray:
+        """The nodes listed with node ``x`` (sorted)."""
+        return adjacent[adj_start[x]:adj_start[x + 1]]
 
     from .group import PairIndex, group_arrays
 
     # grouping runs on contents; the no-chaining floor is on the same decision as the pairs
     floor = threshold - margin
     edge = np.where(confirmed, np.maximum(s.astype(np.float64), threshold), s.astype(np.float64))
+    index = listed_index = PairIndex(ai, bi, n, edge)
+    if verifying and vcfg.group_looks > 0 and vcfg.group_bridges > 0:  # who is listed with whom, for bridges
+        ends = np.concatenate([ai, bi])
+        order = np.lexsort((np.concatenate([bi, ai]), ends))
+        adjacent = np.concatenate([bi, ai])[order]
+        adj_start = np.searchsorted(ends[order], np.arange(n + 1))
+        del ends, order
     content_groups = group_arrays(ai, bi, edge, n=n, floor=floor, all_at_least=all_at_least, rank=hash_rank)
     if verifying and vcfg.group_looks > 0:
         search_info.setdefault("verify", {})["groups"] = dict(group_looks, max_per_merge=vcfg.group_looks)
-    index = PairIndex(ai, bi, n, edge)
     copied = catalog.copied_hashes()
     copied_ids = np.sort(np.fromiter(catalog.ids_of_hashes(copied).values(), np.int64))
     grouped = np.concatenate(content_groups) if content_groups else np.zeros(0, np.int64)

@@ -119,6 +119,10 @@ class Verify:
     # reference set): a crop and a bordered copy of one picture score far apart, yet one lies in the other. 0: off
     group_max_looks: int = 20_000  # ... and no more such looks than this in one `dupes` (then those merges fail as
     # without them; the JSON says so): a bound on the time grouping spends looking
+    group_bridges: int = 0  # ... and a cross pair the look does not keep (nor refute on >= dense_upholds_points key
+    # points; raw cosine >= the band's lower edge) passes when both its images are certainly listed with one of this
+    # many hubs (images listed with both, best first; each pair scored above the band or kept by the look, pictures
+    # only): each is a copy of the hub. Groups only, never the listed pairs. 0: off
     content_boxes: bool = False  # the look's content correlation leaves out either image's uniform border (a frame,
     # padding: verify.content_box); off: over the whole overlap (and the inliers' hull)
     veto_inliers: int = 5

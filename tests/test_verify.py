@@ -151,7 +151,7 @@ def test_dupes_json_says_what_the_second_look_did(renditions, tmp_path, runner):
     assert set(on["verify"]) == {"band", "looked_at", "confirmed_below_threshold", "refuted_above_threshold",
                                  "unreadable", "far", "groups", "pages", "scene"}
     assert set(on["verify"]["scene"]) == {"listed", "refuted", "skipped"}
-    assert set(on["verify"]["groups"]) == {"looked_at", "confirmed", "skipped", "max_per_merge"}
+    assert set(on["verify"]["groups"]) == {"looked_at", "confirmed", "bridged", "skipped", "max_per_merge"}
     assert set(on["verify"]["pages"]) == {"listed", "skipped"} and on["verify"]["pages"]["skipped"] == 0
     assert on["verify"]["band"] == [round(0.572 - 0.12, 6), round(0.572 + 0.13, 6)]
     assert set(on["verify"]["far"]) == {"raw_from", "looked_at", "confirmed", "skipped"}
@@ -483,6 +483,20 @@ def test_a_thin_look_does_not_overrule_the_dense_look_above_the_threshold(photo_
     assert not v.refutes(dataclasses.replace(rich, points=c.dense_upholds_points - 1), fields["field_a"], fields["field_b"])
 
 
+def _groups_with_and_without(folder: Path, db: Path, setting: str):
+    """Scan ``folder``; ``dupes`` with the default preset, and with its ``[verify]`` ``setting`` at 0."""
+    scan([folder], db=db, workers=0)
+    preset = resolve_preset("sscd-distilled")
+    assert getattr(preset.verify, setting) > 0
+    off = dataclasses.replace(preset, verify=dataclasses.replace(preset.verify, **{setting: 0}))
+    with Catalog(db) as catalog:
+        return preset, find_duplicates(catalog, preset), find_duplicates(catalog, off)
+
+
+def _group_stems(report) -> list[list[str]]:
+    return [sorted(Path(m.path).stem for m in g.members) for g in report.groups]
+
+
 def test_grouping_asks_the_look_about_a_crop_its_picture_s_renditions_score_far_from(photo_arrays, tmp_path):
     """A strong crop of a photo pairs with the photo, but scores far below the grouping floor against its mirror:
     without the group look it stays out of the picture's group (the no-chaining rule on the score alone). The group
@@ -504,16 +518,8 @@ def test_grouping_asks_the_look_about_a_crop_its_picture_s_renditions_score_far_
     coffee.crop((0, 0, int(cw * 0.45), ch)).save(folder / "coffee_left.jpg", quality=90)
     coffee.crop((cw - int(cw * 0.45), 0, cw, ch)).save(folder / "coffee_right.jpg", quality=90)
     db = tmp_path / "g.db"
-    scan([folder], db=db, workers=0)
-    preset = resolve_preset("sscd-distilled")
-    assert preset.verify.group_looks > 0
-    off = dataclasses.replace(preset, verify=dataclasses.replace(preset.verify, group_looks=0))
-    with Catalog(db) as catalog:
-        report, plain = find_duplicates(catalog, preset), find_duplicates(catalog, off)
-
-    def groups(r):
-        return [sorted(Path(m.path).stem for m in g.members) for g in r.groups]
-
+    preset, report, plain = _groups_with_and_without(folder, db, "group_looks")
+    groups = _group_stems
     score = {frozenset((Path(p.a).stem, Path(p.b).stem)): p.score for p in report.pairs}
     floor = preset.threshold.value - preset.threshold.group_margin
     assert "astronaut_crop" in {x for k in score for x in k}  # listed with the photo
@@ -535,6 +541,41 @@ def test_grouping_asks_the_look_about_a_crop_its_picture_s_renditions_score_far_
         bounded = find_duplicates(catalog, capped)
     assert groups(bounded) == groups(plain)
     assert bounded.extra["verify"]["groups"]["looked_at"] == 0 and bounded.extra["verify"]["groups"]["skipped"] >= 1
+
+
+def test_grouping_bridges_renditions_of_a_smooth_picture_through_their_original(photo_arrays, tmp_path):
+    """A smooth picture (the moon photo, blurred like a soft wallpaper) in ten of the benchmark's renditions: each
+    is listed with the original, but rescans, borders and combos score far apart and the look finds too few key
+    points to place one in another, so grouping alone split them in two. Through a hub both are certainly listed
+    with (the original, scored above the look's band), a cross pair the look does not refute on many key points
+    passes (``group_bridges``): one group, the same listed pairs, and its weakest link reported."""
+    import random
+
+    from PIL import ImageFilter
+
+    from embeddr.bench.transforms import apply_family
+
+    folder = tmp_path / "moon"
+    folder.mkdir()
+    img = Image.fromarray(photo_arrays["moon"]).convert("RGB")
+    img.thumbnail((512, 512))
+    img = img.filter(ImageFilter.GaussianBlur(12))
+    img.save(folder / "r00.png")
+    rng = random.Random(7)
+    families = ["rescan", "border", "combo", "overlay", "hue", "crop_strong", "grey", "rescan", "border", "combo"]
+    for k, family in enumerate(families, 1):
+        apply_family(family, img, rng).image.convert("RGB").save(folder / f"r{k:02d}_{family}.png")
+    preset, report, plain = _groups_with_and_without(folder, tmp_path / "m.db", "group_bridges")
+    groups = _group_stems
+    everything = sorted(p.stem for p in folder.iterdir() if p.suffix == ".png")
+    assert len(groups(plain)) > 1, groups(plain)  # without bridges: split
+    assert groups(report) == [everything], groups(report)
+    assert {(p.a, p.b, p.score) for p in report.pairs} == {(p.a, p.b, p.score) for p in plain.pairs}
+    listed = {frozenset((Path(p.a).stem, Path(p.b).stem)) for p in report.pairs}
+    assert len(listed) < len(everything) * (len(everything) - 1) // 2  # pairs in the group that are not listed
+    assert report.groups[0].min_score <= min(p.score for p in report.pairs)  # the weakest link, listed or not
+    info = report.extra["verify"]["groups"]
+    assert info["bridged"] >= 1 and info["looked_at"] >= 1 and plain.extra["verify"]["groups"]["bridged"] == 0
 
 
 def test_the_look_correlates_what_both_images_show_not_their_borders(photo_arrays, tmp_path):
