@@ -69,14 +69,19 @@ def test_dry_run_touches_nothing(library, runner, tmp_path):
     assert not list(tmp_path.glob("embeddr-journal-*"))
 
 
-def test_move_then_undo_restores_tree(library, runner, tmp_path):
-    root, db = library
-    before = tree(root)
+def _move_all(runner, db: Path, tmp_path: Path):
+    """``apply --action move --yes --format json`` into ``tmp_path/q``: (quarantine, journal, the JSON printed)."""
     q, j = tmp_path / "q", tmp_path / "j.jsonl"
     res = runner.invoke(app, ["apply", "--db", str(db), "--action", "move", "--quarantine", str(q), "--journal", str(j),
                               "--yes", "--format", "json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    return q, j, json.loads(res.output)
+
+
+def test_move_then_undo_restores_tree(library, runner, tmp_path):
+    root, db = library
+    before = tree(root)
+    q, j, out = _move_all(runner, db, tmp_path)
     assert out["counts"] == {"done": 6}
     # PNGs are canonical (most-pixels ties with the JPEG originals, lossless decides); the rest are quarantined
     assert (q / ".embeddr-ignore").is_file()  # later scans never take the quarantined copies back in
@@ -294,11 +299,7 @@ def test_a_file_a_symlink_points_to_is_kept_and_the_link_keeps_working(photo_dir
     db = tmp_path / "cat.db"
     assert api.scan([lib], db=db, encoder=encoder, workers=0).links == 1
     before = tree(lib)
-    q, j = tmp_path / "q", tmp_path / "j.jsonl"
-    res = runner.invoke(app, ["apply", "--db", str(db), "--action", "move", "--quarantine", str(q), "--journal", str(j),
-                              "--yes", "--format", "json"])
-    assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    q, j, out = _move_all(runner, db, tmp_path)
     (group,) = out["groups"]
     assert group["canonical"] == str(original) and group["rule"] == "linked", group
     assert group["links"] == {str(original): [str(lib / "sub" / "symlink.jpg")]}
