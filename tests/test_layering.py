@@ -14,8 +14,8 @@ import pytest
 import embeddr
 
 PKG = Path(embeddr.__file__).resolve().parent
-# The layers above the stages: the facade, the jobs, and the two front ends.
-ABOVE = ("embeddr.api", "embeddr.jobs", "embeddr.server", "embeddr.cli")
+# The layers above the stages: the facade, the jobs, the two front ends and `python -m embeddr`.
+ABOVE = ("embeddr.api", "embeddr.jobs", "embeddr.server", "embeddr.cli", "embeddr.__main__")
 
 
 def all_modules() -> dict[str, Path]:
