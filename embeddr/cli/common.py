@@ -30,6 +30,14 @@ from ..policy import RULES, Policy
 err_console = Console(stderr=True, markup=False, highlight=False)
 
 
+def working(message: str):
+    """A spinner on a terminal's stderr while a long step runs without other output (``dupes``' looks can take
+    minutes on a CPU); nothing when stderr is not a terminal (pipes, logs, tests)."""
+    from contextlib import nullcontext
+
+    return err_console.status(message) if err_console.is_terminal else nullcontext()
+
+
 def say(*parts: str | Text, style: str | None = None) -> None:
     """Print on stderr as plain text: names and paths from the user or the disk are never read as markup."""
     err_console.print(Text.assemble(*parts, style=style or ""), highlight=False, soft_wrap=True)

@@ -15,7 +15,7 @@ from ..errors import EmbeddrError
 from ..output import human_bytes, render, render_chunks
 from .common import (DEFAULT_DB_PATH, CheckpointOpt, DbOpt, DeviceOpt, FormatOpt, Hash, ModelOpt, OutputOpt, PrecisionOpt,
                      ScoreOpt, ThresholdOpt, WaitOpt, check_format, emit, emit_chunks, err_console, handle_errors, print_error, say,
-                     score_name, to_json, value_of)
+                     score_name, to_json, value_of, working)
 
 
 class RateColumn(ProgressColumn):
@@ -196,9 +196,10 @@ def register(app: typer.Typer) -> None:
                 raise EmbeddrError(f"--missed-by cannot be combined with {', '.join(given)}")
             report = api.missed_by(db, value_of(missed_by), threshold=threshold, score=score, model=model)
         else:
-            report = api.find_duplicates(db, threshold=threshold, score=score, model=model, ray=ray,
-                                         search="approximate" if approximate else (search or "auto"), device=device,
-                                         verify=verify)
+            with working("finding duplicates: the search, then a second look at the borderline pairs"):
+                report = api.find_duplicates(db, threshold=threshold, score=score, model=model, ray=ray,
+                                             search="approximate" if approximate else (search or "auto"),
+                                             device=device, verify=verify)
         if fmt == "parquet":
             from ..output import to_parquet
 
