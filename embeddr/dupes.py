@@ -615,22 +615,24 @@ def find_duplicates(catalog: Catalog, preset: Preset, *, threshold: float | None
         hubs = hubs[(hubs != x) & (hubs != y)]
         if len(hubs) == 0:
             return False
-        weaker = np.minimum(edge[listed_index.find(np.full(len(hubs), x), hubs)],
-                            edge[listed_index.find(np.full(len(hubs), y), hubs)])
-        for h in hubs[np.lexsort((hash_rank[hubs], -weaker))][: vcfg.group_bridges].tolist():
-            if leg(x, h) and leg(h, y):
+        to_x = edge[listed_index.find(np.full(len(hubs), x), hubs)]  # the listed pairs' decisions
+        to_y = edge[listed_index.find(np.full(len(hubs), y), hubs)]
+        for i in np.lexsort((hash_rank[hubs], -np.minimum(to_x, to_y)))[: vcfg.group_bridges].tolist():
+            h = int(hubs[i])
+            if leg(x, h, float(to_x[i])) and leg(h, y, float(to_y[i])):
                 return True
         return False
 
-    def leg(p: int, q: int) -> bool:
-        """A listed pair of pictures certain enough to bridge: scored at or above the band (no look needed to list
-        it, and the scene check, where on, did not refute it) or kept by the look (:meth:`Verifier.rescues`)."""
+    def leg(p: int, q: int, listed: float) -> bool:
+        """A listed pair of pictures (its decision ``listed``) certain enough to bridge: scored at or above the band
+        (no look needed to list it, and the scene check, where on, did not refute it) or kept by the look
+        (:meth:`Verifier.rescues`)."""
         key = (min(p, q), max(p, q))
         if key not in legs:
             vp, vq = int(nodes[p]), int(nodes[q])
             if not may_rescue(vp, vq):
                 return False
-            if edge[listed_index.find(np.array([p]), np.array([q]))[0]] >= band[1] - 1e-6:
+            if listed >= band[1] - 1e-6:
                 legs[key] = True
             elif not budget():
                 return False  # not remembered: the budget may be spent, not the verdict

@@ -6,6 +6,7 @@ import functools
 import json
 import re
 import sys
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -33,8 +34,6 @@ err_console = Console(stderr=True, markup=False, highlight=False)
 def working(message: str):
     """A spinner on a terminal's stderr while a long step runs without other output (``dupes``' looks can take
     minutes on a CPU); nothing when stderr is not a terminal (pipes, logs, tests)."""
-    from contextlib import nullcontext
-
     return err_console.status(message) if err_console.is_terminal else nullcontext()
 
 
@@ -111,17 +110,18 @@ def _device(value: str) -> str:
     return value
 
 
-def _threshold(value: float | None) -> float | None:
-    if value is not None and not 0.0 < value <= 1.0:
-        raise typer.BadParameter(f"{value:g} is outside (0, 1]: scores are cosine similarities (1 = the same "
-                                 "picture); a useful duplicate threshold lies between about 0.5 and 1")
-    return value
+def _fraction(why: str):
+    """An option callback: the value (or None) must lie in (0, 1]; ``why`` ends the error line."""
+    def check(value: float | None) -> float | None:
+        if value is not None and not 0.0 < value <= 1.0:
+            raise typer.BadParameter(f"{value:g} is outside (0, 1]: {why}")
+        return value
+    return check
 
 
-def precision_target(value: float | None) -> float | None:
-    if value is not None and not 0.0 < value <= 1.0:
-        raise typer.BadParameter(f"{value:g} is outside (0, 1]: a precision is a fraction of the pairs found")
-    return value
+_threshold = _fraction("scores are cosine similarities (1 = the same picture); a useful duplicate threshold lies "
+                       "between about 0.5 and 1")
+precision_target = _fraction("a precision is a fraction of the pairs found")
 
 
 def value_of(choice):
