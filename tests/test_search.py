@@ -72,7 +72,9 @@ def test_kept_neighbours_give_the_background_of_the_full_top_k():
     vecs = realistic(1800, 64, seed=7)
     burst = vecs[0] + 0.03 * rng.standard_normal((80, 64)).astype(np.float32)  # 80 copies of row 0 above 0.9
     vecs = np.vstack([vecs, burst / np.linalg.norm(burst, axis=1, keepdims=True)]).astype(np.float32)
-    scorer = Scorer(k=32, ceiling=0.9)
+    # the ceiling off the generator's copy levels (0.97, 0.9, ...): a copy made at exactly 0.9 lands on either side
+    # of a 0.9 ceiling by the BLAS's rounding, which differs between a block's product and the whole matrix's
+    scorer = Scorer(k=32, ceiling=0.92)
     S = vecs @ vecs.T
     np.fill_diagonal(S, -np.inf)
     order = np.argsort(-S, axis=1, kind="stable")[:, : scorer.neighbours]
@@ -88,7 +90,8 @@ def test_kept_neighbours_give_the_background_of_the_full_top_k():
                             rows=sub, summary=scorer.summary)
     S2 = S[np.ix_(sub, sub)]
     o2 = np.argsort(-S2, axis=1, kind="stable")[:, : scorer.neighbours]
-    want2 = background_from_knn(np.take_along_axis(S2, o2, 1), o2, np.arange(len(sub)), scorer.k, ceiling=0.9)
+    want2 = background_from_knn(np.take_along_axis(S2, o2, 1), o2, np.arange(len(sub)), scorer.k,
+                                 ceiling=scorer.ceiling)
     np.testing.assert_allclose(res.values(sub), want2, atol=1e-6)
 
 
@@ -377,12 +380,12 @@ def test_torch_join_is_the_numpy_join():
         np.testing.assert_array_equal(want.b[order_w], got.b[order_g])
         np.testing.assert_allclose(want.raw[order_w], got.raw[order_g], atol=1e-5)
         differ = np.flatnonzero(~np.isclose(want.per_row, got.per_row, atol=1e-5, equal_nan=True))
-        # Equal on torch's CPU. On a GPU (H200, 2026-11-30) 11 of 4,000 rows differed: each has a copy at exactly
-        # the copy ceiling (the generator's cosine 0.9), which float rounding counts as a copy on one device and
-        # not on the other. Only such rows may differ.
+        # Only rows with a copy at exactly the copy ceiling (the generator's cosine 0.9) may differ: float rounding
+        # counts it as a copy in one product and not in the other. On a GPU (H200, 2026-11-30) 11 of 4,000 rows did;
+        # on the CPU 0 with one NumPy/OpenBLAS build and 2 with another (numpy 2.4.6, 2026-12-01)
         near = np.abs(vecs[differ] @ vecs.T - scorer.ceiling).min(1) < 1e-5 if len(differ) else np.ones(0, bool)
         assert near.all(), differ[~near]
-        assert TEST_DEVICE != "cpu" or len(differ) == 0
+        assert len(differ) <= 0.01 * len(rows)
     c2 = search_torch.train_centroids(vecs, 30, device=TEST_DEVICE)
     p2 = search_torch.assign(vecs, c2, 8, device=TEST_DEVICE)
     exact = search.exact_join(vecs, THRESHOLD, 0)
