@@ -61,10 +61,10 @@ def scan(roots: Iterable[str | os.PathLike], *, db: CatalogLike = DEFAULT_DB, mo
     """
     run = None
     if ray is not None:
-        from .ray_cluster import check_address, import_ray
+        from .ray_cluster import check_address, require_ray
 
         check_address(ray)  # a mistyped address, or no Ray installed, fails before a catalog is made
-        import_ray()
+        require_ray()  # Ray itself is imported when the scan has work for the cluster (ray_scan)
         from .ray_scan import ray_scan
 
         def run(roots, catalog, preset):

@@ -28,6 +28,19 @@ def check_address(address: str) -> str:
     return address
 
 
+def require_ray() -> None:
+    """:class:`EmbeddrError` when Ray Data is not installed, found without importing it (``import ray`` costs a
+    second or more; a rescan with nothing new never connects, so it never needs it)."""
+    from importlib.util import find_spec
+
+    try:
+        found = all(find_spec(m) is not None for m in ("ray", "pyarrow"))  # ray[data] brings pyarrow
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise EmbeddrError('--ray needs Ray Data: pip install "embeddr[ray]"')
+
+
 def import_ray():
     try:
         import ray

@@ -252,6 +252,19 @@ def test_scan_without_ray_installed_leaves_no_catalog(runner, tmp_path, photo_di
     assert not list(tmp_path.glob("w.db*"))
 
 
+def test_rescan_with_nothing_new_on_ray_does_not_import_ray(tmp_path, photo_dir):
+    """Ray is imported (a second or more) only when the scan has work for the cluster: a rescan of unchanged files
+    with --ray neither imports nor connects."""
+    pytest.importorskip("ray")
+    db = tmp_path / "r.db"
+    api.scan([photo_dir], db=db, workers=0)
+    code = ("import sys\nfrom embeddr import api\n"
+            f"r = api.scan([{str(photo_dir)!r}], db={str(db)!r}, ray='local')\n"
+            "print(r.unchanged, r.processed, 'ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) > 0 and out[1:] == ["0", "False"]
+
+
 def test_scan_whose_ray_cluster_cannot_be_reached_removes_the_catalog_it_made(runner, tmp_path, photo_dir, monkeypatch):
     """The connection fails once the catalog exists (an address of the right form, nobody there): the catalog
     the scan made, its interrupted run and its lock file go again, and no progress bar was shown. A catalog
